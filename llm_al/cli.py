@@ -1,0 +1,157 @@
+"""The `llm-al` command line.
+
+    llm-al demo [key=value ...]                 the main job: strategies vs random on the embedded default
+    llm-al run RECIPE.yaml [key=value ...]      any experiment described by a recipe
+    llm-al select POOL --strategy S --budget N --out FILE
+    llm-al list                                 strategies, orderings and metrics
+
+User errors print one line (`llm-al: error: ...`) and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from llm_al.errors import UserError
+
+log = logging.getLogger("llm_al")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llm-al", description="Choose the few examples worth fine-tuning an LLM on, "
+                                "and measure whether the choice beat random.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the demo: random vs perplexity vs k-center on the embedded default")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. budget=50")
+
+    run = sub.add_parser("run", help="run an experiment recipe (YAML) with optional key=value overrides")
+    run.add_argument("recipe")
+    run.add_argument("overrides", nargs="*", metavar="key=value")
+
+    sel = sub.add_parser("select", help="select a subset of a pool and write it in the pool's format")
+    sel.add_argument("pool", help="JSONL/JSON/CSV/Parquet file, saved `datasets` folder or hub dataset id")
+    sel.add_argument("--strategy", default="random", help="strategy spec, e.g. kcenter or perplexity:band=middle")
+    sel.add_argument("--budget", type=int, required=True)
+    sel.add_argument("--out", required=True, help="output file; its extension sets the format (default: the pool's)")
+    sel.add_argument("--seed", type=int, default=0)
+    sel.add_argument("--model", default=None, help="causal LM for loss-based strategies (default: embedded SmolLM2)")
+    sel.add_argument("--embedder", default=None, help="sentence-transformers model (default: embedded MiniLM)")
+    sel.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN",
+                     help="map a column to a role (prompt, response, system, input, instruction, messages, "
+                          "source, target, source_lang, target_lang); repeatable")
+    sel.add_argument("--system-prompt", default=None)
+    sel.add_argument("--split", default="train", help="split of a datasets folder / hub dataset")
+    sel.add_argument("--device", default="auto")
+    sel.add_argument("--max-length", type=int, default=512, help="tokens per example for loss scoring")
+    sel.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model (off by default)")
+
+    sub.add_parser("list", help="list strategies, orderings and metrics")
+    return p
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "sentence_transformers", "datasets", "httpx", "urllib3", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def cmd_list() -> None:
+    from llm_al.metrics import METRICS
+    from llm_al.orderings import ORDERINGS
+    from llm_al.strategies import STRATEGIES
+
+    for title, reg in (("strategies", STRATEGIES), ("orderings", ORDERINGS), ("metrics", METRICS)):
+        print(f"{title}:")
+        width = max(len(e.name) for e in reg)
+        for e in reg:
+            needs = e.meta.get("needs")
+            suffix = f"  [needs: {', '.join(needs)}]" if needs else ""
+            print(f"  {e.name.ljust(width)}  {e.description}{suffix}")
+        print()
+
+
+def cmd_experiment(recipe: str | None, overrides: list[str]) -> None:
+    from llm_al.config import load_config
+    from llm_al.experiment import run_experiment
+    from llm_al.report import format_table
+
+    cfg = load_config(recipe, overrides)
+    summary = run_experiment(cfg)
+    print(format_table(summary))
+    print(f"\nResults: {cfg.out_dir}/ (summary.json, table.md, runs/*.json); "
+          f"total {summary['total_seconds']:.0f} s")
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from llm_al.config import DataConfig, ModelConfig, parse_strategy
+    from llm_al.data import write_subset
+    from llm_al.pipeline import compute_features, load_data, needed_features
+    from llm_al.seeds import rng
+    from llm_al.strategies import run_strategy
+
+    fields = {}
+    for item in args.field:
+        role, eq, column = item.partition("=")
+        if not eq:
+            raise UserError(f"--field {item!r} is not ROLE=COLUMN (e.g. --field prompt=question)")
+        fields[role] = column
+    if Path(args.out).resolve() == Path(args.pool).resolve():
+        raise UserError(f"--out {args.out!r} is the pool itself; choose another file")
+    name, params = parse_strategy(args.strategy)
+    needs = needed_features([name], [])
+    data_cfg = DataConfig(pool=args.pool, fields=fields or None, system_prompt=args.system_prompt, split=args.split)
+    model_cfg = ModelConfig(device=args.device, max_length=args.max_length, trust_remote_code=args.trust_remote_code)
+    if args.model:
+        model_cfg.name = args.model
+    if args.embedder:
+        model_cfg.embedder = args.embedder
+    pool = load_data(data_cfg, seed=args.seed, need_test=False).pool
+    features = compute_features(pool, needs, model_cfg)
+    sel = run_strategy(name, features, args.budget, rng(args.seed, "subset"), **params)
+    columns = {
+        "llm_al_id": [pool.ids[i] for i in sel.indices],
+        "llm_al_rank": list(range(1, len(sel.indices) + 1)),
+        "llm_al_score": [None if s != s else round(float(s), 6) for s in sel.scores],
+    }
+    path = write_subset(pool, sel.indices.tolist(), args.out, columns=columns)
+    print(f"selected {len(sel.indices)} of {len(pool)} examples with {args.strategy} (seed {args.seed}) -> {path}")
+    print(f"llm_al_score is the {sel.score_name}; llm_al_rank is the pick order")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging()
+    try:
+        if args.command == "list":
+            cmd_list()
+        elif args.command == "demo":
+            cmd_experiment(None, args.overrides)
+        elif args.command == "run":
+            cmd_experiment(args.recipe, args.overrides)
+        elif args.command == "select":
+            cmd_select(args)
+    except UserError as err:
+        print(f"llm-al: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llm-al: interrupted; finished runs are saved, re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

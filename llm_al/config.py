@@ -1,0 +1,221 @@
+"""Experiment configuration: dataclass defaults, YAML recipes as deltas, `key=value` overrides.
+
+The dataclasses are the single source of defaults. A recipe states only what differs; dotted
+command-line overrides (`train.lr=5e-4 budget=200`) come last. Unknown keys are errors with a
+suggestion; every value is validated before any work starts. Every result embeds the resolved
+config, so a run can be reproduced from its result file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llm_al.demo_data import EMBEDDED_POOL
+from llm_al.errors import ConfigError, UnknownNameError, UserError
+from llm_al.evaluate import EvalConfig
+from llm_al.models import EMBEDDED_EMBEDDER, EMBEDDED_MODEL
+from llm_al.orderings import ORDERINGS
+from llm_al.registry import did_you_mean
+from llm_al.strategies import STRATEGIES
+from llm_al.train import TrainConfig
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `5e-4` as a string; recipes mean a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_value(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+@dataclass
+class DataConfig:
+    pool: str = EMBEDDED_POOL
+    """A JSONL/JSON/CSV/Parquet file, a saved `datasets` folder, a hub dataset id, or embedded:django-en-fr."""
+    test: str | None = None
+    """The held-out test set. None: the embedded pool's fixed test set, else a seeded split of the pool."""
+    test_size: float = 50
+    """Size of the seeded split when `test` is None (a count, or a fraction below 1)."""
+    fields: dict[str, str] | None = None
+    """Explicit column mapping, e.g. {prompt: question, response: answer}."""
+    split: str = "train"
+    """Split to read from a `datasets` folder or hub dataset."""
+    system_prompt: str | None = None
+    """Prepended to examples without a system turn. None: the embedded pool's own, else none."""
+    max_pool: int | None = None
+    """Keep a seeded random sample of this many pool examples (None: all)."""
+    max_test: int | None = None
+    """Keep the first this many test examples (None: all)."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = EMBEDDED_MODEL
+    """Causal LM to score, fine-tune and evaluate: embedded default, hub id or local folder."""
+    embedder: str = EMBEDDED_EMBEDDER
+    """sentence-transformers model for embedding features."""
+    device: str = "auto"
+    """auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a checkpoint. Off unless you trust the checkpoint."""
+    max_length: int = 256
+    """Tokens per example (prompt + response) for scoring and training."""
+    score_max_tokens: int = 4096
+    """Padded tokens per scoring batch."""
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "demo"
+    out_dir: str = "runs/demo"
+    """Results go here: one JSON per run, summary.json, table.md/.csv. Re-running resumes."""
+    strategies: list[str] = field(default_factory=lambda: ["random", "perplexity", "kcenter"])
+    """Strategy specs, `name` or `name:key=value,...` (e.g. perplexity:band=middle). random is always run."""
+    ordering: str = "shuffled"
+    """How each subset is ordered for training (llm-al list shows the orderings)."""
+    budget: int = 100
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Run seeds. Each derives separate subset, data-order and adapter-init streams; runs pair by seed."""
+    save_adapters: bool = True
+    progress: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if "random" not in [parse_strategy(s)[0] for s in self.strategies]:
+            self.strategies = ["random", *self.strategies]
+        for spec in self.strategies:
+            STRATEGIES.get(parse_strategy(spec)[0])
+        ORDERINGS.get(self.ordering)
+        if not isinstance(self.budget, int) or self.budget < 1:
+            raise ConfigError(f"budget must be a positive integer, got {self.budget!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {self.seeds!r}")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"strategies are listed twice: {self.strategies}")
+
+
+def parse_strategy(spec: str) -> tuple[str, dict[str, Any]]:
+    """'perplexity:band=middle,x=1' -> ('perplexity', {'band': 'middle', 'x': 1})."""
+    name, _, rest = str(spec).partition(":")
+    params: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"strategy spec {spec!r}: expected name:key=value,..., got {part!r}")
+        params[key.strip()] = yaml_value(value)
+    return name.strip(), params
+
+
+# ---------------------------------------------------------------------------- building
+def _merge(base: dict, delta: dict, cls: type, prefix: str = "") -> dict:
+    """Deep-merge `delta` into `base`, rejecting keys the dataclass `cls` does not have."""
+    known = {f.name: f for f in fields(cls)}
+    out = dict(base)
+    for key, value in delta.items():
+        if key not in known:
+            raise UnknownNameError(
+                f"unknown config key {prefix + key!r}.{did_you_mean(key, list(known))} "
+                f"Valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(known)}"
+            )
+        sub = _dataclass_type(known[key])
+        if sub is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {prefix + key!r} is a section; give it a mapping, got {value!r}")
+            out[key] = _merge(base[key], value, sub, prefix + key + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def _dataclass_type(f: dataclasses.Field) -> type | None:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return type(default) if is_dataclass(default) else None
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Does `value` (from YAML) fit the annotation `hint`? Ints pass for floats."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, dict):
+        return isinstance(value, origin)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    kwargs = {}
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        sub = _dataclass_type(f)
+        if sub is not None:
+            kwargs[f.name] = _build(sub, values[f.name], prefix + f.name + ".")
+            continue
+        if not _type_ok(values[f.name], hints[f.name]):
+            hint = hints[f.name]
+            hint = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+            raise ConfigError(f"config key {prefix + f.name!r} must be {hint}, got {values[f.name]!r}")
+        kwargs[f.name] = values[f.name]
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"invalid config for {cls.__name__}: {err}") from None
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['train.lr=5e-4', 'budget=200'] -> {'train': {'lr': 0.0005}, 'budget': 200}."""
+    delta: dict = {}
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=5e-4)")
+        node = delta
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml_value(value) if value != "" else None
+    return delta
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    values = dataclasses.asdict(ExperimentConfig())
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.exists():
+            raise UserError(f"recipe {str(path)!r} does not exist")
+        try:
+            delta = yaml_value(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(delta, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping of config keys, got {type(delta).__name__}")
+        values = _merge(values, delta, ExperimentConfig)
+    values = _merge(values, parse_overrides(overrides or []), ExperimentConfig)
+    return _build(ExperimentConfig, values)
+
+
+def to_dict(cfg: ExperimentConfig) -> dict:
+    return dataclasses.asdict(cfg)

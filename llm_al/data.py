@@ -1,0 +1,609 @@
+"""Load a pool of fine-tuning examples from a file, a folder or a hub id; write a chosen subset back.
+
+An `Example` is a chat: an optional system message, user/assistant turns, and the assistant
+response last. Its id is a hash of that content, so it depends on the data only. Accepted record
+shapes: chat `messages`, ShareGPT `conversations`, Alpaca `instruction`/`input`/`output`,
+`prompt`/`response` and translation pairs (a `translation` dict or `source`/`target`); `fields` maps
+any other column names. Formats: JSON Lines, JSON, CSV/TSV, Parquet, `datasets` folders, hub ids.
+Every problem with the data is a `DataError` that names the file, the row, the field and what is
+valid; `write_subset` writes the chosen records back in the input's format.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from llm_al.errors import DataError, UserError
+from llm_al.io import atomic_path
+
+DEFAULT_TRANSLATION_TEMPLATE = "Translate this {source_lang} text into {target_lang}:\n{source}"
+ROLES = ("prompt", "response", "system", "input", "instruction", "messages",
+         "source", "target", "source_lang", "target_lang")
+LANGUAGES = {"en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian",
+             "pt": "Portuguese", "nl": "Dutch", "af": "Afrikaans", "fil": "Filipino",
+             "ht": "Haitian Creole", "zh": "Chinese", "ja": "Japanese", "ru": "Russian",
+             "ar": "Arabic", "hi": "Hindi"}
+SHAPES_HELP = ("'messages' (a list of {role, content}); 'conversations' (ShareGPT {from, value}); "
+               "'instruction' + 'output' (+ optional 'input', Alpaca); 'prompt' + 'response' "
+               "(or 'completion' / 'output'); 'translation' ({'en': ..., 'fr': ...}); "
+               "'source' + 'target' (+ optional 'source_lang', 'target_lang')")
+_CHAT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
+               "gpt": "assistant", "model": "assistant"}
+_READ_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
+                    ".tsv": "tsv", ".parquet": "parquet"}
+_OUTPUT_FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "datasets")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+Row = tuple[str, int]  # (file label, 1-based row) for error messages
+
+
+# ---------------------------------------------------------------- examples and pools
+
+
+def content_id(messages: Sequence[dict[str, str]]) -> str:
+    """First 16 hex chars of the sha256 of the messages as canonical JSON."""
+    text = json.dumps(list(messages), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: chat messages ending in the assistant response."""
+
+    id: str
+    messages: tuple[dict[str, str], ...]
+    row: int
+    source: dict
+
+    @property
+    def prompt_messages(self) -> tuple[dict[str, str], ...]:
+        return self.messages[:-1]
+
+    @property
+    def response(self) -> str:
+        return self.messages[-1]["content"]
+
+    @property
+    def text(self) -> str:
+        """The non-system contents joined by newlines (what an embedder sees)."""
+        return "\n".join(m["content"] for m in self.messages if m["role"] != "system")
+
+    def __hash__(self) -> int:  # `source` is a dict, so hash by the content id
+        return hash(self.id)
+
+
+@dataclass
+class Pool:
+    """The examples of one source, in source order, after dropping exact duplicates."""
+
+    examples: list[Example]
+    path: str | None
+    format: str
+    shape: str
+    duplicates: list[tuple[int, int]] = field(default_factory=list)  # (row dropped, row kept)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def subset(self, indices: Sequence[int]) -> Pool:
+        return Pool([self.examples[int(i)] for i in indices], self.path, self.format, self.shape)
+
+    @property
+    def ids(self) -> list[str]:
+        return [ex.id for ex in self.examples]
+
+
+# ---------------------------------------------------------------- records -> examples
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to read every record of a pool, decided from its first record."""
+
+    shape: str
+    build: str  # messages | alpaca | prompt_response | translation | wmt
+    cols: dict[str, tuple[str, ...]]  # role -> candidate columns, first present wins
+    mapped: dict[str, str] = field(default_factory=dict)  # column the user named -> its role
+    codes: tuple[str | None, str | None] = (None, None)  # WMT source/target language codes
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _keys(rec: dict) -> str:
+    return ", ".join(map(str, rec)) or "(none)"
+
+
+def _text(rec: dict, names: Sequence[str], where: Row, required: bool = True) -> str | None:
+    """The first present field of `names` as non-empty text; None if optional and absent."""
+    name = next((n for n in names if n in rec and not _missing(rec[n])), None)
+    if name is None:
+        if required:
+            alts = " or ".join(repr(n) for n in names)
+            raise DataError(f"missing field {alts}; fields found: {_keys(rec)}", *where)
+        return None
+    value = rec[name]
+    if not isinstance(value, str):
+        raise DataError(f"field {name!r} must be text, got {type(value).__name__} {_short(value)}", *where)
+    if not value.strip():
+        if required:
+            raise DataError(f"field {name!r} is empty", *where)
+        return None
+    return value
+
+
+def _container(value: Any, name: str, where: Row) -> Any:
+    """A list/dict field, decoding a JSON string (as CSV holds it)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataError(f"field {name!r} holds text that is not valid JSON ({e.msg})", *where) from None
+    return value
+
+
+def _chat(rec: dict, name: str, where: Row) -> list[dict[str, str]]:
+    """Messages from a list of {role, content} or ShareGPT {from, value} turns."""
+    if name not in rec or _missing(rec[name]):
+        raise DataError(f"missing field {name!r}; fields found: {_keys(rec)}", *where)
+    turns = _container(rec[name], name, where)
+    if not isinstance(turns, (list, tuple)) or not turns:
+        raise DataError(f"field {name!r} must be a non-empty list of messages, got {_short(turns)}", *where)
+    msgs = []
+    for i, turn in enumerate(turns, 1):
+        if not isinstance(turn, dict):
+            raise DataError(f"{name}[{i}] must be an object with 'role' and 'content', got {_short(turn)}", *where)
+        role = turn.get("role", turn.get("from"))
+        content = turn.get("content", turn.get("value"))
+        if role not in _CHAT_ROLES:
+            raise DataError(f"{name}[{i}] has role {role!r}; valid roles: system, user, assistant "
+                            "(ShareGPT: system, human, gpt, model)", *where)
+        if not isinstance(content, str) or not content.strip():
+            raise DataError(f"{name}[{i}] ({role}) must have non-empty text content, got {_short(content)}", *where)
+        msgs.append({"role": _CHAT_ROLES[role], "content": content})
+    for i, msg in enumerate(msgs[1:], 2):
+        if msg["role"] == "system":
+            raise DataError(f"{name}[{i}] is a system message; only the first message may be one", *where)
+    if msgs[-1]["role"] != "assistant":
+        raise DataError(f"the last message of {name!r} must be the assistant's response, "
+                        f"got role {msgs[-1]['role']!r}", *where)
+    if not any(m["role"] == "user" for m in msgs):
+        raise DataError(f"{name!r} has no user message", *where)
+    return msgs
+
+
+def _language(value: str | None, default: str) -> str:
+    return default if value is None else LANGUAGES.get(value.strip().lower(), value)
+
+
+def _wmt(rec: dict, codes: tuple[str | None, str | None], where: Row) -> tuple[str, str, str, str]:
+    """(source name, target name, source text, target text) of a {'en': .., 'fr': ..} pair."""
+    if _missing(rec.get("translation")):
+        raise DataError(f"missing field 'translation'; fields found: {_keys(rec)}", *where)
+    pair = _container(rec["translation"], "translation", where)
+    if not isinstance(pair, dict):
+        raise DataError(f"field 'translation' must be an object of two languages like "
+                        f"{{'en': '...', 'fr': '...'}}, got {_short(pair)}", *where)
+    pair = {k: v for k, v in pair.items() if not _missing(v)}
+    src = codes[0] or next((k for k in pair if k != codes[1]), None)
+    tgt = codes[1] or next((k for k in pair if k != src), None)
+    if (None in codes and len(pair) != 2) or src not in pair or tgt not in pair or src == tgt:
+        raise DataError(f"field 'translation' must hold the source and target languages; found "
+                        f"{', '.join(pair) or 'none'} (pick codes with fields={{'source_lang': .., "
+                        f"'target_lang': ..}})", *where)
+    return (_language(src, src), _language(tgt, tgt),
+            _text(pair, (src,), where), _text(pair, (tgt,), where))
+
+
+def _plan(rec: dict, fields: dict[str, str] | None, where: Row) -> _Plan:
+    cols = {role: (role,) for role in ROLES}
+    cols["response"] = ("response", "completion", "output")
+    if fields:
+        if set(fields) <= {"source_lang", "target_lang"} and "translation" in rec:
+            return _Plan("translation", "wmt", cols, codes=(fields.get("source_lang"), fields.get("target_lang")))
+        cols.update({role: (col,) for role, col in fields.items()})
+        if "messages" in fields:
+            build = "messages"
+        elif set(fields) & {"source", "target", "source_lang", "target_lang"}:
+            build = "translation"
+        elif set(fields) & {"instruction", "input"} or "instruction" in rec:
+            build = "alpaca"
+        else:
+            build = "prompt_response"
+        return _Plan("mapped", build, cols, {col: role for role, col in fields.items()})
+    if "messages" in rec:
+        return _Plan("messages", "messages", cols)
+    if "conversations" in rec:
+        return _Plan("sharegpt", "messages", {**cols, "messages": ("conversations",)})
+    if "instruction" in rec and "output" in rec:
+        return _Plan("alpaca", "alpaca", {**cols, "response": ("output",)})
+    if "prompt" in rec and any(k in rec for k in cols["response"]):
+        return _Plan("prompt_response", "prompt_response", cols)
+    if "translation" in rec:
+        return _Plan("translation", "wmt", cols)
+    if "source" in rec and "target" in rec:
+        return _Plan("translation", "translation", cols)
+    raise DataError(f"cannot tell which fields hold the prompt and the response; fields found: "
+                    f"{_keys(rec)}. Accepted shapes: {SHAPES_HELP}. Other columns can be mapped "
+                    f"with fields, e.g. {{'prompt': 'question', 'response': 'answer'}} "
+                    f"(roles: {', '.join(ROLES)})", *where)
+
+
+def _messages(rec: dict, plan: _Plan, template: str, where: Row) -> list[dict[str, str]]:
+    """The chat messages of one record (before any system-prompt injection)."""
+    for col, role in plan.mapped.items():
+        if col not in rec:
+            raise DataError(f"column {col!r} (mapped to {role!r}) is missing; fields found: {_keys(rec)}", *where)
+
+    def get(role: str, required: bool = True) -> str | None:
+        return _text(rec, plan.cols[role], where, required)
+
+    if plan.build == "messages":
+        msgs = _chat(rec, plan.cols["messages"][0], where)
+    elif plan.build in ("prompt_response", "alpaca"):
+        user = get("prompt" if plan.build == "prompt_response" else "instruction")
+        extra = get("input", False) if plan.build == "alpaca" else None
+        msgs = [{"role": "user", "content": user + ("\n\n" + extra if extra else "")},
+                {"role": "assistant", "content": get("response")}]
+    else:
+        if plan.build == "wmt":
+            src_name, tgt_name, source, target = _wmt(rec, plan.codes, where)
+        else:
+            source, target = get("source"), get("target")
+            src_name = _language(get("source_lang", False), "the source language")
+            tgt_name = _language(get("target_lang", False), "the target language")
+        user = template.format(source_lang=src_name, target_lang=tgt_name, source=source)
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": target}]
+    system = get("system", False)
+    if system and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system})
+    return msgs
+
+
+def _check_options(fields: Any, system_prompt: Any, template: Any, label: str) -> None:
+    if fields is not None and not isinstance(fields, dict):
+        raise DataError(f"fields must map roles to column names, e.g. {{'prompt': 'question'}}, got {_short(fields)}")
+    unknown = sorted(set(fields or {}) - set(ROLES))
+    if unknown:
+        raise DataError(f"{label}: unknown role(s) in fields: {', '.join(map(repr, unknown))}; "
+                        f"valid roles: {', '.join(ROLES)}")
+    for role, col in (fields or {}).items():
+        if not isinstance(col, str) or not col:
+            raise DataError(f"fields[{role!r}] must be a column name, got {_short(col)}")
+    if system_prompt is not None and not isinstance(system_prompt, str):
+        raise DataError(f"system_prompt must be text, got {_short(system_prompt)}")
+    try:
+        template.format(source_lang="x", target_lang="y", source="z")
+    except (KeyError, IndexError, ValueError, AttributeError) as e:
+        raise DataError(f"translation template {_short(template)} is invalid ({type(e).__name__}: {e}); "
+                        "it may use only {source_lang}, {target_lang} and {source}") from None
+
+
+def _build(rows: list[tuple[int, Any]], path: str | None, format: str, fields: dict[str, str] | None,
+           system_prompt: str | None, template: str) -> Pool:
+    label = path or "in-memory records"
+    _check_options(fields, system_prompt, template, label)
+    if not rows:
+        raise DataError("no examples (the source is empty)", label)
+    plan, examples, kept, duplicates = None, [], {}, []
+    for row, rec in rows:
+        where = (label, row)
+        if not isinstance(rec, dict):
+            raise DataError(f"expected a record with named fields, got {type(rec).__name__} {_short(rec)}", *where)
+        plan = plan or _plan(rec, fields, where)
+        msgs = _messages(rec, plan, template, where)
+        ex_id = content_id(msgs)
+        if ex_id in kept:
+            duplicates.append((row, kept[ex_id]))
+            continue
+        kept[ex_id] = row
+        if system_prompt and system_prompt.strip() and msgs[0]["role"] != "system":
+            msgs.insert(0, {"role": "system", "content": system_prompt})
+        examples.append(Example(ex_id, tuple(msgs), row, rec))
+    return Pool(examples, path, format, plan.shape, duplicates)
+
+
+def records_to_pool(records: list[dict], *, path: str | None = None, format: str = "memory",
+                    fields: dict[str, str] | None = None, system_prompt: str | None = None,
+                    translation_template: str = DEFAULT_TRANSLATION_TEMPLATE) -> Pool:
+    """A pool from records already in memory; rows are numbered from 1 in list order."""
+    if isinstance(records, (dict, str, bytes)):
+        raise DataError(f"expected a list of records, got {type(records).__name__}", path)
+    return _build(list(enumerate(records, 1)), path, format, fields, system_prompt, translation_template)
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _read_text(path: Path, label: str) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read the file ({e.strerror or e})", label) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"line {line}: not valid UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                        f"{e.start}); save the file as UTF-8", label) from None
+
+
+def _jsonl_rows(text: str, label: str) -> list[tuple[int, Any]]:
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit in a string
+        if line.strip():
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise DataError(f"line {n} is not valid JSON: {e.msg} (column {e.colno})", label) from None
+    return rows
+
+
+def _read_json(text: str, label: str) -> tuple[list[tuple[int, Any]], str]:
+    if not text.strip():
+        return [], "json"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # JSON Lines saved as .json (as `Dataset.to_json` does)
+            return _jsonl_rows(text, label), "jsonl"
+        raise DataError(f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})", label) from None
+    if isinstance(data, dict):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"expected a list of records, or an object holding one list such as "
+                            f"{{'data': [...]}}; found an object with keys: {_keys(data)}", label)
+        data = data[lists[0]]
+    if not isinstance(data, list):
+        raise DataError(f"expected a list of records, got {type(data).__name__}", label)
+    return list(enumerate(data, 1)), "json"
+
+
+def _read_csv(text: str, label: str, delimiter: str) -> list[tuple[int, Any]]:
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # long responses are normal
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows = []
+    try:
+        header = reader.fieldnames or []
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            raise DataError(f"the header repeats column(s): {', '.join(repeated)}", label)
+        for n, rec in enumerate(reader, 1):
+            if None in rec:
+                raise DataError(f"has {len(header) + len(rec[None])} cells but the header has "
+                                f"{len(header)} columns", label, n)
+            rows.append((n, {k: (None if v == "" else v) for k, v in rec.items()}))  # empty = missing
+    except csv.Error as e:
+        raise DataError(f"line {reader.line_num}: not valid CSV ({e})", label) from None
+    return rows
+
+
+def _read_parquet(path: Path, label: str) -> list[tuple[int, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return list(enumerate(pq.read_table(path).to_pylist(), 1))
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"not a readable Parquet file ({e})", label) from None
+
+
+def _read_datasets(path: Path, label: str, split: str) -> list[tuple[int, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 (datasets raises many kinds for a folder it cannot read)
+        raise DataError(f"a folder that is not a dataset saved with save_to_disk "
+                        f"({type(e).__name__}: {_short(str(e), 200)})", label) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"no split {split!r}; splits: {', '.join(ds)}", label)
+        ds = ds[split]
+    return list(enumerate(ds.to_list(), 1))
+
+
+def _read_hub(spec: str, split: str) -> list[tuple[int, Any]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(spec, split=split)
+    except Exception as e:  # noqa: BLE001 (network, auth, missing split, bad script: all the same to the user)
+        raise DataError(f"neither a local file nor a reachable Hugging Face hub dataset "
+                        f"({type(e).__name__}: {_short(str(e), 200)}). Offline machines "
+                        f"(HF_DATASETS_OFFLINE=1) can load only local files and cached datasets", spec) from None
+    return list(enumerate(ds.to_list(), 1))
+
+
+def load_pool(spec: str, *, fields: dict[str, str] | None = None, system_prompt: str | None = None,
+              split: str = "train", translation_template: str = DEFAULT_TRANSLATION_TEMPLATE) -> Pool:
+    """Load a pool from a .jsonl/.ndjson/.json/.csv/.tsv/.parquet file, a `save_to_disk` folder, or
+    a hub id (`owner/name`). Rows are 1-based records (JSON Lines: line numbers)."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        rows, fmt = _read_datasets(path, spec, split), "datasets"
+    elif path.is_file():
+        fmt = _READ_EXTENSIONS.get(path.suffix.lower())
+        if fmt is None:
+            raise DataError(f"unknown format {path.suffix or '(no extension)'!r}; supported: "
+                            f"{', '.join(_READ_EXTENSIONS)}, or a datasets save_to_disk folder", spec)
+        if fmt == "parquet":
+            rows = _read_parquet(path, spec)
+        elif fmt == "jsonl":
+            rows = _jsonl_rows(_read_text(path, spec), spec)
+        elif fmt == "json":
+            rows, fmt = _read_json(_read_text(path, spec), spec)
+        else:
+            rows = _read_csv(_read_text(path, spec), spec, "\t" if fmt == "tsv" else ",")
+    elif _HUB_ID.fullmatch(spec) and not path.suffix:
+        rows, fmt = _read_hub(spec, split), "datasets"
+    else:
+        raise DataError("no such file", spec)
+    return _build(rows, spec, fmt, fields, system_prompt, translation_template)
+
+
+# ---------------------------------------------------------------- writing subsets
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if isinstance(value, (np.generic, np.ndarray)) else value
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell: text as is, lists/dicts/numbers as JSON, missing as empty."""
+    if _missing(value):
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
+def _columns(records: list[dict]) -> list[str]:
+    return list(dict.fromkeys(k for rec in records for k in rec))
+
+
+def _arrow_table(records: list[dict]) -> Any:
+    """A pyarrow table with every column of every record; a column Arrow cannot type becomes text."""
+    import pyarrow as pa
+
+    table = {}
+    for col in _columns(records):
+        values = [_plain(rec.get(col)) for rec in records]
+        try:
+            table[str(col)] = pa.array(values)
+        except (pa.ArrowException, OverflowError, TypeError):
+            table[str(col)] = pa.array([None if _missing(v) else _cell(v) for v in values], type=pa.string())
+    return pa.table(table)
+
+
+def _write_datasets(records: list[dict], out: Path) -> None:
+    """Save to a temporary folder beside `out`, then swap it in (replacing an old dataset folder)."""
+    import datasets
+
+    if out.exists() and not (out / "dataset_info.json").exists() and not (out / "dataset_dict.json").exists():
+        raise UserError(f"{out} exists and is not a datasets folder; refusing to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = tmp.with_name(tmp.name + ".old")
+    try:
+        datasets.Dataset(_arrow_table(records)).save_to_disk(str(tmp / "data"))
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp / "data", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _output_format(out: Path, format: str | None, pool_format: str) -> str:
+    supported = f"{', '.join(_READ_EXTENSIONS)}, or a folder (datasets)"
+    if format is not None:
+        if format not in _OUTPUT_FORMATS:
+            raise UserError(f"unknown output format {format!r}; valid formats: {', '.join(_OUTPUT_FORMATS)}")
+        return format
+    if out.suffix.lower() in _READ_EXTENSIONS:
+        return _READ_EXTENSIONS[out.suffix.lower()]
+    if not out.suffix and pool_format in _OUTPUT_FORMATS:
+        return pool_format
+    raise UserError(f"{out}: cannot tell the output format from {out.suffix or '(no extension)'!r}; "
+                    f"supported extensions: {supported}")
+
+
+def write_subset(pool: Pool, indices: Sequence[int], out: str, *, columns: dict[str, Sequence] | None = None,
+                 format: str | None = None) -> Path:
+    """Write the source records of `pool.examples[i]` for i in `indices` (in that order), each with
+    the extra `columns` (aligned with `indices`), atomically; return the path written."""
+    out_path = Path(out).expanduser()
+    fmt = _output_format(out_path, format, pool.format)
+    indices = [int(i) for i in indices]
+    if not indices:
+        raise UserError(f"{out}: no examples to write")
+    bad = [i for i in indices if not 0 <= i < len(pool)]
+    if bad:
+        raise IndexError(f"example index {bad[0]} is outside a pool of {len(pool)}")
+    columns = columns or {}
+    for name, values in columns.items():
+        if len(values) != len(indices):
+            raise ValueError(f"column {name!r} has {len(values)} values for {len(indices)} examples")
+    records = [dict(pool.examples[i].source) for i in indices]
+    for name, values in columns.items():
+        for rec, value in zip(records, values):
+            rec[name] = _plain(value)
+    if fmt == "datasets":
+        _write_datasets(records, out_path)
+        return out_path
+    with atomic_path(out_path) as tmp:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(_arrow_table(records), tmp)
+        elif fmt in ("csv", "tsv"):
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                writer = csv.writer(fh, delimiter="\t" if fmt == "tsv" else ",")
+                header = _columns(records)
+                writer.writerow(header)
+                writer.writerows([_cell(rec.get(col)) for col in header] for rec in records)
+        else:
+            dump = lambda obj, **kw: json.dumps(obj, ensure_ascii=False, default=_json_default, **kw)  # noqa: E731
+            text = dump(records, indent=2) if fmt == "json" else "\n".join(dump(r) for r in records)
+            tmp.write_text(text + "\n", encoding="utf-8")
+    return out_path
+
+
+# ---------------------------------------------------------------- splitting and overlap
+
+
+def split_pool(pool: Pool, test_size: int | float, seed: int) -> tuple[Pool, Pool]:
+    """(train, test), seeded; `test_size` is a count (int) or a fraction in (0, 1) (float).
+    Each part keeps the pool's order."""
+    n = len(pool)
+    if isinstance(test_size, (bool, np.bool_)) or not isinstance(test_size, (int, float, np.number)):
+        raise DataError(f"test_size must be a count or a fraction in (0, 1), got {_short(test_size)}")
+    if isinstance(test_size, (float, np.floating)):
+        if not 0 < test_size < 1:
+            raise DataError(f"test_size {test_size} as a fraction must lie strictly between 0 and 1")
+        k = max(1, round(n * float(test_size)))
+    else:
+        k = int(test_size)
+    if not 0 < k < n:
+        raise DataError(f"cannot split {n} examples into a test set of {k} and a non-empty training set",
+                        pool.path)
+    order = np.random.default_rng(seed).permutation(n)
+    return pool.subset(sorted(order[k:].tolist())), pool.subset(sorted(order[:k].tolist()))
+
+
+def drop_overlap(pool: Pool, other: Pool) -> tuple[Pool, int]:
+    """Remove from `pool` the examples whose id is in `other` (e.g. the test set)."""
+    banned = set(other.ids)
+    keep = [i for i, ex in enumerate(pool.examples) if ex.id not in banned]
+    removed = len(pool) - len(keep)
+    if not keep:
+        raise DataError(f"all {len(pool)} examples also appear in {other.path or 'the other set'}",
+                        pool.path or "in-memory records")
+    if not removed:
+        return pool, 0
+    return replace(pool.subset(keep), duplicates=list(pool.duplicates)), removed

@@ -1,0 +1,180 @@
+"""The experiment runner: config in, steps in order, results out.
+
+    data -> features (once) -> untrained floor -> for each strategy x seed:
+        select (subset stream) -> order (order stream) -> LoRA train (init stream) -> generate & score
+    -> paired comparison with random -> table
+
+The base model is loaded once and reused by every run (peft adds and removes the adapter). Each
+run writes `runs/<run_id>.json` atomically when it finishes; re-running the same out_dir skips
+finished runs, so a killed experiment resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+import traceback
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from llm_al import models
+from llm_al.config import ExperimentConfig, parse_strategy, to_dict
+from llm_al.errors import UserError
+from llm_al.evaluate import evaluate
+from llm_al.formatting import tokenize
+from llm_al.io import write_json, write_text
+from llm_al.orderings import run_ordering
+from llm_al.pipeline import compute_features, load_data, needed_features
+from llm_al.report import format_table, summarize, write_tables
+from llm_al.seeds import rng, run_seeds
+from llm_al.strategies import run_strategy
+from llm_al.train import detach_lora, save_adapter, train_lora
+
+log = logging.getLogger("llm_al")
+PACKAGES = ("llm-al", "torch", "transformers", "peft", "sentence-transformers", "numpy", "sacrebleu",
+            "rouge-score", "datasets", "django")
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_id(spec: str, seed: int) -> str:
+    slug = spec.replace(":", "-").replace(",", "-").replace("=", "")
+    return f"{slug}-seed{seed}"
+
+
+def _done(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    import json
+
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    return result if result.get("status") == "ok" else None
+
+
+def check_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to output directory {str(out)!r}: {err.strerror or err}") from None
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict:
+    t_start = time.perf_counter()
+    out = Path(cfg.out_dir)
+    check_out_dir(out)
+    write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    data = load_data(cfg.data, seed=cfg.seeds[0])
+    if cfg.budget > len(data.pool):
+        from llm_al.errors import BudgetError
+
+        raise BudgetError(cfg.budget, len(data.pool))
+    specs = [(spec, *parse_strategy(spec)) for spec in cfg.strategies]
+
+    model, tokenizer = models.load_model(cfg.model.name, cfg.model.device,
+                                         trust_remote_code=cfg.model.trust_remote_code)
+    needs = needed_features([name for _, name, _ in specs], [cfg.ordering])
+    features = compute_features(data.pool, needs, cfg.model, (model, tokenizer), cfg.progress)
+    pad_id = tokenizer.pad_token_id
+    common = {"config": to_dict(cfg), "versions": versions(), "pool_size": len(data.pool),
+              "test_size": len(data.test), "notes": data.notes}
+
+    floor_path = out / "runs" / "untrained.json"
+    floor = _done(floor_path)
+    if floor is None:
+        log.info("evaluating the untrained model (the floor)")
+        ev = evaluate(model, tokenizer, data.test.examples, cfg.eval, cfg.progress)
+        floor = {"run_id": "untrained", "strategy": "untrained", "status": "ok", "eval": ev,
+                 "timings": {"eval_seconds": ev["seconds"]}, **common}
+        write_json(floor_path, floor)
+
+    results = []
+    for spec, name, params in specs:
+        for seed in cfg.seeds:
+            path = out / "runs" / f"{run_id(spec, seed)}.json"
+            done = _done(path)
+            if done is not None:
+                log.info("%s: already done, skipping", path.name)
+                results.append(done)
+                continue
+            results.append(_one_run(cfg, spec, name, params, seed, data, features, model, tokenizer,
+                                    pad_id, path, out, common))
+            model = results[-1].pop("_model")
+
+    summary = summarize(results, floor, cfg)
+    summary["feature_cost"] = features.cost
+    summary["total_seconds"] = time.perf_counter() - t_start
+    write_json(out / "summary.json", summary)
+    write_tables(summary, out)
+    return summary
+
+
+def _one_run(cfg, spec, name, params, seed, data, features, model, tokenizer, pad_id, path, out, common) -> dict:
+    seeds = run_seeds(seed)
+    record = {"run_id": path.stem, "strategy": spec, "strategy_name": name, "params": params, "seed": seed,
+              "seeds": seeds, "ordering": cfg.ordering, "budget": cfg.budget, **common}
+    timings: dict = {}
+    peft_model = None
+    try:
+        t0 = time.perf_counter()
+        sel = run_strategy(name, features, cfg.budget, rng(seed, "subset"), **params)
+        order = run_ordering(cfg.ordering, sel.indices, features, rng(seed, "order"))
+        timings["select_seconds"] = time.perf_counter() - t0
+        items = tokenize(tokenizer, [data.pool.examples[i] for i in order], cfg.model.max_length)
+        peft_model, tr = train_lora(model, items, pad_id, cfg.train, seeds["init"], progress_bar=cfg.progress)
+        timings["train_seconds"] = tr.seconds
+        if cfg.save_adapters:
+            save_adapter(peft_model, out / "adapters" / path.stem)
+        ev = evaluate(peft_model, tokenizer, data.test.examples, cfg.eval, cfg.progress)
+        timings["eval_seconds"] = ev["seconds"]
+        model, peft_model = detach_lora(peft_model), None
+        score_by_index = dict(zip(sel.indices.tolist(), sel.scores.tolist()))
+        record.update({
+            "status": "ok",
+            "selection": {"ids": [data.pool.ids[i] for i in sel.indices], "indices": sel.indices.tolist(),
+                          "scores": [None if np.isnan(s) else s for s in sel.scores.tolist()],
+                          "score_name": sel.score_name},
+            "order": {"ids": [data.pool.ids[i] for i in order],
+                      "scores": [None if np.isnan(score_by_index[i]) else score_by_index[i] for i in order.tolist()]},
+            "subset_features": _subset_means(features, sel.indices),
+            "train": asdict(tr), "eval": ev, "timings": timings,
+        })
+        write_json(path, record)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # record the failure, keep the other runs going
+        log.error("%s failed: %s", path.stem, err)
+        record.update({"status": "failed", "error": f"{type(err).__name__}: {err}",
+                       "traceback": traceback.format_exc(), "timings": timings})
+        write_json(path, record)
+        if peft_model is not None:
+            model = detach_lora(peft_model)
+    record["_model"] = model
+    return record
+
+
+def _subset_means(features, indices) -> dict:
+    out = {}
+    for name in ("loss", "entropy", "length", "n_tokens"):
+        value = getattr(features, name)
+        if value is not None:
+            out[name] = float(np.mean(value[indices]))
+    return out

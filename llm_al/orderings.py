@@ -1,0 +1,54 @@
+"""Orderings: the order in which a selected subset is fed to training.
+
+`fn(indices, features, rng) -> permutation of indices` (positions into the pool), registered with
+`@ORDERINGS.register`. Pure functions; every randomised step uses the given `rng` (the run's
+data-order seed stream). Ties in a sort key are broken at random, so equal-loss examples are not
+left in selection order.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from llm_al.features import Features
+from llm_al.registry import Registry
+
+OrderingFn = Callable[[np.ndarray, Features, np.random.Generator], np.ndarray]
+ORDERINGS: Registry[OrderingFn] = Registry("ordering")
+
+
+def sort_by(indices: np.ndarray, key: np.ndarray, rng: np.random.Generator, descending: bool = False) -> np.ndarray:
+    k = key[indices].astype(np.float64)
+    order = np.lexsort((rng.random(len(indices)), -k if descending else k))
+    return indices[order]
+
+
+@ORDERINGS.register("as_selected", "the order the strategy picked them in", needs=())
+def as_selected(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    return np.asarray(indices).copy()
+
+
+@ORDERINGS.register("shuffled", "a seeded random permutation (data-order seed)", needs=())
+def shuffled(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(np.asarray(indices))
+
+
+@ORDERINGS.register("easy_to_hard", "ascending base-model response loss (curriculum)", needs=("loss",))
+def easy_to_hard(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    return sort_by(np.asarray(indices), features.require("loss"), rng)
+
+
+@ORDERINGS.register("hard_to_easy", "descending base-model response loss (anti-curriculum)", needs=("loss",))
+def hard_to_easy(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    return sort_by(np.asarray(indices), features.require("loss"), rng, descending=True)
+
+
+def run_ordering(name: str, indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    entry = ORDERINGS.get(name)
+    for need in entry.meta.get("needs", ()):
+        features.require(need)
+    out = entry.fn(np.asarray(indices), features, rng)
+    assert sorted(out.tolist()) == sorted(np.asarray(indices).tolist()), f"ordering {name} is not a permutation"
+    return out

@@ -1,0 +1,95 @@
+"""The steps shared by `llm-al run/demo` and `llm-al select`: read the data, compute the features a
+set of strategies and orderings needs (each at most once, cached on disk)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from llm_al import models
+from llm_al.data import Pool, drop_overlap, load_pool, records_to_pool, split_pool
+from llm_al.demo_data import EMBEDDED_POOL, SYSTEM_PROMPT, TEMPLATE, demo_records
+from llm_al.features import Features, build_features, compute_embeddings, compute_loss_features
+from llm_al.orderings import ORDERINGS
+from llm_al.seeds import rng
+from llm_al.strategies import STRATEGIES
+
+log = logging.getLogger("llm_al")
+LOSS_FEATURES = {"loss", "entropy", "n_tokens"}
+
+
+@dataclass
+class Data:
+    pool: Pool
+    test: Pool | None
+    notes: list[str]
+
+
+def load_data(cfg, seed: int = 0, need_test: bool = True) -> Data:
+    """Pool and test set per a DataConfig: the embedded demo, or files with an optional seeded split.
+    Test examples that also sit in the pool are removed from the pool (no train/test leak)."""
+    notes: list[str] = []
+    if cfg.pool == EMBEDDED_POOL:
+        system = cfg.system_prompt if cfg.system_prompt is not None else SYSTEM_PROMPT
+        pool_rows, test_rows = demo_records()
+        pool = records_to_pool(pool_rows, path=EMBEDDED_POOL, system_prompt=system, translation_template=TEMPLATE)
+        test = None if cfg.test is not None else records_to_pool(
+            test_rows, path=EMBEDDED_POOL + ":test", system_prompt=system, translation_template=TEMPLATE)
+    else:
+        system = cfg.system_prompt
+        pool = load_pool(cfg.pool, fields=cfg.fields, system_prompt=system, split=cfg.split)
+        test = None
+    if pool.duplicates:
+        notes.append(f"{len(pool.duplicates)} exact duplicate rows dropped from the pool "
+                     f"(rows {', '.join(str(d) for d, _ in pool.duplicates[:10])}{'...' if len(pool.duplicates) > 10 else ''})")
+    if cfg.test is not None:
+        test = load_pool(cfg.test, fields=cfg.fields, system_prompt=system, split=cfg.split)
+    elif test is None and need_test:
+        pool, test = split_pool(pool, cfg.test_size, seed=int(rng(seed, "split").integers(2**31)))
+        notes.append(f"no test set given: held out {len(test)} pool examples (seeded split)")
+    if test is not None:
+        pool, removed = drop_overlap(pool, test)
+        if removed:
+            notes.append(f"{removed} pool examples also in the test set were removed from the pool")
+        if cfg.max_test is not None:
+            test = test.subset(range(min(cfg.max_test, len(test))))
+    if cfg.max_pool is not None and cfg.max_pool < len(pool):
+        keep = np.sort(rng(seed, "pool_sample").choice(len(pool), cfg.max_pool, replace=False))
+        pool = pool.subset(keep.tolist())
+        notes.append(f"pool sampled down to {cfg.max_pool} examples (max_pool)")
+    for note in notes:
+        log.info(note)
+    return Data(pool, test, notes)
+
+
+def needed_features(strategy_names: Iterable[str], ordering_names: Iterable[str]) -> set[str]:
+    needs: set[str] = set()
+    for name in strategy_names:
+        needs.update(STRATEGIES.get(name).meta.get("needs", ()))
+    for name in ordering_names:
+        needs.update(ORDERINGS.get(name).meta.get("needs", ()))
+    return needs
+
+
+def compute_features(pool: Pool, needs: set[str], model_cfg, model_and_tokenizer=None,
+                     progress: bool = True) -> Features:
+    """Only what `needs` asks for. `model_and_tokenizer` reuses a loaded model; else one is loaded."""
+    cache_dir = models.cache_root() / "features"
+    loss_stats = embeddings = None
+    cost: dict = {}
+    if needs & LOSS_FEATURES:
+        model, tokenizer = model_and_tokenizer or models.load_model(
+            model_cfg.name, model_cfg.device, trust_remote_code=model_cfg.trust_remote_code)
+        loss_stats, c = compute_loss_features(model, tokenizer, pool.examples, cache_dir,
+                                              models.fingerprint(model_cfg.name), model_cfg.max_length,
+                                              model_cfg.score_max_tokens, progress)
+        cost.update(c)
+    if "embeddings" in needs:
+        embedder = models.load_embedder(model_cfg.embedder, model_cfg.device)
+        embeddings, c = compute_embeddings(embedder, [ex.text for ex in pool.examples], cache_dir,
+                                           models.fingerprint(model_cfg.embedder), progress_bar=progress)
+        cost.update(c)
+    return build_features(pool.examples, pool.ids, loss_stats=loss_stats, embeddings=embeddings, cost=cost)

@@ -1,0 +1,143 @@
+"""LoRA fine-tuning with peft, consuming examples in exactly the order given.
+
+A plain training loop rather than the transformers Trainer, whose sampler shuffles by default:
+here batch k of every epoch is examples[k*B:(k+1)*B], so a curriculum is what it says. Every
+epoch replays the same order. The adapter's initialisation and its dropout draw from the `init`
+seed stream; the order comes from the caller (the `order` stream). The base model is modified in
+place by peft and restored by `unload`, so one loaded model serves many runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from llm_al.formatting import Tokenized, pack, response_logits
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2
+    """Passes over the subset; each replays the same order."""
+    batch_size: int = 8
+    lr: float = 1e-3
+    """AdamW learning rate for the adapter."""
+    schedule: str = "constant"
+    """"constant" or "linear" (decay to 0 over all steps)."""
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    """peft target modules: "all-linear" or a list of module names."""
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        from llm_al.errors import ConfigError
+
+        for name in ("epochs", "batch_size", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.schedule not in ("constant", "linear"):
+            raise ConfigError(f"train.schedule must be 'constant' or 'linear', got {self.schedule!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"train.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)   # mean response loss per step
+    tokens: int = 0                                     # response tokens trained on (all epochs)
+
+
+def ordered_batches(n: int, batch_size: int, epochs: int) -> list[list[int]]:
+    """Positions of each optimiser step: consecutive chunks of 0..n-1, the same every epoch."""
+    one_epoch = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    return [b for _ in range(epochs) for b in one_epoch]
+
+
+def attach_lora(model, cfg: TrainConfig, init_seed: int):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(init_seed)    # LoRA A matrices are drawn from torch's global generator
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, lora)
+
+
+def train_lora(model, items: Sequence[Tokenized], pad_id: int, cfg: TrainConfig, init_seed: int,
+               on_batch: Callable[[list[int]], None] | None = None, progress_bar: bool = True):
+    """Attach a fresh LoRA adapter to `model` and train it on `items` in the given order.
+
+    Returns (peft model, TrainResult). `on_batch` sees the item positions of every step (tests use
+    it to prove the order). Call `detach_lora` afterwards to get the untouched base model back; if
+    training fails, the adapter is removed before the error propagates.
+    """
+    if not items:
+        raise ValueError("nothing to train on")
+    peft_model = attach_lora(model, cfg, init_seed)
+    t0 = time.perf_counter()
+    try:
+        result = _optimise(peft_model, items, pad_id, cfg, on_batch, progress_bar)
+    except BaseException:
+        detach_lora(peft_model)   # leave the caller's base model as it was
+        raise
+    result.seconds = time.perf_counter() - t0
+    return peft_model, result
+
+
+def _optimise(peft_model, items, pad_id, cfg: TrainConfig, on_batch, progress_bar) -> TrainResult:
+    import torch
+    from tqdm.auto import tqdm
+
+    device = next(peft_model.parameters()).device
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = ordered_batches(len(items), cfg.batch_size, cfg.epochs)
+
+    def lr_factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "linear":
+            return max(0.0, (len(steps) - step) / max(1, len(steps) - cfg.warmup_steps))
+        return 1.0
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    result = TrainResult(steps=len(steps), seconds=0.0)
+    peft_model.train()
+    for batch in tqdm(steps, desc="training", unit="step", disable=not progress_bar):
+        if on_batch:
+            on_batch(batch)
+        ids, mask, rows, pos, targets = (t.to(device) for t in pack([items[i] for i in batch], pad_id))
+        logits = response_logits(peft_model, ids, mask, rows, pos)         # (M, V)
+        loss = torch.nn.functional.cross_entropy(logits, targets)         # mean over response tokens
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training loss became {loss.item()} at step {len(result.losses)}")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        result.losses.append(round(loss.item(), 5))
+        result.tokens += int(targets.numel())
+    peft_model.eval()
+    return result
+
+
+def save_adapter(peft_model, path: Path) -> None:
+    """Standard peft format (adapter_config.json + adapter_model.safetensors)."""
+    peft_model.save_pretrained(str(path), safe_serialization=True)
+
+
+def detach_lora(peft_model):
+    """Remove the adapter layers and return the original base model, weights unchanged."""
+    return peft_model.unload()
