@@ -23,7 +23,7 @@ class EvalConfig:
     primary: str = "chrf"
     """The metric the comparison table and the verdicts use."""
     max_new_tokens: int = 64
-    batch_size: int = 25
+    batch_size: int = 50
 
     def __post_init__(self) -> None:
         from llm_al.errors import ConfigError

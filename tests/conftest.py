@@ -1,0 +1,99 @@
+"""Shared fixtures. Nothing here touches a network: hub access is switched off for every test, and
+the model is a random-init 2-layer Llama with a byte-level BPE tokenizer trained on the spot."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+PAIRS = [
+    ("Cancel", "Annuler"), ("Save and continue editing", "Enregistrer et continuer les modifications"),
+    ("Delete selected items", "Supprimer les objets sélectionnés"), ("Log out", "Déconnexion"),
+    ("Change password", "Modifier le mot de passe"), ("Enter a valid date.", "Saisissez une date valide."),
+    ("This field is required.", "Ce champ est obligatoire."), ("Yes", "Oui"), ("No", "Non"),
+    ("Home", "Accueil"), ("Add another", "Ajouter un autre"), ("Save", "Enregistrer"),
+    ("Search", "Rechercher"), ("Filter", "Filtre"), ("History", "Historique"), ("Close", "Fermer"),
+    ("View on site", "Voir sur le site"), ("Enter a whole number.", "Saisissez un nombre entier."),
+    ("Previous", "Précédent"), ("Next", "Suivant"), ("Today", "Aujourd’hui"), ("Now", "Maintenant"),
+    ("Choose a time", "Choisir une heure"), ("Username", "Nom d’utilisateur"),
+]
+
+
+def pool_records(n: int = 24) -> list[dict]:
+    rows = [{"source": s, "target": t, "source_lang": "English", "target_lang": "French"} for s, t in PAIRS]
+    return rows[:n]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved random-init Llama (2 layers, hidden 64) with a ChatML BPE tokenizer (~600 tokens)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    text = [f"{s}\n{t}" for s, t in PAIRS] * 4 + ["Translate English to French.", "system user assistant"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   bos_token="<|im_start|>", model_max_length=512)
+    fast.chat_template = CHATML
+    fast.save_pretrained(out)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+                         bos_token_id=fast.bos_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from llm_al.models import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture()
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """Feature/model caches in a fresh folder for each test."""
+    monkeypatch.setenv("LLM_AL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture()
+def pool_file(tmp_path) -> Path:
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pool_records()), encoding="utf-8")
+    return path
+
+
+def synthetic_features(n: int = 40, dim: int = 8, seed: int = 0):
+    """Features with every field filled, for the strategy and ordering contract suites."""
+    from llm_al.features import Features
+
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(n, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return Features(ids=[f"id{i}" for i in range(n)], length=rng.integers(1, 30, n).astype(np.float32),
+                    loss=rng.gamma(2.0, 1.0, n).astype(np.float32), entropy=rng.gamma(2.0, 1.0, n).astype(np.float32),
+                    n_tokens=rng.integers(1, 30, n), embeddings=emb)

@@ -1,0 +1,153 @@
+"""The real entry point, end to end on the tiny model, and the bad inputs a user will feed it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import pool_records
+from llm_al.cli import main
+from llm_al.data import load_pool
+
+
+def run_cli(args: list[str], cwd: Path | None = None, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "llm_al.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+@pytest.fixture()
+def tiny_recipe(tmp_path, tiny_model_dir, pool_file) -> Path:
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"source": "Delete", "target": "Supprimer"}, {"source": "Save as new", "target": "Enregistrer en tant que nouveau"},
+        {"source": "Add", "target": "Ajouter"}]))
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(f"""
+name: tiny
+out_dir: {tmp_path / 'out'}
+budget: 6
+seeds: [0, 1]
+progress: false
+data: {{pool: {pool_file}, test: {test}, system_prompt: Translate English to French.}}
+model: {{name: {tiny_model_dir}, max_length: 64}}
+train: {{epochs: 1, batch_size: 3, lora_r: 4, lr: 1.0e-3}}
+eval: {{max_new_tokens: 6}}
+""")
+    return recipe
+
+
+def test_run_recipe_end_to_end_and_resume(tiny_recipe, tmp_path, cache_dir, capsys):
+    assert main(["run", str(tiny_recipe)]) == 0
+    out = capsys.readouterr().out
+    for name in ("untrained (floor)", "random", "perplexity", "kcenter", "wins", "diff vs random"):
+        assert name in out
+    out_dir = tmp_path / "out"
+    runs = sorted(p.name for p in (out_dir / "runs").glob("*.json"))
+    assert runs == ["kcenter-seed0.json", "kcenter-seed1.json", "perplexity-seed0.json", "perplexity-seed1.json",
+                    "random-seed0.json", "random-seed1.json", "untrained.json"]
+    run = json.loads((out_dir / "runs" / "random-seed1.json").read_text())
+    assert run["status"] == "ok" and len(run["selection"]["ids"]) == 6
+    assert set(run["seeds"]) == {"subset", "order", "init"}
+    assert run["config"]["budget"] == 6 and run["versions"]["torch"]
+    assert {"select_seconds", "train_seconds", "eval_seconds"} <= set(run["timings"])
+    assert (out_dir / "adapters" / "random-seed1" / "adapter_config.json").exists()
+    summary = json.loads((out_dir / "summary.json").read_text())
+    kc = next(r for r in summary["strategies"] if r["strategy"] == "kcenter")
+    assert kc["vs_random"]["n"] == 2 and len(kc["chrf"]["values"]) == 2
+    # the two random runs use different subsets; perplexity (deterministic) the same one
+    r0 = json.loads((out_dir / "runs" / "random-seed0.json").read_text())["selection"]["ids"]
+    assert set(r0) != set(run["selection"]["ids"])
+    p = [json.loads((out_dir / "runs" / f"perplexity-seed{s}.json").read_text()) for s in (0, 1)]
+    assert set(p[0]["selection"]["ids"]) == set(p[1]["selection"]["ids"])
+    assert p[0]["order"]["ids"] != p[1]["order"]["ids"]          # but a different data order per seed
+
+    # resume: delete one run; a second invocation redoes exactly that one
+    mtimes = {f.name: f.stat().st_mtime_ns for f in (out_dir / "runs").glob("*.json")}
+    (out_dir / "runs" / "kcenter-seed1.json").unlink()
+    assert main(["run", str(tiny_recipe)]) == 0
+    after = {f.name: f.stat().st_mtime_ns for f in (out_dir / "runs").glob("*.json")}
+    assert set(after) == set(mtimes)
+    assert [n for n in after if after[n] != mtimes.get(n)] == ["kcenter-seed1.json"]
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "json", "csv", "parquet"])
+@pytest.mark.parametrize("strategy", ["random", "kcenter", "perplexity:band=middle"])
+def test_select_writes_the_input_format_and_loads_back(tmp_path, tiny_model_dir, cache_dir, ext, strategy):
+    import pandas as pd
+
+    rows = [{"instruction": f"Say {w}", "input": "", "output": w.upper()} for w in
+            ["apple", "pear", "plum", "fig", "kiwi", "lime", "date", "sloe"]]
+    src = tmp_path / f"pool.{ext}"
+    if ext == "jsonl":
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif ext == "json":
+        src.write_text(json.dumps(rows))
+    else:
+        getattr(pd.DataFrame(rows), f"to_{ext}")(src, index=False)
+    out = tmp_path / f"chosen.{ext}"
+    code = main(["select", str(src), "--strategy", strategy, "--budget", "3", "--out", str(out),
+                 "--model", str(tiny_model_dir)])
+    assert code == 0
+    back = load_pool(str(out))
+    assert len(back) == 3 and back.shape == "alpaca"
+    assert set(back.ids) <= set(load_pool(str(src)).ids)
+    if ext in ("jsonl", "json"):
+        first = json.loads(out.read_text().splitlines()[0]) if ext == "jsonl" else json.loads(out.read_text())[0]
+        assert first["llm_al_rank"] == 1 and "llm_al_score" in first and first["llm_al_id"] == back.ids[0]
+
+
+def _bad(args, tmp_path, capsys):
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.startswith("llm-al: error:")
+    return err
+
+
+def test_bad_inputs_give_one_clear_message_and_no_output(tmp_path, pool_file, tiny_model_dir, cache_dir, capsys):
+    out = tmp_path / "o.jsonl"
+    base = ["select", str(pool_file), "--out", str(out)]
+    err = _bad([*base, "--budget", "500"], tmp_path, capsys)
+    assert "budget of 500" in err and "pool of 24" in err
+    err = _bad([*base, "--budget", "3", "--strategy", "kcentre"], tmp_path, capsys)
+    assert "Did you mean 'kcenter'" in err and "random" in err
+    err = _bad([*base, "--budget", "3", "--strategy", "perplexity", "--model", str(tmp_path / "nope")], tmp_path, capsys)
+    assert "does not exist" in err and "nope" in err
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": \n')
+    err = _bad(["select", str(broken), "--out", str(out), "--budget", "1"], tmp_path, capsys)
+    assert "broken.jsonl" in err and "2" in err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"prompt": "a", "response": ""}\n')
+    err = _bad(["select", str(empty), "--out", str(out), "--budget", "1"], tmp_path, capsys)
+    assert "empty.jsonl" in err and "response" in err
+    weird = tmp_path / "pool.xlsx"
+    weird.write_text("x")
+    err = _bad(["select", str(weird), "--out", str(out), "--budget", "1"], tmp_path, capsys)
+    assert "format" in err and ".jsonl" in err
+    err = _bad(["demo", "ordering=shufled"], tmp_path, capsys)
+    assert "Did you mean 'shuffled'" in err
+    assert not out.exists() and not list(tmp_path.glob(".o.jsonl*"))
+
+
+def test_console_script_runs_as_a_subprocess(tmp_path):
+    res = run_cli(["list"])
+    assert res.returncode == 0
+    for name in ("random", "perplexity", "kcenter", "easy_to_hard", "chrf", "rougeL"):
+        assert name in res.stdout
+    res = run_cli(["select", str(tmp_path / "missing.jsonl"), "--budget", "1", "--out", str(tmp_path / "x.jsonl")])
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "missing.jsonl" in res.stderr
+
+
+def test_unwritable_output_directory_fails_before_work(tmp_path, pool_file, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = _bad(["demo", f"out_dir={blocker / 'sub'}", f"data.pool={pool_file}"], tmp_path, capsys)
+    assert "cannot write to output directory" in err

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llm_al.config import ExperimentConfig, load_config, parse_strategy
+from llm_al.errors import ConfigError, UnknownNameError, UserError
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+def test_defaults_are_the_demo():
+    cfg = load_config()
+    assert cfg.budget == 100 and len(cfg.seeds) >= 3
+    assert {"random", "perplexity", "kcenter"} <= {parse_strategy(s)[0] for s in cfg.strategies}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def test_every_shipped_recipe_loads(recipe):
+    assert isinstance(load_config(recipe), ExperimentConfig)
+
+
+def test_recipes_exist():
+    assert RECIPES, "no recipes shipped"
+
+
+def test_overrides_and_scientific_floats(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("budget: 20\ntrain:\n  lr: 5e-4\n")
+    cfg = load_config(recipe, ["train.epochs=3", "strategies=[kcenter]", "data.max_pool=null"])
+    assert (cfg.budget, cfg.train.lr, cfg.train.epochs) == (20, 5e-4, 3)
+    assert cfg.strategies == ["random", "kcenter"]             # random is always the baseline
+
+
+@pytest.mark.parametrize("override, match", [
+    (["trian.lr=1"], "unknown config key 'trian'. Did you mean 'train'"),
+    (["train.lrr=1"], "unknown config key 'train.lrr'. Did you mean 'lr'"),
+    (["strategies=[kcentre]"], "Did you mean 'kcenter'"),
+    (["ordering=shufled"], "Did you mean 'shuffled'"),
+    (["train.lr=abc"], "'train.lr' must be float, got 'abc'"),
+    (["budget=0"], "budget must be a positive integer"),
+    (["seeds=[1, 1]"], "distinct"),
+    (["eval.primary=bleu", "eval.metrics=[chrf]"], "not among eval.metrics"),
+    (["train.schedule=cosine"], "constant' or 'linear'"),
+    (["lr"], "not key=value"),
+    (["strategies=[perplexity:band]"], "expected name:key=value"),
+])
+def test_bad_config_is_a_clear_error(override, match):
+    with pytest.raises(UserError, match=match):
+        load_config(None, override)
+
+
+def test_missing_or_bad_recipe(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_parse_strategy():
+    assert parse_strategy("perplexity:band=middle") == ("perplexity", {"band": "middle"})
+    assert parse_strategy("random") == ("random", {})
+    with pytest.raises(UnknownNameError):
+        ExperimentConfig(strategies=["nope"])

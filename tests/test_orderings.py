@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_features
+from llm_al.errors import FeatureUnavailableError, UnknownNameError
+from llm_al.features import Features
+from llm_al.orderings import ORDERINGS, run_ordering
+
+
+@pytest.mark.parametrize("name", ORDERINGS.names())
+def test_every_ordering_is_a_permutation_and_deterministic(name):
+    f = synthetic_features(30)
+    idx = np.array([3, 17, 5, 29, 0, 11, 8])
+    a = run_ordering(name, idx, f, np.random.default_rng(7))
+    b = run_ordering(name, idx, f, np.random.default_rng(7))
+    assert sorted(a.tolist()) == sorted(idx.tolist())
+    np.testing.assert_array_equal(a, b)
+
+
+def test_as_selected_keeps_order():
+    idx = np.array([4, 1, 3])
+    assert run_ordering("as_selected", idx, synthetic_features(5), np.random.default_rng(0)).tolist() == [4, 1, 3]
+
+
+def test_shuffled_depends_on_seed():
+    idx = np.arange(20)
+    f = synthetic_features(20)
+    orders = {tuple(run_ordering("shuffled", idx, f, np.random.default_rng(s)).tolist()) for s in range(5)}
+    assert len(orders) == 5
+
+
+def test_loss_orderings_are_monotone():
+    f = synthetic_features(30)
+    idx = np.arange(0, 30, 2)
+    easy = run_ordering("easy_to_hard", idx, f, np.random.default_rng(0))
+    hard = run_ordering("hard_to_easy", idx, f, np.random.default_rng(0))
+    assert np.all(np.diff(f.loss[easy]) >= 0)
+    assert np.all(np.diff(f.loss[hard]) <= 0)
+
+
+def test_ties_are_broken_at_random():
+    f = synthetic_features(10)
+    f.loss[:] = 1.0
+    orders = {tuple(run_ordering("easy_to_hard", np.arange(10), f, np.random.default_rng(s)).tolist()) for s in range(5)}
+    assert len(orders) > 1
+
+
+def test_loss_ordering_without_loss_is_clear_error():
+    f = Features(ids=["a", "b"], length=np.ones(2, dtype=np.float32))
+    with pytest.raises(FeatureUnavailableError, match="loss"):
+        run_ordering("easy_to_hard", np.arange(2), f, np.random.default_rng(0))
+
+
+def test_unknown_ordering_suggests():
+    with pytest.raises(UnknownNameError, match="Did you mean 'easy_to_hard'"):
+        run_ordering("easy_to_har", np.arange(2), synthetic_features(2), np.random.default_rng(0))

@@ -1,0 +1,129 @@
+"""The contract every strategy must pass (parametrised over the registry, so a new strategy is
+tested the moment it registers), plus a behaviour test per strategy on a case with a known answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_features
+from llm_al.errors import BudgetError, ConfigError, FeatureUnavailableError, UnknownNameError
+from llm_al.features import Features
+from llm_al.strategies import STRATEGIES, kcenter_greedy, run_strategy, top_k
+
+NAMES = STRATEGIES.names()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("budget", [1, 7, 39])
+def test_returns_budget_unique_in_range(name, budget):
+    f = synthetic_features(40)
+    sel = run_strategy(name, f, budget, np.random.default_rng(0))
+    assert len(sel.indices) == budget
+    assert len(set(sel.indices.tolist())) == budget
+    assert sel.indices.min() >= 0 and sel.indices.max() < 40
+    assert len(sel.scores) == budget
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_budget_equal_to_pool_returns_whole_pool(name):
+    f = synthetic_features(25)
+    sel = run_strategy(name, f, 25, np.random.default_rng(1))
+    assert sorted(sel.indices.tolist()) == list(range(25))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("budget", [26, 0, -3])
+def test_bad_budget_raises_with_numbers(name, budget):
+    with pytest.raises(BudgetError) as err:
+        run_strategy(name, synthetic_features(25), budget, np.random.default_rng(0))
+    assert str(budget) in str(err.value)
+    if budget > 0:
+        assert "25" in str(err.value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deterministic_under_seed(name):
+    f = synthetic_features(50)
+    a = run_strategy(name, f, 10, np.random.default_rng(123))
+    b = run_strategy(name, f, 10, np.random.default_rng(123))
+    np.testing.assert_array_equal(a.indices, b.indices)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_duplicate_examples_still_give_unique_picks(name):
+    f = synthetic_features(10)
+    f.embeddings[:] = f.embeddings[0]          # every example identical
+    f.loss[:] = 1.0
+    sel = run_strategy(name, f, 10, np.random.default_rng(0))
+    assert sorted(sel.indices.tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("name", [e.name for e in STRATEGIES if e.meta.get("needs")])
+def test_missing_feature_is_a_clear_error(name):
+    f = Features(ids=["a", "b", "c"], length=np.ones(3, dtype=np.float32))
+    with pytest.raises(FeatureUnavailableError, match="needs"):
+        run_strategy(name, f, 2, np.random.default_rng(0))
+
+
+def test_unknown_strategy_suggests():
+    with pytest.raises(UnknownNameError, match="Did you mean 'kcenter'.*Valid strategies: kcenter, perplexity, random"):
+        run_strategy("kcentre", synthetic_features(5), 2, np.random.default_rng(0))
+
+
+def test_unknown_parameter_is_config_error():
+    with pytest.raises(ConfigError, match="perplexity"):
+        run_strategy("perplexity", synthetic_features(5), 2, np.random.default_rng(0), bnd="low")
+
+
+# ---------------------------------------------------------------------------- behaviour
+def test_top_k_breaks_ties_at_random_but_keeps_order():
+    scores = np.array([1.0, 5.0, 5.0, 5.0, 0.0])
+    picks = {tuple(top_k(scores, 2, np.random.default_rng(s)).tolist()) for s in range(30)}
+    assert all(set(p) <= {1, 2, 3} for p in picks)
+    assert len(picks) > 1                                      # ties not always resolved the same way
+    assert top_k(scores, 4, np.random.default_rng(0))[-1] == 0
+
+
+def test_random_is_roughly_uniform():
+    f = synthetic_features(20)
+    counts = np.zeros(20)
+    for s in range(400):
+        counts[run_strategy("random", f, 5, np.random.default_rng(s)).indices] += 1
+    assert counts.min() > 50 and counts.max() < 150             # expected 100 each
+
+
+def test_perplexity_bands_pick_the_right_ends():
+    f = synthetic_features(9)
+    f.loss = np.arange(9, dtype=np.float32)[::-1].copy()        # loss of index i is 8 - i
+    high = run_strategy("perplexity", f, 3, np.random.default_rng(0), band="high")
+    low = run_strategy("perplexity", f, 3, np.random.default_rng(0), band="low")
+    mid = run_strategy("perplexity", f, 3, np.random.default_rng(0), band="middle")
+    assert sorted(high.indices.tolist()) == [0, 1, 2]
+    assert sorted(low.indices.tolist()) == [6, 7, 8]
+    assert sorted(mid.indices.tolist()) == [3, 4, 5]
+    np.testing.assert_allclose(sorted(low.scores), [0, 1, 2])   # scores are the losses themselves
+    with pytest.raises(ConfigError, match="low, middle, high"):
+        run_strategy("perplexity", f, 3, np.random.default_rng(0), band="top")
+
+
+def test_kcenter_covers_every_cluster():
+    rng = np.random.default_rng(0)
+    centres = np.eye(5, 16) * 10
+    x = np.concatenate([c + rng.normal(scale=0.1, size=(30, 16)) for c in centres]).astype(np.float32)
+    f = synthetic_features(150, 16)
+    f.embeddings = x
+    sel = run_strategy("kcenter", f, 5, np.random.default_rng(3))
+    assert sorted(set((sel.indices // 30).tolist())) == [0, 1, 2, 3, 4]
+    assert np.isnan(sel.scores[0]) and np.all(sel.scores[1:] > 5)   # each later pick far from the chosen
+
+
+def test_kcenter_greedy_matches_a_brute_force_loop():
+    x = np.random.default_rng(1).normal(size=(60, 4)).astype(np.float32)
+    idx, _ = kcenter_greedy(x, 8, first=0)
+    chosen = [0]
+    for _ in range(7):
+        d = np.min(((x[:, None, :] - x[chosen][None]) ** 2).sum(-1), axis=1)
+        d[chosen] = -1
+        chosen.append(int(np.argmax(d)))
+    assert idx.tolist() == chosen
