@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from llm_al.errors import UserError
 
@@ -58,6 +59,8 @@ def _setup_logging() -> None:
     for noisy in ("transformers", "sentence_transformers", "datasets", "httpx", "urllib3", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # peft asks transformers a deprecated question on every adapter attach; not the user's concern
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         import transformers
 
@@ -98,7 +101,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from llm_al.config import DataConfig, ModelConfig, parse_strategy
-    from llm_al.data import write_subset
+    from llm_al.export import write_subset
     from llm_al.pipeline import compute_features, load_data, needed_features
     from llm_al.seeds import rng
     from llm_al.strategies import run_strategy

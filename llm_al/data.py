@@ -16,18 +16,14 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from llm_al.errors import DataError, UserError
-from llm_al.io import atomic_path
+from llm_al.errors import DataError
 
 DEFAULT_TRANSLATION_TEMPLATE = "Translate this {source_lang} text into {target_lang}:\n{source}"
 ROLES = ("prompt", "response", "system", "input", "instruction", "messages",
@@ -44,7 +40,6 @@ _CHAT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant":
                "gpt": "assistant", "model": "assistant"}
 _READ_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
                     ".tsv": "tsv", ".parquet": "parquet"}
-_OUTPUT_FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "datasets")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 Row = tuple[str, int]  # (file label, 1-based row) for error messages
@@ -120,7 +115,7 @@ class _Plan:
     codes: tuple[str | None, str | None] = (None, None)  # WMT source/target language codes
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
@@ -135,7 +130,7 @@ def _keys(rec: dict) -> str:
 
 def _text(rec: dict, names: Sequence[str], where: Row, required: bool = True) -> str | None:
     """The first present field of `names` as non-empty text; None if optional and absent."""
-    name = next((n for n in names if n in rec and not _missing(rec[n])), None)
+    name = next((n for n in names if n in rec and not is_missing(rec[n])), None)
     if name is None:
         if required:
             alts = " or ".join(repr(n) for n in names)
@@ -163,7 +158,7 @@ def _container(value: Any, name: str, where: Row) -> Any:
 
 def _chat(rec: dict, name: str, where: Row) -> list[dict[str, str]]:
     """Messages from a list of {role, content} or ShareGPT {from, value} turns."""
-    if name not in rec or _missing(rec[name]):
+    if name not in rec or is_missing(rec[name]):
         raise DataError(f"missing field {name!r}; fields found: {_keys(rec)}", *where)
     turns = _container(rec[name], name, where)
     if not isinstance(turns, (list, tuple)) or not turns:
@@ -197,13 +192,13 @@ def _language(value: str | None, default: str) -> str:
 
 def _wmt(rec: dict, codes: tuple[str | None, str | None], where: Row) -> tuple[str, str, str, str]:
     """(source name, target name, source text, target text) of a {'en': .., 'fr': ..} pair."""
-    if _missing(rec.get("translation")):
+    if is_missing(rec.get("translation")):
         raise DataError(f"missing field 'translation'; fields found: {_keys(rec)}", *where)
     pair = _container(rec["translation"], "translation", where)
     if not isinstance(pair, dict):
         raise DataError(f"field 'translation' must be an object of two languages like "
                         f"{{'en': '...', 'fr': '...'}}, got {_short(pair)}", *where)
-    pair = {k: v for k, v in pair.items() if not _missing(v)}
+    pair = {k: v for k, v in pair.items() if not is_missing(v)}
     src = codes[0] or next((k for k in pair if k != codes[1]), None)
     tgt = codes[1] or next((k for k in pair if k != src), None)
     if (None in codes and len(pair) != 2) or src not in pair or tgt not in pair or src == tgt:
@@ -460,118 +455,6 @@ def load_pool(spec: str, *, fields: dict[str, str] | None = None, system_prompt:
     else:
         raise DataError("no such file", spec)
     return _build(rows, spec, fmt, fields, system_prompt, translation_template)
-
-
-# ---------------------------------------------------------------- writing subsets
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    return str(value)
-
-
-def _plain(value: Any) -> Any:
-    return value.tolist() if isinstance(value, (np.generic, np.ndarray)) else value
-
-
-def _cell(value: Any) -> str:
-    """A CSV cell: text as is, lists/dicts/numbers as JSON, missing as empty."""
-    if _missing(value):
-        return ""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=_json_default)
-
-
-def _columns(records: list[dict]) -> list[str]:
-    return list(dict.fromkeys(k for rec in records for k in rec))
-
-
-def _arrow_table(records: list[dict]) -> Any:
-    """A pyarrow table with every column of every record; a column Arrow cannot type becomes text."""
-    import pyarrow as pa
-
-    table = {}
-    for col in _columns(records):
-        values = [_plain(rec.get(col)) for rec in records]
-        try:
-            table[str(col)] = pa.array(values)
-        except (pa.ArrowException, OverflowError, TypeError):
-            table[str(col)] = pa.array([None if _missing(v) else _cell(v) for v in values], type=pa.string())
-    return pa.table(table)
-
-
-def _write_datasets(records: list[dict], out: Path) -> None:
-    """Save to a temporary folder beside `out`, then swap it in (replacing an old dataset folder)."""
-    import datasets
-
-    if out.exists() and not (out / "dataset_info.json").exists() and not (out / "dataset_dict.json").exists():
-        raise UserError(f"{out} exists and is not a datasets folder; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old = tmp.with_name(tmp.name + ".old")
-    try:
-        datasets.Dataset(_arrow_table(records)).save_to_disk(str(tmp / "data"))
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp / "data", out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _output_format(out: Path, format: str | None, pool_format: str) -> str:
-    supported = f"{', '.join(_READ_EXTENSIONS)}, or a folder (datasets)"
-    if format is not None:
-        if format not in _OUTPUT_FORMATS:
-            raise UserError(f"unknown output format {format!r}; valid formats: {', '.join(_OUTPUT_FORMATS)}")
-        return format
-    if out.suffix.lower() in _READ_EXTENSIONS:
-        return _READ_EXTENSIONS[out.suffix.lower()]
-    if not out.suffix and pool_format in _OUTPUT_FORMATS:
-        return pool_format
-    raise UserError(f"{out}: cannot tell the output format from {out.suffix or '(no extension)'!r}; "
-                    f"supported extensions: {supported}")
-
-
-def write_subset(pool: Pool, indices: Sequence[int], out: str, *, columns: dict[str, Sequence] | None = None,
-                 format: str | None = None) -> Path:
-    """Write the source records of `pool.examples[i]` for i in `indices` (in that order), each with
-    the extra `columns` (aligned with `indices`), atomically; return the path written."""
-    out_path = Path(out).expanduser()
-    fmt = _output_format(out_path, format, pool.format)
-    indices = [int(i) for i in indices]
-    if not indices:
-        raise UserError(f"{out}: no examples to write")
-    bad = [i for i in indices if not 0 <= i < len(pool)]
-    if bad:
-        raise IndexError(f"example index {bad[0]} is outside a pool of {len(pool)}")
-    columns = columns or {}
-    for name, values in columns.items():
-        if len(values) != len(indices):
-            raise ValueError(f"column {name!r} has {len(values)} values for {len(indices)} examples")
-    records = [dict(pool.examples[i].source) for i in indices]
-    for name, values in columns.items():
-        for rec, value in zip(records, values):
-            rec[name] = _plain(value)
-    if fmt == "datasets":
-        _write_datasets(records, out_path)
-        return out_path
-    with atomic_path(out_path) as tmp:
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            pq.write_table(_arrow_table(records), tmp)
-        elif fmt in ("csv", "tsv"):
-            with open(tmp, "w", encoding="utf-8", newline="") as fh:
-                writer = csv.writer(fh, delimiter="\t" if fmt == "tsv" else ",")
-                header = _columns(records)
-                writer.writerow(header)
-                writer.writerows([_cell(rec.get(col)) for col in header] for rec in records)
-        else:
-            dump = lambda obj, **kw: json.dumps(obj, ensure_ascii=False, default=_json_default, **kw)  # noqa: E731
-            text = dump(records, indent=2) if fmt == "json" else "\n".join(dump(r) for r in records)
-            tmp.write_text(text + "\n", encoding="utf-8")
-    return out_path
 
 
 # ---------------------------------------------------------------- splitting and overlap

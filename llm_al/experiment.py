@@ -30,7 +30,7 @@ from llm_al.formatting import tokenize
 from llm_al.io import write_json, write_text
 from llm_al.orderings import run_ordering
 from llm_al.pipeline import compute_features, load_data, needed_features
-from llm_al.report import format_table, summarize, write_tables
+from llm_al.report import summarize, write_tables
 from llm_al.seeds import rng, run_seeds
 from llm_al.strategies import run_strategy
 from llm_al.train import detach_lora, save_adapter, train_lora

@@ -65,7 +65,7 @@ def _fmt(x: float) -> str:
 
 def table_rows(summary: dict) -> list[list[str]]:
     p = summary["primary"]
-    header = ["strategy", "n", f"{p} mean", "95% CI (seeds)", f"diff vs random", "95% CI (paired)", "wins",
+    header = ["strategy", "n", f"{p} mean", "95% CI (seeds)", "diff vs random", "95% CI (paired)", "wins",
               "verdict", "train s/run"]
     rows = [header, ["untrained (floor)", "-", _fmt(summary["untrained"][p]), "", "", "", "", "", ""]]
     for r in summary["strategies"]:

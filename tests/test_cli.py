@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import pool_records
 from llm_al.cli import main
 from llm_al.data import load_pool
 

@@ -18,9 +18,9 @@ from llm_al.data import (
     load_pool,
     records_to_pool,
     split_pool,
-    write_subset,
 )
 from llm_al.errors import DataError, UserError
+from llm_al.export import write_subset
 
 SYS = {"role": "system", "content": "Be brief."}
 
