@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--seed", type=int, default=0)
     sel.add_argument("--model", default=None, help="causal LM for loss-based strategies (default: embedded SmolLM2)")
     sel.add_argument("--embedder", default=None, help="sentence-transformers model (default: embedded MiniLM)")
+    sel.add_argument("--scorer", default=None, help="small causal LM for superfiltering (scorer IFD)")
     sel.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN",
                      help="map a column to a role (prompt, response, system, input, instruction, messages, "
                           "source, target, source_lang, target_lang); repeatable")
@@ -59,6 +60,7 @@ def _setup_logging() -> None:
     for noisy in ("transformers", "sentence_transformers", "datasets", "httpx", "urllib3", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     # peft asks transformers a deprecated question on every adapter attach; not the user's concern
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
@@ -122,6 +124,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         model_cfg.name = args.model
     if args.embedder:
         model_cfg.embedder = args.embedder
+    model_cfg.scorer = args.scorer
     pool = load_data(data_cfg, seed=args.seed, need_test=False).pool
     features = compute_features(pool, needs, model_cfg)
     sel = run_strategy(name, features, args.budget, rng(args.seed, "subset"), **params)

@@ -69,6 +69,8 @@ class ModelConfig:
     """Causal LM to score, fine-tune and evaluate: embedded default, hub id or local folder."""
     embedder: str = EMBEDDED_EMBEDDER
     """sentence-transformers model for embedding features."""
+    scorer: str | None = None
+    """A second, small causal LM for scorer_ifd (Superfiltering); None: not configured."""
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."""
     trust_remote_code: bool = False

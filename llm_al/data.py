@@ -238,8 +238,8 @@ def _plan(rec: dict, fields: dict[str, str] | None, where: Row) -> _Plan:
     if "source" in rec and "target" in rec:
         return _Plan("translation", "translation", cols)
     raise DataError(f"cannot tell which fields hold the prompt and the response; fields found: "
-                    f"{_keys(rec)}. Accepted shapes: {SHAPES_HELP}. Other columns can be mapped "
-                    f"with fields, e.g. {{'prompt': 'question', 'response': 'answer'}} "
+                    f"{_keys(rec)}. Accepted shapes: {SHAPES_HELP}. Map other columns with "
+                    f"--field prompt=question --field response=answer (in a recipe: data.fields) "
                     f"(roles: {', '.join(ROLES)})", *where)
 
 

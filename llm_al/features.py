@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,34 +29,53 @@ from llm_al.io import atomic_path
 FEATURE_NAMES = ("loss", "entropy", "n_tokens", "length", "embeddings")
 
 
+MIN_K_FRACTIONS = (0.1, 0.2, 0.3, 0.5)
+STAT_COLUMNS = ("nll_sum", "entropy_sum", "n_tokens", *(f"min_k_{k}" for k in MIN_K_FRACTIONS))
+_NEEDS_HINT = {"loss": "a model (model.name)", "entropy": "a model (model.name)", "n_tokens": "a model",
+               "min_k": "a model (model.name)", "ifd": "a model (model.name)", "direct_loss": "a model",
+               "scorer_ifd": "a second, small scorer model (model.scorer=..., e.g. a GPT-2-size model)",
+               "embeddings": "an embedder (model.embedder)"}
+
+
 @dataclass
 class Features:
     """Aligned with a pool: row i describes pool.examples[i]. Absent features are None."""
 
     ids: list[str]
     length: np.ndarray                         # (N,) response words
-    loss: np.ndarray | None = None             # (N,) mean response NLL, nats/token
-    entropy: np.ndarray | None = None          # (N,) mean predictive entropy, nats
+    loss: np.ndarray | None = None             # (N,) mean response NLL given the prompt, nats/token
+    entropy: np.ndarray | None = None          # (N,) mean predictive entropy at response positions, nats
     n_tokens: np.ndarray | None = None         # (N,) response tokens scored
+    min_k: np.ndarray | None = None            # (N, len(MIN_K_FRACTIONS)) mean of the lowest k% token log-probs
+    direct_loss: np.ndarray | None = None      # (N,) mean response NLL with no prompt (IFD's denominator)
+    scorer_ifd: np.ndarray | None = None       # (N,) IFD under a separate small scorer model (Superfiltering)
     embeddings: np.ndarray | None = None       # (N, D) unit-norm
     cost: dict = field(default_factory=dict)   # what computing them cost (seconds, passes, tokens)
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def ifd(self) -> np.ndarray | None:
+        """Instruction-following difficulty (Cherry LLM): loss given the prompt / loss without it."""
+        if self.loss is None or self.direct_loss is None:
+            return None
+        return self.loss / np.maximum(self.direct_loss, 1e-8)
+
     def require(self, name: str) -> np.ndarray:
         value = getattr(self, name, None)
         if value is None:
-            hint = {"loss": "a model (model=...)", "entropy": "a model (model=...)",
-                    "n_tokens": "a model", "embeddings": "an embedder (embedder=...)"}.get(name, name)
-            raise FeatureUnavailableError(f"feature {name!r} was not computed for this pool; it needs {hint}")
+            raise FeatureUnavailableError(
+                f"feature {name!r} was not computed for this pool; it needs {_NEEDS_HINT.get(name, name)}")
         return value
 
     def take(self, indices: Sequence[int]) -> "Features":
         idx = np.asarray(indices, dtype=np.int64)
-        pick = lambda a: None if a is None else a[idx]  # noqa: E731
-        return Features([self.ids[i] for i in idx], self.length[idx], pick(self.loss), pick(self.entropy),
-                        pick(self.n_tokens), pick(self.embeddings), dict(self.cost))
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {k: (v if v is None or k == "cost" else [v[i] for i in idx] if k == "ids" else v[idx])
+               for k, v in values.items()}
+        out["cost"] = dict(self.cost)
+        return Features(**out)
 
 
 def response_words(examples: Sequence[Example]) -> np.ndarray:
@@ -83,7 +102,9 @@ def length_sorted_batches(lengths: Sequence[int], max_tokens: int, max_batch: in
 # ---------------------------------------------------------------------------- the loss pass
 def response_token_stats(model, items: Sequence[Tokenized], pad_id: int, max_tokens: int = 4096,
                          max_batch: int = 64, progress: Callable | None = None) -> np.ndarray:
-    """(N, 3) array: summed response NLL, summed entropy, response-token count per item.
+    """(N, len(STAT_COLUMNS)) array per item: summed response NLL, summed predictive entropy,
+    response-token count, and for each k in MIN_K_FRACTIONS the mean of the lowest k% of the
+    response-token log-probs (Min-K% Prob).
 
     One forward pass of the decoder per batch; the LM head runs only on the hidden states that
     predict response tokens, so prompt positions cost no vocabulary projection.
@@ -91,22 +112,46 @@ def response_token_stats(model, items: Sequence[Tokenized], pad_id: int, max_tok
     import torch
 
     device = next(model.parameters()).device
-    out = np.zeros((len(items), 3), dtype=np.float64)
+    out = np.zeros((len(items), len(STAT_COLUMNS)), dtype=np.float64)
     batches = length_sorted_batches([t.length for t in items], max_tokens, max_batch)
     with torch.inference_mode():
         for batch in batches:
             ids, mask, rows, pos, targets = (t.to(device) for t in pack([items[i] for i in batch], pad_id))
             logits = response_logits(model, ids, mask, rows, pos)          # (M, V)
             logp = torch.log_softmax(logits, dim=-1)
-            nll = -logp.gather(1, targets[:, None])[:, 0]
-            ent = -(logp.exp() * logp).sum(-1)
+            token_lp = logp.gather(1, targets[:, None])[:, 0]              # (M,)
+            ent = -(logp.exp() * logp).sum(-1)                            # (M,)
             sums = torch.zeros((len(batch), 2), dtype=torch.float64, device=device)
-            sums.index_add_(0, rows, torch.stack([nll, ent], 1).double())
+            sums.index_add_(0, rows, torch.stack([-token_lp, ent], 1).double())
+            counts = torch.bincount(rows, minlength=len(batch))            # (B,)
             out[batch, :2] = sums.cpu().numpy()
-            out[batch, 2] = [len(items[i].response_ids) for i in batch]
+            out[batch, 2] = counts.cpu().numpy()
+            out[batch, 3:] = _min_k_means(token_lp.double(), rows, counts).cpu().numpy()
             if progress:
                 progress(len(batch))
     return out
+
+
+def _min_k_means(token_lp, rows, counts):
+    """(B, len(MIN_K_FRACTIONS)): mean of the ceil(k * R_b) lowest log-probs of each row b."""
+    import torch
+
+    B, R = len(counts), int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts                              # (B,) offset of each row
+    col = torch.arange(len(rows), device=rows.device) - starts[rows]      # (M,) position within row
+    padded = torch.full((B, R), float("inf"), dtype=token_lp.dtype, device=rows.device)
+    padded[rows, col] = token_lp
+    csum = padded.sort(dim=1).values.cumsum(1)                            # (B, R) ascending log-probs
+    out = []
+    for k in MIN_K_FRACTIONS:
+        kk = torch.clamp(torch.ceil(k * counts.double()).long(), min=1)    # (B,)
+        out.append(csum[torch.arange(B), kk - 1] / kk)
+    return torch.stack(out, 1)
+
+
+def direct_items(items: Sequence[Tokenized], start_id: int) -> list[Tokenized]:
+    """The same responses with no prompt, after a single start token (IFD's "direct answer")."""
+    return [Tokenized([start_id], t.response_ids, t.truncated) for t in items]
 
 
 # ---------------------------------------------------------------------------- caches
@@ -139,24 +184,30 @@ class RowCache:
 
 
 def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_dir: Path, model_key: str,
-                          max_length: int, max_tokens: int = 4096, progress_bar: bool = True) -> tuple[np.ndarray, dict]:
-    """(N, 3) [nll_sum, entropy_sum, n_tokens] for `examples`, reusing the cache; and its cost."""
+                          max_length: int, max_tokens: int = 4096, progress_bar: bool = True,
+                          direct: bool = False) -> tuple[np.ndarray, dict]:
+    """(N, len(STAT_COLUMNS)) token statistics for `examples` (see response_token_stats), reusing the
+    cache; and what it cost. `direct=True` scores the responses without their prompts."""
     from tqdm.auto import tqdm
 
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    cache = RowCache(cache_dir / f"loss-{_text_key(model_key, dtype, str(max_length))}.npz")
+    kind = "direct" if direct else "loss"
+    cache = RowCache(cache_dir / f"{kind}-v2-{_text_key(model_key, dtype, str(max_length))}.npz")
     items = tokenize(tokenizer, examples, max_length)
+    if direct:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        items = direct_items(items, start)
     keys = [_text_key(",".join(map(str, t.prompt_ids)), ",".join(map(str, t.response_ids))) for t in items]
     todo = cache.missing(keys)
     t0 = time.perf_counter()
     if todo:
-        bar = tqdm(total=len(todo), desc="scoring loss", unit="ex", disable=not progress_bar)
+        bar = tqdm(total=len(todo), desc=f"scoring {kind}", unit="ex", disable=not progress_bar)
         stats = response_token_stats(model, [items[i] for i in todo], tokenizer.pad_token_id, max_tokens,
                                      progress=bar.update)
         bar.close()
         cache.add([keys[i] for i in todo], stats)
-    cost = {"loss_seconds": time.perf_counter() - t0, "loss_examples_scored": len(todo),
-            "loss_tokens_scored": int(sum(items[i].length for i in todo)),
+    cost = {f"{kind}_seconds": time.perf_counter() - t0, f"{kind}_examples_scored": len(todo),
+            f"{kind}_tokens_scored": int(sum(items[i].length for i in todo)),
             "truncated": int(sum(t.truncated for t in items))}
     return cache.get(keys), cost
 
@@ -175,11 +226,23 @@ def compute_embeddings(embedder, texts: Sequence[str], cache_dir: Path, embedder
 
 
 def build_features(examples: Sequence[Example], ids: list[str], *, loss_stats: np.ndarray | None = None,
+                   direct_stats: np.ndarray | None = None, scorer_ifd: np.ndarray | None = None,
                    embeddings: np.ndarray | None = None, cost: dict | None = None) -> Features:
-    f = Features(ids=ids, length=response_words(examples), embeddings=embeddings, cost=dict(cost or {}))
+    f = Features(ids=ids, length=response_words(examples), embeddings=embeddings, scorer_ifd=scorer_ifd,
+                 cost=dict(cost or {}))
     if loss_stats is not None:
         n = np.maximum(loss_stats[:, 2], 1)
         f.loss = (loss_stats[:, 0] / n).astype(np.float32)
         f.entropy = (loss_stats[:, 1] / n).astype(np.float32)
         f.n_tokens = loss_stats[:, 2].astype(np.int64)
+        f.min_k = loss_stats[:, 3:].astype(np.float32)
+    if direct_stats is not None:
+        f.direct_loss = (direct_stats[:, 0] / np.maximum(direct_stats[:, 2], 1)).astype(np.float32)
     return f
+
+
+def ifd_from_stats(loss_stats: np.ndarray, direct_stats: np.ndarray) -> np.ndarray:
+    """IFD = mean response loss given the prompt / mean response loss alone."""
+    cond = loss_stats[:, 0] / np.maximum(loss_stats[:, 2], 1)
+    alone = direct_stats[:, 0] / np.maximum(direct_stats[:, 2], 1)
+    return (cond / np.maximum(alone, 1e-8)).astype(np.float32)

@@ -12,13 +12,15 @@ import numpy as np
 from llm_al import models
 from llm_al.data import Pool, drop_overlap, load_pool, records_to_pool, split_pool
 from llm_al.demo_data import EMBEDDED_POOL, SYSTEM_PROMPT, TEMPLATE, demo_records
-from llm_al.features import Features, build_features, compute_embeddings, compute_loss_features
+from llm_al.errors import FeatureUnavailableError
+from llm_al.features import Features, build_features, compute_embeddings, compute_loss_features, ifd_from_stats
 from llm_al.orderings import ORDERINGS
 from llm_al.seeds import rng
 from llm_al.strategies import STRATEGIES
 
 log = logging.getLogger("llm_al")
-LOSS_FEATURES = {"loss", "entropy", "n_tokens"}
+LOSS_FEATURES = {"loss", "entropy", "n_tokens", "min_k", "ifd"}   # the pass with the prompt
+DIRECT_FEATURES = {"direct_loss", "ifd"}                            # the pass without it
 
 
 @dataclass
@@ -78,18 +80,38 @@ def compute_features(pool: Pool, needs: set[str], model_cfg, model_and_tokenizer
                      progress: bool = True) -> Features:
     """Only what `needs` asks for. `model_and_tokenizer` reuses a loaded model; else one is loaded."""
     cache_dir = models.cache_root() / "features"
-    loss_stats = embeddings = None
+    stats: dict[str, np.ndarray] = {}
     cost: dict = {}
-    if needs & LOSS_FEATURES:
+
+    def passes(name: str, model, tokenizer, which: set[bool], prefix: str = "") -> None:
+        """The with-prompt (False) and/or without-prompt (True) passes of one model."""
+        key = models.fingerprint(name)
+        for direct in sorted(which):
+            s, c = compute_loss_features(model, tokenizer, pool.examples, cache_dir, key, model_cfg.max_length,
+                                         model_cfg.score_max_tokens, progress, direct=direct)
+            stats[prefix + ("direct" if direct else "loss")] = s
+            cost.update({prefix + k: v for k, v in c.items()})
+
+    which = {d for d, group in ((False, LOSS_FEATURES), (True, DIRECT_FEATURES)) if needs & group}
+    if which:
         model, tokenizer = model_and_tokenizer or models.load_model(
             model_cfg.name, model_cfg.device, trust_remote_code=model_cfg.trust_remote_code)
-        loss_stats, c = compute_loss_features(model, tokenizer, pool.examples, cache_dir,
-                                              models.fingerprint(model_cfg.name), model_cfg.max_length,
-                                              model_cfg.score_max_tokens, progress)
-        cost.update(c)
+        passes(model_cfg.name, model, tokenizer, which)
+    scorer_ifd = None
+    if "scorer_ifd" in needs:
+        if not model_cfg.scorer:
+            raise FeatureUnavailableError("scorer_ifd (Superfiltering) needs a second, small scorer model: "
+                                          "set model.scorer to a hub id or local folder (e.g. a GPT-2-size model)")
+        scorer, scorer_tok = models.load_model(model_cfg.scorer, model_cfg.device,
+                                               trust_remote_code=model_cfg.trust_remote_code)
+        passes(model_cfg.scorer, scorer, scorer_tok, {False, True}, prefix="scorer_")
+        scorer_ifd = ifd_from_stats(stats["scorer_loss"], stats["scorer_direct"])
+        del scorer
+    embeddings = None
     if "embeddings" in needs:
         embedder = models.load_embedder(model_cfg.embedder, model_cfg.device)
         embeddings, c = compute_embeddings(embedder, [ex.text for ex in pool.examples], cache_dir,
                                            models.fingerprint(model_cfg.embedder), progress_bar=progress)
         cost.update(c)
-    return build_features(pool.examples, pool.ids, loss_stats=loss_stats, embeddings=embeddings, cost=cost)
+    return build_features(pool.examples, pool.ids, loss_stats=stats.get("loss"), direct_stats=stats.get("direct"),
+                          scorer_ifd=scorer_ifd, embeddings=embeddings, cost=cost)

@@ -130,3 +130,7 @@ def kcenter(features: Features, budget: int, rng: np.random.Generator) -> Select
     x = features.require("embeddings")
     idx, dist = kcenter_greedy(x, budget, first=int(rng.integers(len(x))))
     return Selection(idx, dist, "distance to already-chosen examples")
+
+
+# Strategy families in their own modules register on import.
+from llm_al import uncertainty  # noqa: E402,F401

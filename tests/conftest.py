@@ -94,6 +94,11 @@ def synthetic_features(n: int = 40, dim: int = 8, seed: int = 0):
     rng = np.random.default_rng(seed)
     emb = rng.normal(size=(n, dim)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    from llm_al.features import MIN_K_FRACTIONS
+
+    loss = rng.gamma(2.0, 1.0, n).astype(np.float32)
     return Features(ids=[f"id{i}" for i in range(n)], length=rng.integers(1, 30, n).astype(np.float32),
-                    loss=rng.gamma(2.0, 1.0, n).astype(np.float32), entropy=rng.gamma(2.0, 1.0, n).astype(np.float32),
-                    n_tokens=rng.integers(1, 30, n), embeddings=emb)
+                    loss=loss, entropy=rng.gamma(2.0, 1.0, n).astype(np.float32), n_tokens=rng.integers(1, 30, n),
+                    min_k=-np.sort(rng.gamma(2.0, 1.0, (n, len(MIN_K_FRACTIONS))), axis=1)[:, ::-1].astype(np.float32),
+                    direct_loss=(loss * rng.uniform(0.5, 1.5, n)).astype(np.float32),
+                    scorer_ifd=rng.uniform(0.3, 1.3, n).astype(np.float32), embeddings=emb)

@@ -150,3 +150,19 @@ def test_unwritable_output_directory_fails_before_work(tmp_path, pool_file, caps
     blocker.write_text("x")
     err = _bad(["demo", f"out_dir={blocker / 'sub'}", f"data.pool={pool_file}"], tmp_path, capsys)
     assert "cannot write to output directory" in err
+
+
+@pytest.mark.parametrize("strategy", ["ifd", "superfiltering", "min_k:k=0.5,prefer=familiar", "entropy"])
+def test_select_with_model_scores(tmp_path, pool_file, tiny_model_dir, cache_dir, strategy):
+    out = tmp_path / "chosen.jsonl"
+    assert main(["select", str(pool_file), "--strategy", strategy, "--budget", "4", "--out", str(out),
+                 "--model", str(tiny_model_dir), "--scorer", str(tiny_model_dir)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and all(isinstance(r["llm_al_score"], float) for r in rows)
+    assert [r["llm_al_rank"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_superfiltering_without_scorer_is_a_clear_error(tmp_path, pool_file, tiny_model_dir, cache_dir, capsys):
+    err = _bad(["select", str(pool_file), "--strategy", "superfiltering", "--budget", "2",
+                "--out", str(tmp_path / "o.jsonl"), "--model", str(tiny_model_dir)], tmp_path, capsys)
+    assert "model.scorer" in err or "scorer" in err

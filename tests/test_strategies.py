@@ -67,7 +67,7 @@ def test_missing_feature_is_a_clear_error(name):
 
 
 def test_unknown_strategy_suggests():
-    with pytest.raises(UnknownNameError, match="Did you mean 'kcenter'.*Valid strategies: kcenter, perplexity, random"):
+    with pytest.raises(UnknownNameError, match="Did you mean .kcenter.*Valid strategies: .*kcenter.*perplexity.*random"):
         run_strategy("kcentre", synthetic_features(5), 2, np.random.default_rng(0))
 
 

@@ -1,0 +1,71 @@
+"""Uncertainty strategies on hand-made cases, and the token statistics behind them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import pool_records, synthetic_features
+from llm_al.data import records_to_pool
+from llm_al.errors import ConfigError, FeatureUnavailableError
+from llm_al.features import MIN_K_FRACTIONS, Features, direct_items, response_token_stats
+from llm_al.formatting import tokenize
+from llm_al.strategies import run_strategy
+
+
+def test_entropy_picks_the_highest():
+    f = synthetic_features(10)
+    f.entropy = np.arange(10, dtype=np.float32)
+    assert sorted(run_strategy("entropy", f, 3, np.random.default_rng(0)).indices.tolist()) == [7, 8, 9]
+
+
+def test_min_k_prefers_unfamiliar_or_familiar():
+    f = synthetic_features(6)
+    f.min_k = np.repeat(-np.arange(6, dtype=np.float32)[:, None], len(MIN_K_FRACTIONS), axis=1)  # row i: -i
+    unfamiliar = run_strategy("min_k", f, 2, np.random.default_rng(0))
+    familiar = run_strategy("min_k", f, 2, np.random.default_rng(0), prefer="familiar", k=0.5)
+    assert sorted(unfamiliar.indices.tolist()) == [4, 5] and sorted(familiar.indices.tolist()) == [0, 1]
+    with pytest.raises(ConfigError, match="k must be one of"):
+        run_strategy("min_k", f, 2, np.random.default_rng(0), k=0.25)
+
+
+def test_ifd_ranks_examples_above_max_last():
+    f = synthetic_features(5)
+    f.loss = np.array([1.0, 2.0, 3.0, 4.0, 5.0], dtype=np.float32)
+    f.direct_loss = np.array([2.0, 2.5, 3.1, 2.0, 5.0], dtype=np.float32)   # IFD .5 .8 .97 2.0 1.0
+    sel = run_strategy("ifd", f, 3, np.random.default_rng(0))
+    assert sel.indices.tolist() == [4, 2, 1]                   # 2.0 exceeds max_ifd=1 and ranks last
+    np.testing.assert_allclose(sel.scores, [1.0, 3 / 3.1, 0.8], rtol=1e-5)
+    every = run_strategy("ifd", f, 5, np.random.default_rng(0))
+    assert every.indices.tolist()[-1] == 3
+    assert run_strategy("ifd", f, 1, np.random.default_rng(0), max_ifd=None).indices.tolist() == [3]
+
+
+def test_superfiltering_needs_a_scorer_model():
+    f = Features(ids=["a", "b"], length=np.ones(2, dtype=np.float32), loss=np.ones(2, dtype=np.float32))
+    with pytest.raises(FeatureUnavailableError, match="model.scorer"):
+        run_strategy("superfiltering", f, 1, np.random.default_rng(0))
+
+
+def test_min_k_statistic_matches_a_direct_computation(tiny_model):
+    model, tok = tiny_model
+    items = tokenize(tok, records_to_pool(pool_records(6)).examples, 64)
+    stats = response_token_stats(model, items, tok.pad_token_id, max_batch=4)
+    for i in (0, 3):
+        ids = torch.tensor([items[i].prompt_ids + items[i].response_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        P, R = len(items[i].prompt_ids), len(items[i].response_ids)
+        token_lp = logp[P - 1:P + R - 1].gather(1, torch.tensor(items[i].response_ids)[:, None])[:, 0]
+        lowest = np.sort(token_lp.numpy())
+        for j, k in enumerate(MIN_K_FRACTIONS):
+            n = max(1, int(np.ceil(k * R)))
+            assert stats[i, 3 + j] == pytest.approx(lowest[:n].mean(), rel=1e-4)
+
+
+def test_direct_items_drop_the_prompt(tiny_model):
+    _, tok = tiny_model
+    items = tokenize(tok, records_to_pool(pool_records(3)).examples, 64)
+    direct = direct_items(items, 7)
+    assert all(d.prompt_ids == [7] and d.response_ids == t.response_ids for d, t in zip(direct, items))
