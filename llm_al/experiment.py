@@ -11,6 +11,7 @@ finished runs, so a killed experiment resumes where it stopped.
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import time
@@ -24,7 +25,7 @@ import yaml
 
 from llm_al import models
 from llm_al.config import ExperimentConfig, parse_strategy, to_dict
-from llm_al.errors import UserError
+from llm_al.errors import BudgetError, UserError
 from llm_al.evaluate import evaluate
 from llm_al.formatting import tokenize
 from llm_al.io import write_json, write_text
@@ -55,16 +56,27 @@ def run_id(spec: str, seed: int) -> str:
     return f"{slug}-seed{seed}"
 
 
-def _done(path: Path) -> dict | None:
+# The config sections that decide a single run's result. Seeds, strategies and names may change
+# between invocations of the same out_dir (to add runs); these may not.
+RESULT_KEYS = ("data", "model", "train", "eval", "budget", "ordering")
+
+
+def _done(path: Path, cfg_dict: dict) -> dict | None:
+    """The finished result at `path`, if any; an error if it came from a different config."""
     if not path.exists():
         return None
-    import json
-
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         return None
-    return result if result.get("status") == "ok" else None
+    if result.get("status") != "ok":
+        return None
+    old = result.get("config", {})
+    changed = [k for k in RESULT_KEYS if old.get(k) != cfg_dict[k]]
+    if changed:
+        raise UserError(f"{path} was produced with a different config ({', '.join(changed)} differ); "
+                        "use a new out_dir, or delete the old results to recompute them")
+    return result
 
 
 def check_out_dir(out: Path) -> None:
@@ -84,8 +96,6 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     data = load_data(cfg.data, seed=cfg.seeds[0])
     if cfg.budget > len(data.pool):
-        from llm_al.errors import BudgetError
-
         raise BudgetError(cfg.budget, len(data.pool))
     specs = [(spec, *parse_strategy(spec)) for spec in cfg.strategies]
 
@@ -94,11 +104,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     needs = needed_features([name for _, name, _ in specs], [cfg.ordering])
     features = compute_features(data.pool, needs, cfg.model, (model, tokenizer), cfg.progress)
     pad_id = tokenizer.pad_token_id
-    common = {"config": to_dict(cfg), "versions": versions(), "pool_size": len(data.pool),
+    cfg_dict = to_dict(cfg)
+    common = {"config": cfg_dict, "versions": versions(), "pool_size": len(data.pool),
               "test_size": len(data.test), "notes": data.notes}
 
     floor_path = out / "runs" / "untrained.json"
-    floor = _done(floor_path)
+    floor = _done(floor_path, cfg_dict)
     if floor is None:
         log.info("evaluating the untrained model (the floor)")
         ev = evaluate(model, tokenizer, data.test.examples, cfg.eval, cfg.progress)
@@ -110,14 +121,14 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     for spec, name, params in specs:
         for seed in cfg.seeds:
             path = out / "runs" / f"{run_id(spec, seed)}.json"
-            done = _done(path)
+            done = _done(path, cfg_dict)
             if done is not None:
                 log.info("%s: already done, skipping", path.name)
                 results.append(done)
                 continue
-            results.append(_one_run(cfg, spec, name, params, seed, data, features, model, tokenizer,
-                                    pad_id, path, out, common))
-            model = results[-1].pop("_model")
+            record, model = _one_run(cfg, spec, name, params, seed, data, features, model, tokenizer,
+                                     pad_id, path, out, common)
+            results.append(record)
 
     summary = summarize(results, floor, cfg)
     summary["feature_cost"] = features.cost
@@ -127,7 +138,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     return summary
 
 
-def _one_run(cfg, spec, name, params, seed, data, features, model, tokenizer, pad_id, path, out, common) -> dict:
+def _one_run(cfg, spec, name, params, seed, data, features, model, tokenizer, pad_id, path, out, common):
+    """Select, order, train, evaluate; write the result. Returns (record, the base model again)."""
     seeds = run_seeds(seed)
     record = {"run_id": path.stem, "strategy": spec, "strategy_name": name, "params": params, "seed": seed,
               "seeds": seeds, "ordering": cfg.ordering, "budget": cfg.budget, **common}
@@ -167,8 +179,7 @@ def _one_run(cfg, spec, name, params, seed, data, features, model, tokenizer, pa
         write_json(path, record)
         if peft_model is not None:
             model = detach_lora(peft_model)
-    record["_model"] = model
-    return record
+    return record, model
 
 
 def _subset_means(features, indices) -> dict:

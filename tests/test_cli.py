@@ -166,3 +166,12 @@ def test_superfiltering_without_scorer_is_a_clear_error(tmp_path, pool_file, tin
     err = _bad(["select", str(pool_file), "--strategy", "superfiltering", "--budget", "2",
                 "--out", str(tmp_path / "o.jsonl"), "--model", str(tiny_model_dir)], tmp_path, capsys)
     assert "model.scorer" in err or "scorer" in err
+
+
+def test_resume_refuses_results_of_a_different_config(tiny_recipe, tmp_path, cache_dir, capsys):
+    assert main(["run", str(tiny_recipe), "seeds=[0]", "strategies=[random]"]) == 0
+    capsys.readouterr()
+    # more seeds reuse the finished run; a different learning rate may not
+    assert main(["run", str(tiny_recipe), "seeds=[0, 1]", "strategies=[random]"]) == 0
+    err = _bad(["run", str(tiny_recipe), "seeds=[0]", "strategies=[random]", "train.lr=0.01"], tmp_path, capsys)
+    assert "different config" in err and "train" in err
