@@ -117,7 +117,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     if Path(args.out).resolve() == Path(args.pool).resolve():
         raise UserError(f"--out {args.out!r} is the pool itself; choose another file")
     name, params = parse_strategy(args.strategy)
-    needs = needed_features([name], [])
+    needs = needed_features([(name, params)], [])
     data_cfg = DataConfig(pool=args.pool, fields=fields or None, system_prompt=args.system_prompt, split=args.split)
     model_cfg = ModelConfig(device=args.device, max_length=args.max_length, trust_remote_code=args.trust_remote_code)
     if args.model:

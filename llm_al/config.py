@@ -114,11 +114,25 @@ class ExperimentConfig:
             raise ConfigError(f"strategies are listed twice: {self.strategies}")
 
 
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets and braces: 'a=1,w={x: 1, y: 2}' -> ['a=1', 'w={x: 1, y: 2}']."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur]
+
+
 def parse_strategy(spec: str) -> tuple[str, dict[str, Any]]:
     """'perplexity:band=middle,x=1' -> ('perplexity', {'band': 'middle', 'x': 1})."""
     name, _, rest = str(spec).partition(":")
     params: dict[str, Any] = {}
-    for part in filter(None, rest.split(",")):
+    for part in filter(None, _split_top_level(rest)):
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"strategy spec {spec!r}: expected name:key=value,..., got {part!r}")

@@ -101,7 +101,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
 
     model, tokenizer = models.load_model(cfg.model.name, cfg.model.device,
                                          trust_remote_code=cfg.model.trust_remote_code)
-    needs = needed_features([name for _, name, _ in specs], [cfg.ordering])
+    needs = needed_features([(name, params) for _, name, params in specs], [cfg.ordering])
     features = compute_features(data.pool, needs, cfg.model, (model, tokenizer), cfg.progress)
     pad_id = tokenizer.pad_token_id
     cfg_dict = to_dict(cfg)

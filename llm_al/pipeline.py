@@ -3,6 +3,7 @@ set of strategies and orderings needs (each at most once, cached on disk)."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Iterable
@@ -12,8 +13,15 @@ import numpy as np
 from llm_al import models
 from llm_al.data import Pool, drop_overlap, load_pool, records_to_pool, split_pool
 from llm_al.demo_data import EMBEDDED_POOL, SYSTEM_PROMPT, TEMPLATE, demo_records
+from llm_al.diversity import WEIGHTED_DEFAULT
 from llm_al.errors import FeatureUnavailableError
-from llm_al.features import Features, build_features, compute_embeddings, compute_loss_features, ifd_from_stats
+from llm_al.features import (
+    Features,
+    build_features,
+    compute_embeddings,
+    compute_loss_features,
+    ifd_from_stats,
+)
 from llm_al.orderings import ORDERINGS
 from llm_al.seeds import rng
 from llm_al.strategies import STRATEGIES
@@ -67,10 +75,23 @@ def load_data(cfg, seed: int = 0, need_test: bool = True) -> Data:
     return Data(pool, test, notes)
 
 
-def needed_features(strategy_names: Iterable[str], ordering_names: Iterable[str]) -> set[str]:
+def strategy_needs(name: str, params: dict) -> set[str]:
+    """Features a strategy call needs: its registered `needs`, plus the features its parameters
+    name. Convention: a parameter `by` names one feature; the keys of `weights` name features."""
+    fn = STRATEGIES.get(name)
+    needs = set(fn.meta.get("needs", ()))
+    defaults = {p.name: p.default for p in inspect.signature(fn.fn).parameters.values()}
+    if "by" in defaults:
+        needs.add(params.get("by", defaults["by"]))
+    if "weights" in defaults:
+        needs.update((params.get("weights") or defaults["weights"] or WEIGHTED_DEFAULT).keys())
+    return needs
+
+
+def needed_features(strategies: Iterable[tuple[str, dict]], ordering_names: Iterable[str]) -> set[str]:
     needs: set[str] = set()
-    for name in strategy_names:
-        needs.update(STRATEGIES.get(name).meta.get("needs", ()))
+    for name, params in strategies:
+        needs |= strategy_needs(name, params)
     for name in ordering_names:
         needs.update(ORDERINGS.get(name).meta.get("needs", ()))
     return needs

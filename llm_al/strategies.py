@@ -133,4 +133,4 @@ def kcenter(features: Features, budget: int, rng: np.random.Generator) -> Select
 
 
 # Strategy families in their own modules register on import.
-from llm_al import uncertainty  # noqa: E402,F401
+from llm_al import diversity, uncertainty  # noqa: E402,F401

@@ -175,3 +175,20 @@ def test_resume_refuses_results_of_a_different_config(tiny_recipe, tmp_path, cac
     assert main(["run", str(tiny_recipe), "seeds=[0, 1]", "strategies=[random]"]) == 0
     err = _bad(["run", str(tiny_recipe), "seeds=[0]", "strategies=[random]", "train.lr=0.01"], tmp_path, capsys)
     assert "different config" in err and "train" in err
+
+
+def test_parameters_that_name_features_are_computed():
+    from llm_al.pipeline import needed_features
+
+    assert needed_features([("deita", {})], []) == {"embeddings", "loss"}
+    assert needed_features([("deita", {"by": "length"})], ["easy_to_hard"]) == {"embeddings", "length", "loss"}
+    assert needed_features([("weighted", {"weights": {"entropy": 1, "length": -1}})], []) == {"entropy", "length"}
+    assert needed_features([("weighted", {})], []) == {"loss"}
+
+
+@pytest.mark.parametrize("strategy", ["deita:threshold=0.95", "weighted:weights={entropy: 1}", "cluster_stratified"])
+def test_select_hybrids_compute_what_their_parameters_name(tmp_path, pool_file, tiny_model_dir, cache_dir, strategy):
+    out = tmp_path / "chosen.jsonl"
+    assert main(["select", str(pool_file), "--strategy", strategy, "--budget", "5", "--out", str(out),
+                 "--model", str(tiny_model_dir)]) == 0
+    assert len(out.read_text().splitlines()) == 5

@@ -63,5 +63,7 @@ def test_missing_or_bad_recipe(tmp_path):
 def test_parse_strategy():
     assert parse_strategy("perplexity:band=middle") == ("perplexity", {"band": "middle"})
     assert parse_strategy("random") == ("random", {})
+    assert parse_strategy("weighted:weights={loss: 1, length: -0.5},x=2") == (
+        "weighted", {"weights": {"loss": 1, "length": -0.5}, "x": 2})
     with pytest.raises(UnknownNameError):
         ExperimentConfig(strategies=["nope"])
