@@ -23,7 +23,7 @@ from llm_al.errors import ConfigError
 from llm_al.features import Features
 from llm_al.strategies import STRATEGIES, Selection, kcenter_greedy, top_k
 
-SCORE_FIELDS = ("loss", "entropy", "length", "n_tokens")   # per-example Features fields a hybrid can use
+SCORE_FIELDS = ("loss", "entropy", "length", "n_tokens", "ifd", "direct_loss", "scorer_ifd")   # per-example Features fields a hybrid can use
 THEN = ("kcenter", "facility_location")
 
 

@@ -45,6 +45,44 @@ def hard_to_easy(indices: np.ndarray, features: Features, rng: np.random.Generat
     return sort_by(np.asarray(indices), features.require("loss"), rng, descending=True)
 
 
+@ORDERINGS.register("short_to_long", "ascending response length in words", needs=())
+def short_to_long(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    return sort_by(np.asarray(indices), features.length, rng)
+
+
+@ORDERINGS.register("long_to_short", "descending response length in words", needs=())
+def long_to_short(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    return sort_by(np.asarray(indices), features.length, rng, descending=True)
+
+
+@ORDERINGS.register("low_ifd_first", "ascending IFD (instruction-following difficulty)", needs=("ifd",))
+def low_ifd_first(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    return sort_by(np.asarray(indices), features.require("ifd"), rng)
+
+
+@ORDERINGS.register("high_ifd_first", "descending IFD (instruction-following difficulty)", needs=("ifd",))
+def high_ifd_first(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    return sort_by(np.asarray(indices), features.require("ifd"), rng, descending=True)
+
+
+@ORDERINGS.register("cluster_round_robin",
+                    "k-means the subset (k = sqrt(n)), then one example per cluster in turn, so neighbours differ",
+                    needs=("embeddings",))
+def cluster_round_robin(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    """Interleave clusters: largest cluster first in each round, members in seeded random order."""
+    from llm_al.diversity import kmeans
+
+    indices = np.asarray(indices)
+    k = max(1, int(round(np.sqrt(len(indices)))))
+    _, labels = kmeans(features.require("embeddings")[indices], k, rng)
+    groups = [rng.permutation(indices[labels == c]).tolist() for c in range(k)]
+    groups = sorted((g for g in groups if g), key=len, reverse=True)
+    out = []
+    for r in range(len(groups[0])):
+        out += [g[r] for g in groups if r < len(g)]
+    return np.array(out, dtype=indices.dtype)
+
+
 def run_ordering(name: str, indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
     entry = ORDERINGS.get(name)
     for need in entry.meta.get("needs", ()):

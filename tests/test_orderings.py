@@ -56,3 +56,25 @@ def test_loss_ordering_without_loss_is_clear_error():
 def test_unknown_ordering_suggests():
     with pytest.raises(UnknownNameError, match="Did you mean 'easy_to_hard'"):
         run_ordering("easy_to_har", np.arange(2), synthetic_features(2), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("name, key, descending", [
+    ("short_to_long", "length", False), ("long_to_short", "length", True),
+    ("low_ifd_first", "ifd", False), ("high_ifd_first", "ifd", True),
+])
+def test_feature_orderings_are_monotone(name, key, descending):
+    f = synthetic_features(30)
+    out = run_ordering(name, np.arange(0, 30, 3), f, np.random.default_rng(0))
+    values = getattr(f, key)[out]
+    assert np.all(np.diff(values) <= 0) if descending else np.all(np.diff(values) >= 0)
+
+
+def test_cluster_round_robin_alternates_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8) * 10
+    f = synthetic_features(9, 8)
+    f.embeddings = np.concatenate([c + rng.normal(scale=0.05, size=(3, 8)) for c in centres]).astype(np.float32)
+    out = run_ordering("cluster_round_robin", np.arange(9), f, np.random.default_rng(1))   # k = 3
+    clusters = (out // 3).tolist()
+    assert all(a != b for a, b in zip(clusters, clusters[1:]))     # neighbours always from different clusters
+    assert sorted(clusters[:3]) == [0, 1, 2]
