@@ -3,6 +3,7 @@
     llm-al demo [key=value ...]                 the main job: strategies vs random on the embedded default
     llm-al run RECIPE.yaml [key=value ...]      any experiment described by a recipe
     llm-al select POOL --strategy S --budget N --out FILE
+    llm-al overlap POOL [--reference R] [--test T]   overlap with a reference corpus and a test set
     llm-al list                                 strategies, orderings and metrics
 
 User errors print one line (`llm-al: error: ...`) and exit with status 2, without a traceback.
@@ -50,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--device", default="auto")
     sel.add_argument("--max-length", type=int, default=512, help="tokens per example for loss scoring")
     sel.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model (off by default)")
+
+    ov = sub.add_parser("overlap", help="overlap of a pool (or a selection) with a reference corpus and a test set")
+    ov.add_argument("pool", help="pool or selection file (any format `select` reads)")
+    ov.add_argument("--reference", default="pydoc",
+                    help="reference corpus: 'pydoc' (built in), a text file, a folder of .txt, or .jsonl (field 'text')")
+    ov.add_argument("--test", default=None, help="a test set to measure overlap with (any pool format)")
+    ov.add_argument("--n", type=int, default=8, help="word n-gram length")
+    ov.add_argument("--out", default=None, help="write per-example overlap columns beside the records (pool format)")
+    ov.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
 
     sub.add_parser("list", help="list strategies, orderings and metrics")
     return p
@@ -99,6 +109,49 @@ def cmd_experiment(recipe: str | None, overrides: list[str]) -> None:
           f"total {summary['total_seconds']:.0f} s")
 
 
+def _fields(items: list[str]) -> dict | None:
+    fields = {}
+    for item in items:
+        role, eq, column = item.partition("=")
+        if not eq:
+            raise UserError(f"--field {item!r} is not ROLE=COLUMN (e.g. --field prompt=question)")
+        fields[role] = column
+    return fields or None
+
+
+def cmd_overlap(args: argparse.Namespace) -> None:
+    from llm_al.data import load_pool
+    from llm_al.export import write_subset
+    from llm_al.config import DataConfig
+    from llm_al.demo_data import EMBEDDED_POOL
+    from llm_al.overlap import example_overlap
+    from llm_al.pipeline import load_data, reference_index, selection_overlap
+
+    if args.pool == EMBEDDED_POOL:          # the demo pool, with its fixed test set unless one is given
+        data = load_data(DataConfig(pool=args.pool), need_test=True)
+        pool, test = data.pool, data.test
+    else:
+        pool, test = load_pool(args.pool, fields=_fields(args.field)), None
+    if args.test:
+        test = load_pool(args.test, fields=_fields(args.field))
+    index = reference_index(args.reference, args.n)
+    report = selection_overlap(index, pool.examples, test.examples if test else None, args.n)
+    meta = index.meta
+    print(f"reference {args.reference}: {meta['documents']} documents, {meta['tokens']} words, "
+          f"{meta['ngrams']} distinct {args.n}-grams")
+    print(f"{args.pool}: {len(pool)} examples")
+    for group, values in report.items():
+        print(f"  overlap with the {group}:")
+        for key, value in values.items():
+            print(f"    {key:22s} {value:.4f}" if isinstance(value, float) else f"    {key:22s} {value}")
+    if args.out:
+        per = example_overlap(index, [ex.text for ex in pool.examples])
+        columns = {"llm_al_id": pool.ids, **{f"llm_al_{k}": [round(float(v), 6) for v in per[k]]
+                                              for k in ("ngram_overlap", "longest_match", "vocab_seen")}}
+        path = write_subset(pool, list(range(len(pool))), args.out, columns=columns)
+        print(f"per-example overlap -> {path}")
+
+
 def cmd_select(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -108,17 +161,12 @@ def cmd_select(args: argparse.Namespace) -> None:
     from llm_al.seeds import rng
     from llm_al.strategies import run_strategy
 
-    fields = {}
-    for item in args.field:
-        role, eq, column = item.partition("=")
-        if not eq:
-            raise UserError(f"--field {item!r} is not ROLE=COLUMN (e.g. --field prompt=question)")
-        fields[role] = column
+    fields = _fields(args.field)
     if Path(args.out).resolve() == Path(args.pool).resolve():
         raise UserError(f"--out {args.out!r} is the pool itself; choose another file")
     name, params = parse_strategy(args.strategy)
     needs = needed_features([(name, params)], [])
-    data_cfg = DataConfig(pool=args.pool, fields=fields or None, system_prompt=args.system_prompt, split=args.split)
+    data_cfg = DataConfig(pool=args.pool, fields=fields, system_prompt=args.system_prompt, split=args.split)
     model_cfg = ModelConfig(device=args.device, max_length=args.max_length, trust_remote_code=args.trust_remote_code)
     if args.model:
         model_cfg.name = args.model
@@ -150,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_experiment(args.recipe, args.overrides)
         elif args.command == "select":
             cmd_select(args)
+        elif args.command == "overlap":
+            cmd_overlap(args)
     except UserError as err:
         print(f"llm-al: error: {err}", file=sys.stderr)
         return 2

@@ -82,6 +82,16 @@ class ModelConfig:
 
 
 @dataclass
+class OverlapConfig:
+    reference: str | None = "pydoc"
+    """Pre-training-like reference corpus for overlap columns: "pydoc" (the standard library's
+    Python reference prose, a small stand-in for a real pre-training sample), a text file, a folder
+    of .txt files, or a .jsonl file with a `text` field. None: no reference overlap."""
+    n: int = 8
+    """Word n-gram length for overlap with the reference and with the test set."""
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "demo"
     out_dir: str = "runs/demo"
@@ -99,6 +109,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    overlap: OverlapConfig = field(default_factory=OverlapConfig)
 
     def __post_init__(self) -> None:
         if "random" not in [parse_strategy(s)[0] for s in self.strategies]:

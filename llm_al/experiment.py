@@ -30,7 +30,7 @@ from llm_al.evaluate import evaluate
 from llm_al.formatting import tokenize
 from llm_al.io import write_json, write_text
 from llm_al.orderings import run_ordering
-from llm_al.pipeline import compute_features, load_data, needed_features
+from llm_al.pipeline import compute_features, load_data, needed_features, reference_index, selection_overlap
 from llm_al.report import summarize, write_tables
 from llm_al.seeds import rng, run_seeds
 from llm_al.strategies import run_strategy
@@ -58,7 +58,7 @@ def run_id(spec: str, seed: int) -> str:
 
 # The config sections that decide a single run's result. Seeds, strategies and names may change
 # between invocations of the same out_dir (to add runs); these may not.
-RESULT_KEYS = ("data", "model", "train", "eval", "budget", "ordering")
+RESULT_KEYS = ("data", "model", "train", "eval", "budget", "ordering", "overlap")
 
 
 def _done(path: Path, cfg_dict: dict) -> dict | None:
@@ -103,6 +103,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
                                          trust_remote_code=cfg.model.trust_remote_code)
     needs = needed_features([(name, params) for _, name, params in specs], [cfg.ordering])
     features = compute_features(data.pool, needs, cfg.model, (model, tokenizer), cfg.progress)
+    index = reference_index(cfg.overlap.reference, cfg.overlap.n) if cfg.overlap.reference else None
     pad_id = tokenizer.pad_token_id
     cfg_dict = to_dict(cfg)
     common = {"config": cfg_dict, "versions": versions(), "pool_size": len(data.pool),
@@ -127,7 +128,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
                 results.append(done)
                 continue
             record, model = _one_run(cfg, spec, name, params, seed, data, features, model, tokenizer,
-                                     pad_id, path, out, common)
+                                     pad_id, path, out, common, index)
             results.append(record)
 
     summary = summarize(results, floor, cfg)
@@ -138,7 +139,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     return summary
 
 
-def _one_run(cfg, spec, name, params, seed, data, features, model, tokenizer, pad_id, path, out, common):
+def _one_run(cfg, spec, name, params, seed, data, features, model, tokenizer, pad_id, path, out, common, index):
     """Select, order, train, evaluate; write the result. Returns (record, the base model again)."""
     seeds = run_seeds(seed)
     record = {"run_id": path.stem, "strategy": spec, "strategy_name": name, "params": params, "seed": seed,
@@ -167,6 +168,8 @@ def _one_run(cfg, spec, name, params, seed, data, features, model, tokenizer, pa
             "order": {"ids": [data.pool.ids[i] for i in order],
                       "scores": [None if np.isnan(score_by_index[i]) else score_by_index[i] for i in order.tolist()]},
             "subset_features": _subset_means(features, sel.indices),
+            "overlap": selection_overlap(index, [data.pool.examples[i] for i in sel.indices],
+                                         data.test.examples, cfg.overlap.n),
             "train": asdict(tr), "eval": ev, "timings": timings,
         })
         write_json(path, record)

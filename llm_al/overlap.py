@@ -1,24 +1,19 @@
-"""Overlap of examples with a pre-training-like reference corpus and with the test set.
+"""Overlap of examples with a pre-training-like reference corpus, and with the test set.
 
-Fine-tuned models produce test words they never saw in the fine-tuning set but saw in
-pre-training (docs: research-protocol.md, "interaction with pre-training data"), so a subset's
-overlap with pre-training-like text is a candidate explanation of its score. This module measures
-it three ways: exact word n-gram overlap against an on-disk index (as in the decontamination
-checks of lm-evaluation-harness), vocabulary overlap, and DSIR's hashed-n-gram KL divergence
-(Xie et al. 2023, "Data Selection for Language Models via Importance Resampling").
+Fine-tuned models produce test words seen only in pre-training (docs/research-protocol.md), so a
+subset's overlap with pre-training-like text may explain its score. Measured three ways: exact word
+n-gram overlap against an on-disk index (like lm-evaluation-harness's decontamination), vocabulary
+overlap, and DSIR's hashed-n-gram KL divergence (Xie et al. 2023).
 
-    index = build_index("pydoc", "cache/pydoc-8gram")            # a path, "pydoc", or any texts
-    per_example = example_overlap(index, [ex.text for ex in pool.examples])   # dict of (N,) arrays
+    index = build_index("pydoc", "cache/pydoc-8gram")       # a path, "pydoc", or any iterable of texts
+    per_example = example_overlap(index, [ex.text for ex in pool.examples])  # dict of (N,) arrays
 
-Hashing: each distinct word is hashed once with blake2b (8 bytes, stable across processes,
-machines and Python versions; never `hash()`); an n-gram's hash is the polynomial
-sum_j w[i+j] * P^(n-1-j) mod 2^64 followed by the splitmix64 finaliser, computed for all positions
-of a batch of documents in n vectorised steps. N-grams never cross document boundaries.
-
-An index is a folder: `ngrams.npy` (sorted unique uint64 n-gram hashes), `vocab.npy` (sorted
-unique word hashes) and `meta.json`. It is built in bounded memory (sorted runs of `chunk_tokens`
-n-grams, then a k-way block merge), written to a temporary folder and renamed into place, and
-queried by binary search on memory-mapped arrays (time logarithmic in the corpus size).
+Hashes: each word once with blake2b-64 (stable across processes and machines; never `hash()`); an
+n-gram is sum_j w[i+j] * P^(n-1-j) mod 2^64 then the splitmix64 finaliser, for every position of a
+batch in n vectorised steps; n-grams never cross documents. An index is a folder of `ngrams.npy`
+(sorted unique n-gram hashes), `vocab.npy` (sorted unique word hashes) and `meta.json`, built in
+bounded memory (sorted runs of `chunk_tokens` n-grams, then a k-way block merge) in a temporary
+folder renamed into place, and queried by binary search on memory maps.
 """
 
 from __future__ import annotations
@@ -48,7 +43,6 @@ INDEX_FORMAT, INDEX_VERSION = "llm_al.ngram_index", 1
 _P = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the n-gram polynomial
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)  # splitmix64
 _BATCH_CHARS = 1 << 20  # documents are hashed in batches of about this many characters
-_FAN_IN = 32  # runs merged at once (bounds open files)
 _MERGE_VALUES = 1 << 21  # values buffered across all runs of a merge (~16 MB, x3 with copies)
 
 TOKENIZERS: Registry[Callable[[str], list[str]]] = Registry("tokenizer")
@@ -66,7 +60,7 @@ def words(text: str) -> list[str]:
 
 @lru_cache(maxsize=1 << 18)
 def _word_hash(word: str) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
+    return int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 def word_hashes(tokens: Sequence[str]) -> np.ndarray:
@@ -134,8 +128,10 @@ def _member(sorted_hashes: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return found
 
 
-def _tokenizer(name: str) -> Callable[[str], list[str]]:
-    return TOKENIZERS.get(name).fn
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------- reference corpora
@@ -298,13 +294,10 @@ def build_index(texts: Iterable[str] | str | os.PathLike, out_dir: str | os.Path
     `texts` is any iterable of documents, or a spec for `reference_texts` (a path or "pydoc"; then
     `fingerprint` defaults to `fingerprint_files([spec])`). With a `fingerprint`, an index already
     in `out_dir` built from the same fingerprint, `n` and tokenizer is reused as it is; without
-    one, the index is always rebuilt. Memory is bounded by `chunk_tokens` n-grams (8 bytes each)
-    plus the vocabulary, whatever the corpus size."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n must be a positive number of words, got {n!r}")
-    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-        raise ConfigError(f"chunk_tokens must be a positive integer, got {chunk_tokens!r}")
-    tokenize = _tokenizer(tokenizer)
+    one, the index is always rebuilt. Peak memory is about 2 x 8 bytes x `chunk_tokens` (80 MB by
+    default) plus the vocabulary and the merge buffers (~50 MB), whatever the corpus size."""
+    n, chunk_tokens = _positive_int("n", n), _positive_int("chunk_tokens", chunk_tokens)
+    tokenize = TOKENIZERS.get(tokenizer).fn
     label = "the reference texts"
     if isinstance(texts, (str, os.PathLike)):
         label = str(texts)
@@ -336,13 +329,9 @@ def build_index(texts: Iterable[str] | str | os.PathLike, out_dir: str | os.Path
             buf.append(g)
             vbuf.append(_sorted_unique(w))
             buffered += len(g)
-            if buffered >= chunk_tokens:  # cut full chunks into sorted runs; keep the remainder
-                flat = np.concatenate(buf)
-                buf.clear()  # free the pieces before sorting: peak ~3 x 8 bytes x chunk_tokens
-                full = len(flat) - len(flat) % chunk_tokens
-                for s in range(0, full, chunk_tokens):
-                    runs.append(_write_run(tmp, len(runs), flat[s : s + chunk_tokens]))
-                buf, buffered = [flat[full:].copy()], len(flat) - full  # a view would pin `flat`
+            if buffered >= chunk_tokens:
+                buf = [_flush(buf, chunk_tokens, tmp, runs)]
+                buffered = len(buf[0])
                 vocab, vbuf = _sorted_unique(np.concatenate([vocab, *vbuf])), []
         if buffered:
             runs.append(_write_run(tmp, len(runs), np.concatenate(buf)))
@@ -374,6 +363,17 @@ def _read_meta(path: Path) -> dict | None:
     return meta if isinstance(meta, dict) and meta.get("format") == INDEX_FORMAT else None
 
 
+def _flush(buf: list[np.ndarray], chunk_tokens: int, folder: Path, runs: list[Path]) -> np.ndarray:
+    """Write the full chunks of the buffered hashes as sorted runs; return the remainder. Peak
+    memory is about 2 x 8 bytes x chunk_tokens (the pieces, then their concatenation)."""
+    flat = np.concatenate(buf)
+    buf.clear()
+    full = len(flat) - len(flat) % chunk_tokens
+    for s in range(0, full, chunk_tokens):
+        runs.append(_write_run(folder, len(runs), flat[s : s + chunk_tokens]))
+    return flat[full:].copy()  # a view would keep `flat` alive
+
+
 def _write_run(folder: Path, i: int, hashes: np.ndarray) -> Path:
     path = folder / f"run-{i:06d}.npy"
     np.save(path, _sorted_unique(hashes, in_place=True))  # `hashes` is the caller's scratch buffer
@@ -386,71 +386,58 @@ def _npy_header(length: int) -> bytes:
     return buf.getvalue()
 
 
-def _open_npy(path: Path) -> tuple[io.BufferedReader, int]:
-    """An .npy file of uint64 opened at its data, and its length."""
-    f = open(path, "rb")  # noqa: SIM115 (closed by the caller)
-    version = np.lib.format.read_magic(f)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read(f)
-    assert dtype == np.dtype("<u8") and len(shape) == 1, f"{path}: {dtype} {shape}, expected 1-D uint64"
-    return f, shape[0]
+def _npy_data(path: Path) -> tuple[int, int]:
+    """(byte offset of the data, length) of a 1-D uint64 .npy file."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+        assert dtype == np.dtype("<u8") and len(shape) == 1, f"{path}: {dtype} {shape}, expected 1-D uint64"
+        return f.tell(), shape[0]
 
 
 def _merge_runs(runs: list[Path], out: Path, block: int | None = None) -> int:
-    """Merge sorted unique runs into one sorted unique .npy, `_FAN_IN` runs at a time (more runs:
-    several passes); deletes the runs and returns the output length."""
-    passes = 0
-    while len(runs) > _FAN_IN:
-        passes += 1
-        merged = []
-        for j in range(0, len(runs), _FAN_IN):
-            merged.append(out.with_name(f"pass{passes}-{j // _FAN_IN:06d}.npy"))
-            _merge_group(runs[j : j + _FAN_IN], merged[-1], block or _MERGE_VALUES // _FAN_IN)
-        runs = merged
-    return _merge_group(runs, out, block or max(1 << 12, _MERGE_VALUES // len(runs)))
+    """K-way merge of sorted unique runs into one sorted unique .npy; deletes the runs and returns
+    the output length. Memory: `block` values per run (default: ~2M values in all).
 
-
-def _merge_group(runs: list[Path], out: Path, block: int) -> int:
-    """K-way block merge in O(len(runs) * block) memory, reading each run once, sequentially.
-
-    Each step tops every run's buffer up to `block` values and emits all buffered values <= the
-    smallest of the buffers' last values (the pivot). Unread values of a run exceed its buffer's
-    last value, itself >= the pivot, so everything left is larger than everything emitted: the
-    output is sorted and unique. The run that set the pivot empties its buffer: progress."""
+    Each step tops every run's buffer up to `block` values (reading each run once, in order, with
+    no file left open) and emits all buffered values <= the smallest of the buffers' last values
+    (the pivot). Unread values of a run exceed its buffer's last value, itself >= the pivot, so all
+    that is left exceeds all that was emitted: the output is sorted and unique. The run that set
+    the pivot empties its buffer, so every step makes progress."""
     if len(runs) == 1:
         os.replace(runs[0], out)
         return len(np.load(out, mmap_mode="r"))
-    files, left = zip(*map(_open_npy, runs))
-    left, bufs, total = list(left), [np.empty(0, np.uint64) for _ in runs], 0
+    block = block or max(1 << 12, _MERGE_VALUES // len(runs))
+    offset, left = (list(x) for x in zip(*map(_npy_data, runs)))
+    bufs, total = [np.empty(0, np.uint64) for _ in runs], 0
     header = _npy_header(sum(left))  # a 1-D uint64 header is 128 bytes whatever the length
-    try:
-        with open(out, "wb") as w:
-            w.write(header)
-            while True:
-                for i, f in enumerate(files):
-                    if len(bufs[i]) < block and left[i]:
-                        count = min(block - len(bufs[i]), left[i])
+    with open(out, "wb") as w:
+        w.write(header)
+        while True:
+            for i, run in enumerate(runs):
+                if len(bufs[i]) < block and left[i]:
+                    count = min(block - len(bufs[i]), left[i])
+                    with open(run, "rb") as f:
+                        f.seek(offset[i])
                         bufs[i] = np.concatenate([bufs[i], np.frombuffer(f.read(8 * count), "<u8")])
-                        left[i] -= count
-                live = [i for i in range(len(runs)) if len(bufs[i])]
-                if not live:
-                    break
-                pivot = min(bufs[i][-1] for i in live)
-                parts = []
-                for i in live:
-                    take = int(np.searchsorted(bufs[i], pivot, side="right"))
-                    parts.append(bufs[i][:take])
-                    bufs[i] = bufs[i][take:]
-                merged = _sorted_unique(np.concatenate(parts))
-                w.write(merged.astype("<u8", copy=False).tobytes())
-                total += len(merged)
-            final = _npy_header(total)
-            assert len(final) == len(header), f"npy header changed size: {len(header)} -> {len(final)}"
-            w.seek(0)
-            w.write(final)
-    finally:
-        for f in files:
-            f.close()
+                    offset[i], left[i] = offset[i] + 8 * count, left[i] - count
+            live = [i for i in range(len(runs)) if len(bufs[i])]
+            if not live:
+                break
+            pivot = min(bufs[i][-1] for i in live)
+            parts = []
+            for i in live:
+                take = int(np.searchsorted(bufs[i], pivot, side="right"))
+                parts.append(bufs[i][:take])
+                bufs[i] = bufs[i][take:]
+            merged = _sorted_unique(np.concatenate(parts))
+            w.write(merged.astype("<u8", copy=False).tobytes())
+            total += len(merged)
+        final = _npy_header(total)
+        assert len(final) == len(header), f"npy header changed size: {len(header)} -> {len(final)}"
+        w.seek(0)
+        w.write(final)
     for r in runs:
         r.unlink()
     return total
@@ -482,7 +469,7 @@ def example_overlap(index: NgramIndex, texts: Sequence[str]) -> dict[str, np.nda
       (0.0 with no words: see `n_words`);
     - `n_ngrams`, `n_found`, `n_words` (word tokens): the counts behind the shares."""
     n, N = index.n, len(texts)
-    w, wdoc, g, gdoc = _hash_batch(texts, n, _tokenizer(index.tokenizer))
+    w, wdoc, g, gdoc = _hash_batch(texts, n, TOKENIZERS.get(index.tokenizer).fn)
     found = index.contains(g)  # (G,)
     n_ngrams = np.bincount(gdoc, minlength=N)
     n_found = np.bincount(gdoc[found], minlength=N)
@@ -547,7 +534,7 @@ def test_overlap(train_texts: Sequence[str], test_texts: Sequence[str], n: int =
     `ngram_overlap` (share of test n-gram occurrences that occur in the training texts; 0.0 when
     the test set has no n-gram, see `n_test_ngrams`), `vocab_coverage` (share of distinct test
     words seen in training) and `vocab_jaccard` (|train ∩ test| / |train ∪ test| of vocabularies)."""
-    tokenize = _tokenizer(tokenizer)
+    tokenize = TOKENIZERS.get(tokenizer).fn
     w_tr, _, g_tr, _ = _hash_batch(train_texts, n, tokenize)
     w_te, _, g_te, _ = _hash_batch(test_texts, n, tokenize)
     v_tr, v_te = _sorted_unique(w_tr), _sorted_unique(w_te)
@@ -565,59 +552,3 @@ def test_overlap(train_texts: Sequence[str], test_texts: Sequence[str], n: int =
 
 
 test_overlap.__test__ = False  # a library function, not a pytest test
-
-
-# ---------------------------------------------------------------- DSIR hashed n-grams
-
-
-def _bucket_ids(texts: Sequence[str], buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bucket of every unigram and bigram occurrence (U+B,), and its document (U+B,)."""
-    w, wdoc, g, gdoc = _hash_batch(texts, 2, words)
-    ids = np.concatenate([w, g]) % np.uint64(buckets)
-    return ids.astype(np.int64), np.concatenate([wdoc, gdoc])
-
-
-def hashed_ngram_features(texts: Sequence[str], buckets: int = 10_000) -> np.ndarray:
-    """(N, buckets) float32 counts of hashed unigrams and bigrams (DSIR's features; dense, so
-    meant for N up to ~100k: 4 bytes x N x buckets)."""
-    ids, doc = _bucket_ids(texts, buckets)
-    out = np.zeros((len(texts), buckets), np.float32)
-    np.add.at(out, (doc, ids), 1.0)
-    return out
-
-
-def _distribution(texts: Iterable[str], buckets: int) -> np.ndarray:
-    """(buckets,) add-one smoothed distribution of hashed unigrams+bigrams, streamed in batches."""
-    counts = np.zeros(buckets, np.float64)
-    for batch in _batches(texts):
-        counts += np.bincount(_bucket_ids(batch, buckets)[0], minlength=buckets)
-    return (counts + 1.0) / (counts.sum() + buckets)
-
-
-def _kl(p: np.ndarray, q: np.ndarray) -> float:
-    return float(np.sum(p * (np.log(p) - np.log(q))))
-
-
-def importance_kl(subset_texts: Sequence[str], reference_texts: Iterable[str], pool_texts: Sequence[str],
-                  buckets: int = 10_000) -> dict[str, float]:
-    """How much closer a subset is to the reference than a baseline, in DSIR's hashed-n-gram space.
-
-    Returns `kl_subset` = KL(reference || subset), `kl_pool` = KL(reference || pool_texts) and
-    `kl_reduction` = kl_pool - kl_subset (> 0: the subset is nearer the reference). Pass as
-    `pool_texts` a random pool subset of the same size: add-one smoothing pulls small samples
-    toward uniform, so the comparison is fair only between samples of similar size."""
-    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-        raise ConfigError(f"buckets must be a positive integer, got {buckets!r}")
-    ref = _distribution(reference_texts, buckets)
-    kl_subset = _kl(ref, _distribution(subset_texts, buckets))
-    kl_pool = _kl(ref, _distribution(pool_texts, buckets))
-    return {"kl_subset": kl_subset, "kl_pool": kl_pool, "kl_reduction": kl_pool - kl_subset}
-
-
-def log_importance(texts: Sequence[str], reference_texts: Iterable[str], pool_texts: Iterable[str],
-                   buckets: int = 10_000) -> np.ndarray:
-    """(N,) DSIR log importance weights: sum over an example's hashed unigrams and bigrams of
-    log p_reference - log p_pool (higher: more reference-like than pool-like)."""
-    delta = np.log(_distribution(reference_texts, buckets)) - np.log(_distribution(pool_texts, buckets))
-    ids, doc = _bucket_ids(texts, buckets)
-    return np.bincount(doc, weights=delta[ids], minlength=len(texts))

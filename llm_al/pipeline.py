@@ -136,3 +136,25 @@ def compute_features(pool: Pool, needs: set[str], model_cfg, model_and_tokenizer
         cost.update(c)
     return build_features(pool.examples, pool.ids, loss_stats=stats.get("loss"), direct_stats=stats.get("direct"),
                           scorer_ifd=scorer_ifd, embeddings=embeddings, cost=cost)
+
+
+# ---------------------------------------------------------------------------- overlap
+def reference_index(spec: str, n: int):
+    """The n-gram index of a reference corpus, built once and cached by the corpus fingerprint."""
+    from llm_al.overlap import build_index, fingerprint_files
+
+    fp = fingerprint_files([spec])
+    return build_index(spec, models.cache_root() / "overlap" / f"{fp}-n{n}", n=n, fingerprint=fp)
+
+
+def selection_overlap(index, examples: list, test_examples: list | None, n: int) -> dict:
+    """Overlap of chosen examples with the reference (whole example text) and of their responses
+    with the test set's responses (the paper's "vocabulary overlap with the test targets")."""
+    from llm_al.overlap import subset_overlap, test_overlap
+
+    out: dict = {}
+    if index is not None:
+        out["reference"] = subset_overlap(index, [ex.text for ex in examples])
+    if test_examples:
+        out["test"] = test_overlap([ex.response for ex in examples], [ex.response for ex in test_examples], n=n)
+    return out

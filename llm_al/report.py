@@ -38,6 +38,7 @@ def summarize(results: list[dict], floor: dict, cfg) -> dict:
                 row[metric] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
                                "ci": [lo, hi], "values": vals.tolist()}
             row["train_seconds"] = float(np.mean([r["timings"]["train_seconds"] for r in runs.values()]))
+            row["overlap"] = _mean_overlap(list(runs.values()))
             row["select_seconds"] = float(np.mean([r["timings"]["select_seconds"] for r in runs.values()]))
         paired = sorted(set(runs) & set(random_runs))
         if spec != "random" and paired:
@@ -50,6 +51,21 @@ def summarize(results: list[dict], floor: dict, cfg) -> dict:
     return {"primary": primary, "higher_is_better": higher, "budget": cfg.budget, "ordering": cfg.ordering,
             "seeds": cfg.seeds, "test_size": floor.get("test_size"), "pool_size": floor.get("pool_size"),
             "untrained": floor["eval"]["metrics"], "strategies": rows}
+
+
+OVERLAP_COLUMNS = {("reference", "pooled_ngram_overlap"): "ref n-gram %",
+                   ("reference", "vocab_seen"): "ref vocab %",
+                   ("test", "vocab_coverage"): "test vocab cov %"}
+
+
+def _mean_overlap(runs: list[dict]) -> dict:
+    """Mean over runs of the overlap figures the table shows (as percentages)."""
+    out = {}
+    for (group, key), label in OVERLAP_COLUMNS.items():
+        values = [r["overlap"][group][key] for r in runs if group in r.get("overlap", {})]
+        if values:
+            out[label] = 100 * float(np.mean(values))
+    return out
 
 
 def verdict(lo: float, hi: float, higher_is_better: bool) -> str:
@@ -65,12 +81,15 @@ def _fmt(x: float) -> str:
 
 def table_rows(summary: dict) -> list[list[str]]:
     p = summary["primary"]
+    overlap_cols = [c for c in OVERLAP_COLUMNS.values()
+                    if any(c in r.get("overlap", {}) for r in summary["strategies"])]
     header = ["strategy", "n", f"{p} mean", "95% CI (seeds)", "diff vs random", "95% CI (paired)", "wins",
-              "verdict", "train s/run"]
-    rows = [header, ["untrained (floor)", "-", _fmt(summary["untrained"][p]), "", "", "", "", "", ""]]
+              "verdict", "train s/run", *overlap_cols]
+    blank = [""] * (len(header) - 3)
+    rows = [header, ["untrained (floor)", "-", _fmt(summary["untrained"][p]), *blank]]
     for r in summary["strategies"]:
         if p not in r:
-            rows.append([r["strategy"], str(r["n"]), "failed" if r["failed"] else "-", "", "", "", "", "", ""])
+            rows.append([r["strategy"], str(r["n"]), "failed" if r["failed"] else "-", *blank])
             continue
         m = r[p]
         v = r.get("vs_random")
@@ -79,6 +98,7 @@ def table_rows(summary: dict) -> list[list[str]]:
             f"{v['mean_diff']:+.2f}" if v else "(baseline)",
             f"[{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}]" if v else "",
             f"{v['wins']}/{v['n']}" if v else "", v["verdict"] if v else "", f"{r['train_seconds']:.0f}",
+            *(f"{r['overlap'][c]:.1f}" if c in r.get("overlap", {}) else "" for c in overlap_cols),
         ])
     return rows
 
@@ -98,7 +118,10 @@ def format_table(summary: dict) -> str:
         if all(m in r for m in others):
             extra.append(f"  {r['strategy']}: " + ", ".join(f"{m} {r[m]['mean']:.2f}" for m in others))
     floor = ", ".join(f"{m} {summary['untrained'][m]:.2f}" for m in others)
-    return "\n".join([title, "", *lines, "", "Other metrics (mean over seeds):", f"  untrained: {floor}", *extra])
+    notes = ["Overlap columns: share of the subset's word n-grams found in the reference corpus, share of its "
+             "words seen there, and share of the test references' words present in the subset's responses."]
+    return "\n".join([title, "", *lines, "", "Other metrics (mean over seeds):", f"  untrained: {floor}", *extra,
+                      "", *notes])
 
 
 def write_tables(summary: dict, out: Path) -> None:

@@ -45,7 +45,8 @@ eval: {{max_new_tokens: 6}}
 def test_run_recipe_end_to_end_and_resume(tiny_recipe, tmp_path, cache_dir, capsys):
     assert main(["run", str(tiny_recipe)]) == 0
     out = capsys.readouterr().out
-    for name in ("untrained (floor)", "random", "perplexity", "kcenter", "wins", "diff vs random"):
+    for name in ("untrained (floor)", "random", "perplexity", "kcenter", "wins", "diff vs random",
+                 "ref n-gram %", "test vocab cov %"):
         assert name in out
     out_dir = tmp_path / "out"
     runs = sorted(p.name for p in (out_dir / "runs").glob("*.json"))
@@ -56,6 +57,7 @@ def test_run_recipe_end_to_end_and_resume(tiny_recipe, tmp_path, cache_dir, caps
     assert set(run["seeds"]) == {"subset", "order", "init"}
     assert run["config"]["budget"] == 6 and run["versions"]["torch"]
     assert {"select_seconds", "train_seconds", "eval_seconds"} <= set(run["timings"])
+    assert run["overlap"]["reference"]["n_examples"] == 6 and 0 <= run["overlap"]["test"]["vocab_coverage"] <= 1
     assert (out_dir / "adapters" / "random-seed1" / "adapter_config.json").exists()
     summary = json.loads((out_dir / "summary.json").read_text())
     kc = next(r for r in summary["strategies"] if r["strategy"] == "kcenter")
@@ -192,3 +194,24 @@ def test_select_hybrids_compute_what_their_parameters_name(tmp_path, pool_file, 
     assert main(["select", str(pool_file), "--strategy", strategy, "--budget", "5", "--out", str(out),
                  "--model", str(tiny_model_dir)]) == 0
     assert len(out.read_text().splitlines()) == 5
+
+
+def test_overlap_command_on_a_reference_it_has_never_seen(tmp_path, cache_dir, capsys):
+    ref = tmp_path / "ref.txt"
+    ref.write_text("the quick brown fox jumps over the lazy dog near the river bank today\n\n"
+                   "an entirely different paragraph about python functions and their arguments\n")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"prompt": "the quick brown fox jumps over the lazy dog near", "response": "yes"}) + "\n"
+                    + json.dumps({"prompt": "nothing here matches at all in any way whatsoever ok", "response": "no"}) + "\n")
+    out = tmp_path / "per.jsonl"
+    assert main(["overlap", str(pool), "--reference", str(ref), "--n", "8", "--test", str(pool), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "overlap with the reference" in printed and "overlap with the test" in printed
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # "the quick brown fox jumps over the lazy dog near\nyes": 11 words, 4 8-grams, 3 of them in the reference
+    assert rows[0]["llm_al_ngram_overlap"] == pytest.approx(3 / 4) and rows[0]["llm_al_longest_match"] == 10
+    assert rows[1]["llm_al_ngram_overlap"] == 0.0
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    err = _bad(["overlap", str(pool), "--reference", str(empty)], tmp_path, capsys)
+    assert "empty" in err and "empty.txt" in err

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from llm_al import overlap
+from llm_al.dsir import hashed_ngram_features, importance_kl, log_importance
 from llm_al.errors import UnknownNameError, UserError
 from llm_al.overlap import (
     NgramIndex,
@@ -20,9 +20,6 @@ from llm_al.overlap import (
     build_index,
     example_overlap,
     fingerprint_files,
-    hashed_ngram_features,
-    importance_kl,
-    log_importance,
     ngram_hashes,
     reference_texts,
     subset_overlap,
@@ -141,6 +138,31 @@ def test_vocab_seen_on_a_hand_case(index):
     assert out["vocab_seen"][0] == pytest.approx(3 / 5)
 
 
+def test_random_examples_match_a_brute_force_on_word_tuples(tmp_path):
+    rng = np.random.default_rng(0)
+    vocab = ["ab", "cd", "ef", "gh"]  # four words and n = 3: partial matches everywhere
+
+    def text(k, words=vocab):
+        return " ".join(rng.choice(words, size=k))
+
+    ref = [text(rng.integers(0, 25)) for _ in range(30)]
+    examples = [text(rng.integers(0, 20), vocab + ["zz"]) for _ in range(200)]  # "zz" is never seen
+    index = build_index(ref, tmp_path / "idx", n=3, chunk_tokens=11)
+    grams = {tuple(w[i : i + 3]) for w in map(str.split, ref) for i in range(len(w) - 2)}
+    seen = {w for r in ref for w in r.split()}
+    out = example_overlap(index, examples)
+    for j, ex in enumerate(examples):
+        w = ex.split()
+        found = [tuple(w[i : i + 3]) in grams for i in range(len(w) - 2)]
+        best = run = 0
+        for f in found:
+            run = run + 1 if f else 0
+            best = max(best, run)
+        assert out["n_ngrams"][j] == len(found) and out["n_found"][j] == sum(found)
+        assert out["longest_match"][j] == (best + 2 if best else 0)
+        assert out["vocab_seen"][j] == (len(set(w) & seen) / len(set(w)) if w else 0.0)
+
+
 def test_subset_overlap_means_and_pooled_share(index):
     texts = [NATO, " ".join(NATO.split()[:8] + NOVEL.split()[:4]), "too short"]
     s = subset_overlap(index, texts)
@@ -161,10 +183,10 @@ def _pydoc_docs(k: int = 12) -> list[str]:
 
 def test_chunked_build_equals_one_chunk_and_brute_force(tmp_path):
     docs = _pydoc_docs()
-    one = build_index(docs, tmp_path / "one", n=5)
-    many = build_index(docs, tmp_path / "many", n=5, chunk_tokens=97)
-    assert one.meta["runs"] == 1 and many.meta["runs"] > 32  # > _FAN_IN: two merge passes
-    expect = _brute_force_ngrams(docs, 5)  # per document: no n-gram crosses a document boundary
+    one = build_index(docs, tmp_path / "one", n=8)
+    many = build_index(docs, tmp_path / "many", n=8, chunk_tokens=97)
+    assert one.meta["runs"] == 1 and many.meta["runs"] > 50
+    expect = _brute_force_ngrams(docs, 8)  # per document: no n-gram crosses a document boundary
     assert np.array_equal(np.asarray(one.ngrams), expect)
     assert np.array_equal(np.asarray(many.ngrams), expect)
     assert (tmp_path / "one" / "ngrams.npy").read_bytes() == (tmp_path / "many" / "ngrams.npy").read_bytes()
@@ -174,9 +196,8 @@ def test_chunked_build_equals_one_chunk_and_brute_force(tmp_path):
     assert not list((tmp_path / "many").glob("run-*")) and not list(tmp_path.glob(".*tmp"))
 
 
-@pytest.mark.parametrize("fan_in", [3, 32])
-def test_block_merge_of_many_runs(tmp_path, monkeypatch, fan_in):
-    monkeypatch.setattr(overlap, "_FAN_IN", fan_in)  # 3: three passes over 11 runs
+@pytest.mark.parametrize("block", [1, 3, None])
+def test_block_merge_of_many_runs(tmp_path, block):
     rng = np.random.default_rng(0)
     runs, values = [], []
     for i in range(11):
@@ -184,10 +205,10 @@ def test_block_merge_of_many_runs(tmp_path, monkeypatch, fan_in):
         values.append(run)
         np.save(tmp_path / f"r{i}.npy", run)
         runs.append(tmp_path / f"r{i}.npy")
-    total = _merge_runs(runs, tmp_path / "out.npy", block=3)
+    total = _merge_runs(runs, tmp_path / "out.npy", block=block)
     merged = np.load(tmp_path / "out.npy")
     assert total == len(merged) and np.array_equal(merged, np.unique(np.concatenate(values)))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npy"]  # runs and passes deleted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npy"]  # runs deleted
 
 
 def test_contains_uses_the_sorted_index(index):
