@@ -21,6 +21,7 @@ import yaml
 from llm_al.demo_data import EMBEDDED_POOL
 from llm_al.errors import ConfigError, UnknownNameError, UserError
 from llm_al.evaluate import EvalConfig
+from llm_al.grid import DESIGNS
 from llm_al.models import EMBEDDED_EMBEDDER, EMBEDDED_MODEL
 from llm_al.orderings import ORDERINGS
 from llm_al.registry import did_you_mean
@@ -40,7 +41,10 @@ _Loader.add_implicit_resolver(
 
 
 def yaml_value(text: str):
-    return yaml.load(text, Loader=_Loader)
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read {text[:80]!r} as YAML: {str(err).splitlines()[0]}") from None
 
 
 @dataclass
@@ -98,11 +102,20 @@ class ExperimentConfig:
     """Results go here: one JSON per run, summary.json, table.md/.csv. Re-running resumes."""
     strategies: list[str] = field(default_factory=lambda: ["random", "perplexity", "kcenter"])
     """Strategy specs, `name` or `name:key=value,...` (e.g. perplexity:band=middle). random is always run."""
-    ordering: str = "shuffled"
-    """How each subset is ordered for training (llm-al list shows the orderings)."""
+    orderings: list[str] = field(default_factory=lambda: ["shuffled"])
+    """How each subset is ordered for training; several = a curriculum comparison (llm-al list)."""
     budget: int = 100
+    design: str = "paired"
+    """paired (run k uses seed k for subset, order and init), grid (subset_seeds x order_seeds x
+    init_seeds) or grid_tied (subset_seeds x order_seeds, init seed = order seed). See llm_al/grid.py."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """Run seeds. Each derives separate subset, data-order and adapter-init streams; runs pair by seed."""
+    """Run seeds of the paired design. Each derives separate subset, data-order and init streams."""
+    subset_seeds: list[int] = field(default_factory=lambda: [0])
+    """Grid designs: the subsets (for random, G different subsets)."""
+    order_seeds: list[int] = field(default_factory=lambda: [0])
+    """Grid designs: the data orders of each subset."""
+    init_seeds: list[int] = field(default_factory=lambda: [0])
+    """Grid design: the adapter initialisations."""
     save_adapters: bool = True
     progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
@@ -116,11 +129,18 @@ class ExperimentConfig:
             self.strategies = ["random", *self.strategies]
         for spec in self.strategies:
             STRATEGIES.get(parse_strategy(spec)[0])
-        ORDERINGS.get(self.ordering)
+        for name in self.orderings:
+            ORDERINGS.get(name)
+        if not self.orderings or len(set(self.orderings)) != len(self.orderings):
+            raise ConfigError(f"orderings must be a non-empty list of distinct names, got {self.orderings!r}")
         if not isinstance(self.budget, int) or self.budget < 1:
             raise ConfigError(f"budget must be a positive integer, got {self.budget!r}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {self.seeds!r}")
+        if self.design not in DESIGNS:
+            raise ConfigError(f"design must be one of {', '.join(DESIGNS)}, got {self.design!r}")
+        for key in ("seeds", "subset_seeds", "order_seeds", "init_seeds"):
+            value = getattr(self, key)
+            if not value or len(set(value)) != len(value):
+                raise ConfigError(f"{key} must be a non-empty list of distinct integers, got {value!r}")
         if len(set(self.strategies)) != len(self.strategies):
             raise ConfigError(f"strategies are listed twice: {self.strategies}")
 
@@ -235,8 +255,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
             raise UserError(f"recipe {str(path)!r} does not exist")
         try:
             delta = yaml_value(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        except ConfigError as err:
+            raise ConfigError(f"{path}: not a valid recipe: {err}") from None
         if not isinstance(delta, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of config keys, got {type(delta).__name__}")
         values = _merge(values, delta, ExperimentConfig)

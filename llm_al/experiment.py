@@ -1,7 +1,7 @@
 """The experiment runner: config in, steps in order, results out.
 
-    data -> features (once) -> untrained floor -> for each strategy x seed:
-        select (subset stream) -> order (order stream) -> LoRA train (init stream) -> generate & score
+    data -> features (once) -> untrained floor -> for each cell (strategy x ordering x seeds, grid.py):
+        select (subset seed) -> order (order seed) -> LoRA train (init seed) -> generate & score
     -> paired comparison with random -> table
 
 The base model is loaded once and reused by every run (peft adds and removes the adapter). Each
@@ -32,7 +32,8 @@ from llm_al.io import write_json, write_text
 from llm_al.orderings import run_ordering
 from llm_al.pipeline import compute_features, load_data, needed_features, reference_index, selection_overlap
 from llm_al.report import summarize, write_tables
-from llm_al.seeds import rng, run_seeds
+from llm_al.grid import Cell, cells
+from llm_al.seeds import rng, stream_seed
 from llm_al.strategies import run_strategy
 from llm_al.train import detach_lora, save_adapter, train_lora
 
@@ -51,14 +52,9 @@ def versions() -> dict:
     return out
 
 
-def run_id(spec: str, seed: int) -> str:
-    slug = spec.replace(":", "-").replace(",", "-").replace("=", "")
-    return f"{slug}-seed{seed}"
-
-
 # The config sections that decide a single run's result. Seeds, strategies and names may change
 # between invocations of the same out_dir (to add runs); these may not.
-RESULT_KEYS = ("data", "model", "train", "eval", "budget", "ordering", "overlap")
+RESULT_KEYS = ("data", "model", "train", "eval", "budget", "overlap")
 
 
 def _done(path: Path, cfg_dict: dict) -> dict | None:
@@ -101,7 +97,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
 
     model, tokenizer = models.load_model(cfg.model.name, cfg.model.device,
                                          trust_remote_code=cfg.model.trust_remote_code)
-    needs = needed_features([(name, params) for _, name, params in specs], [cfg.ordering])
+    needs = needed_features([(name, params) for _, name, params in specs], cfg.orderings)
     features = compute_features(data.pool, needs, cfg.model, (model, tokenizer), cfg.progress)
     index = reference_index(cfg.overlap.reference, cfg.overlap.n) if cfg.overlap.reference else None
     pad_id = tokenizer.pad_token_id
@@ -119,17 +115,15 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         write_json(floor_path, floor)
 
     results = []
-    for spec, name, params in specs:
-        for seed in cfg.seeds:
-            path = out / "runs" / f"{run_id(spec, seed)}.json"
-            done = _done(path, cfg_dict)
-            if done is not None:
-                log.info("%s: already done, skipping", path.name)
-                results.append(done)
-                continue
-            record, model = _one_run(cfg, spec, name, params, seed, data, features, model, tokenizer,
-                                     pad_id, path, out, common, index)
-            results.append(record)
+    for cell in cells(cfg, specs):
+        path = out / "runs" / f"{cell.run_id}.json"
+        done = _done(path, cfg_dict)
+        if done is not None:
+            log.info("%s: already done, skipping", path.name)
+            results.append(done)
+            continue
+        record, model = _one_run(cfg, cell, data, features, model, tokenizer, pad_id, path, out, common, index)
+        results.append(record)
 
     summary = summarize(results, floor, cfg)
     summary["feature_cost"] = features.cost
@@ -139,20 +133,23 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     return summary
 
 
-def _one_run(cfg, spec, name, params, seed, data, features, model, tokenizer, pad_id, path, out, common, index):
+def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, out, common, index):
     """Select, order, train, evaluate; write the result. Returns (record, the base model again)."""
-    seeds = run_seeds(seed)
-    record = {"run_id": path.stem, "strategy": spec, "strategy_name": name, "params": params, "seed": seed,
-              "seeds": seeds, "ordering": cfg.ordering, "budget": cfg.budget, **common}
+    streams = {"subset": stream_seed(cell.subset_seed, "subset"), "order": stream_seed(cell.order_seed, "order"),
+               "init": stream_seed(cell.init_seed, "init")}
+    record = {"run_id": cell.run_id, "strategy": cell.strategy, "strategy_name": cell.name, "params": cell.params,
+              "ordering": cell.ordering, "seeds": {"subset": cell.subset_seed, "order": cell.order_seed,
+                                                   "init": cell.init_seed},
+              "stream_seeds": streams, "budget": cfg.budget, **common}
     timings: dict = {}
     peft_model = None
     try:
         t0 = time.perf_counter()
-        sel = run_strategy(name, features, cfg.budget, rng(seed, "subset"), **params)
-        order = run_ordering(cfg.ordering, sel.indices, features, rng(seed, "order"))
+        sel = run_strategy(cell.name, features, cfg.budget, rng(cell.subset_seed, "subset"), **cell.params)
+        order = run_ordering(cell.ordering, sel.indices, features, rng(cell.order_seed, "order"))
         timings["select_seconds"] = time.perf_counter() - t0
         items = tokenize(tokenizer, [data.pool.examples[i] for i in order], cfg.model.max_length)
-        peft_model, tr = train_lora(model, items, pad_id, cfg.train, seeds["init"], progress_bar=cfg.progress)
+        peft_model, tr = train_lora(model, items, pad_id, cfg.train, streams["init"], progress_bar=cfg.progress)
         timings["train_seconds"] = tr.seconds
         if cfg.save_adapters:
             save_adapter(peft_model, out / "adapters" / path.stem)

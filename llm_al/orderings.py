@@ -1,7 +1,8 @@
 """Orderings: the order in which a selected subset is fed to training.
 
 `fn(indices, features, rng) -> permutation of indices` (positions into the pool), registered with
-`@ORDERINGS.register`. Pure functions; every randomised step uses the given `rng` (the run's
+`@ORDERINGS.register`; `seeded=True` marks the ones whose result depends on the generator beyond
+breaking ties (the grid designs give those several order seeds). Pure functions; every randomised step uses the given `rng` (the run's
 data-order seed stream). Ties in a sort key are broken at random, so equal-loss examples are not
 left in selection order.
 """
@@ -30,7 +31,7 @@ def as_selected(indices: np.ndarray, features: Features, rng: np.random.Generato
     return np.asarray(indices).copy()
 
 
-@ORDERINGS.register("shuffled", "a seeded random permutation (data-order seed)", needs=())
+@ORDERINGS.register("shuffled", "a seeded random permutation (data-order seed)", needs=(), seeded=True)
 def shuffled(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.asarray(indices))
 
@@ -67,7 +68,7 @@ def high_ifd_first(indices: np.ndarray, features: Features, rng: np.random.Gener
 
 @ORDERINGS.register("cluster_round_robin",
                     "k-means the subset (k = sqrt(n)), then one example per cluster in turn, so neighbours differ",
-                    needs=("embeddings",))
+                    needs=("embeddings",), seeded=True)
 def cluster_round_robin(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
     """Interleave clusters: largest cluster first in each round, members in seeded random order."""
     from llm_al.diversity import kmeans

@@ -12,45 +12,83 @@ import numpy as np
 from llm_al.io import write_text
 from llm_al.metrics import METRICS
 from llm_al.seeds import rng
+from llm_al.analysis import percentile_among_random, variance_decomposition
 from llm_al.stats import bootstrap_ci, paired_comparison
 
 
+def _key(r: dict) -> tuple[int, int, int]:
+    return (r["seeds"]["subset"], r["seeds"]["order"], r["seeds"]["init"])
+
+
 def summarize(results: list[dict], floor: dict, cfg) -> dict:
-    """Per strategy: mean and 95% bootstrap CI over seeds of every metric; for the primary metric
-    the paired (by seed) difference from random with its CI and wins out of n."""
+    """One row per (strategy, ordering): mean and 95% bootstrap CI over runs of every metric; for
+    the primary metric, the difference from random under the same ordering paired by seeds, with
+    its CI and wins out of n; with several orderings, each against shuffled order (percentile among
+    the shuffled runs); with several subsets of several runs each, the within-subset share of the
+    variance (how much order and init noise, rather than the subset, moves the score)."""
     primary = cfg.eval.primary
     higher = METRICS.get(primary).meta.get("higher_is_better", True)
-    ok = [r for r in results if r.get("status") == "ok"]
-    by_strategy: dict[str, dict[int, dict]] = {}
-    for r in ok:
-        by_strategy.setdefault(r["strategy"], {})[r["seed"]] = r
-    random_runs = by_strategy.get("random", {})
+    value = lambda r: r["eval"]["metrics"][primary]  # noqa: E731
+    groups: dict[tuple[str, str], dict[tuple, dict]] = {}
+    for r in results:
+        if r.get("status") == "ok":
+            groups.setdefault((r["strategy"], r["ordering"]), {})[_key(r)] = r
     stats_rng = rng(cfg.seeds[0], "stats")
     rows = []
     for spec in cfg.strategies:
-        runs = by_strategy.get(spec, {})
-        row: dict = {"strategy": spec, "n": len(runs),
-                     "failed": sum(1 for r in results if r["strategy"] == spec and r.get("status") != "ok")}
-        if runs:
+        for ordering in cfg.orderings:
+            runs = groups.get((spec, ordering), {})
+            label = spec if len(cfg.orderings) == 1 else f"{spec} [{ordering}]"
+            row: dict = {"strategy": spec, "ordering": ordering, "label": label, "n": len(runs),
+                         "failed": sum(1 for r in results if (r["strategy"], r.get("ordering")) == (spec, ordering)
+                                       and r.get("status") != "ok")}
+            if not runs:
+                rows.append(row)
+                continue
             for metric in cfg.eval.metrics:
-                vals = np.array([runs[s]["eval"]["metrics"][metric] for s in sorted(runs)])
+                vals = np.array([runs[k]["eval"]["metrics"][metric] for k in sorted(runs)])
                 lo, hi = bootstrap_ci(vals, stats_rng)
                 row[metric] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
                                "ci": [lo, hi], "values": vals.tolist()}
             row["train_seconds"] = float(np.mean([r["timings"]["train_seconds"] for r in runs.values()]))
-            row["overlap"] = _mean_overlap(list(runs.values()))
             row["select_seconds"] = float(np.mean([r["timings"]["select_seconds"] for r in runs.values()]))
-        paired = sorted(set(runs) & set(random_runs))
-        if spec != "random" and paired:
-            cmp = paired_comparison(np.array([runs[s]["eval"]["metrics"][primary] for s in paired]),
-                                    np.array([random_runs[s]["eval"]["metrics"][primary] for s in paired]),
-                                    stats_rng, higher_is_better=higher)
-            row["vs_random"] = {"n": cmp.n, "mean_diff": cmp.mean_diff, "ci": [cmp.ci_low, cmp.ci_high],
-                                "wins": cmp.wins, "ties": cmp.ties, "verdict": verdict(cmp.ci_low, cmp.ci_high, higher)}
-        rows.append(row)
-    return {"primary": primary, "higher_is_better": higher, "budget": cfg.budget, "ordering": cfg.ordering,
-            "seeds": cfg.seeds, "test_size": floor.get("test_size"), "pool_size": floor.get("pool_size"),
-            "untrained": floor["eval"]["metrics"], "strategies": rows}
+            row["overlap"] = _mean_overlap(list(runs.values()))
+            baseline = groups.get(("random", ordering), {})
+            paired = sorted(set(runs) & set(baseline))
+            if spec != "random" and paired:
+                cmp = paired_comparison(np.array([value(runs[k]) for k in paired]),
+                                        np.array([value(baseline[k]) for k in paired]), stats_rng,
+                                        higher_is_better=higher)
+                row["vs_random"] = {"n": cmp.n, "mean_diff": cmp.mean_diff, "ci": [cmp.ci_low, cmp.ci_high],
+                                    "wins": cmp.wins, "ties": cmp.ties,
+                                    "verdict": paired_verdict(cmp.ci_low, cmp.ci_high, higher)}
+            shuffled = groups.get((spec, "shuffled"), {})
+            if ordering != "shuffled" and len(shuffled) > 1:
+                mine = np.array([value(r) for r in runs.values()])
+                others = np.array([value(r) for r in shuffled.values()])
+                row["vs_shuffled"] = {"mean_diff": float(mine.mean() - others.mean()), "n_shuffled": len(others),
+                                      "percentile": percentile_among_random(float(mine.mean()), others, higher)}
+            row["variance"] = _variance(runs, value, stats_rng)
+            rows.append(row)
+    return {"primary": primary, "higher_is_better": higher, "budget": cfg.budget, "orderings": cfg.orderings,
+            "design": cfg.design, "runs": sum(r["n"] for r in rows), "test_size": floor.get("test_size"),
+            "pool_size": floor.get("pool_size"), "untrained": floor["eval"]["metrics"], "strategies": rows}
+
+
+def _variance(runs: dict[tuple, dict], value, stats_rng) -> dict | None:
+    """Within-subset share of the sum of squares, when there are >= 2 subsets with the same number
+    (>= 2) of runs each; None otherwise."""
+    by_subset: dict[int, list[float]] = {}
+    for key in sorted(runs):
+        by_subset.setdefault(key[0], []).append(value(runs[key]))
+    sizes = {len(v) for v in by_subset.values()}
+    if len(by_subset) < 2 or len(sizes) != 1 or sizes.pop() < 2:
+        return None
+    scores = np.array(list(by_subset.values()))                         # (G subsets, N runs)
+    shape = {"subsets": scores.shape[0], "runs_per_subset": scores.shape[1]}
+    if np.ptp(scores) == 0:
+        return {**shape, "share_within": None, "note": "every run scored the same: no variance to share out"}
+    return {**shape, **variance_decomposition(scores, stats_rng, n_boot=1000).to_dict()}
 
 
 OVERLAP_COLUMNS = {("reference", "pooled_ngram_overlap"): "ref n-gram %",
@@ -68,7 +106,9 @@ def _mean_overlap(runs: list[dict]) -> dict:
     return out
 
 
-def verdict(lo: float, hi: float, higher_is_better: bool) -> str:
+def paired_verdict(lo: float, hi: float, higher_is_better: bool) -> str:
+    """From the paired CI alone (few seeds; with many random subsets, analysis.verdict also asks
+    for the percentile among them)."""
     if lo <= 0 <= hi:
         return "inside the noise of random"
     better = lo > 0 if higher_is_better else hi < 0
@@ -80,24 +120,29 @@ def _fmt(x: float) -> str:
 
 
 def table_rows(summary: dict) -> list[list[str]]:
-    p = summary["primary"]
-    overlap_cols = [c for c in OVERLAP_COLUMNS.values()
-                    if any(c in r.get("overlap", {}) for r in summary["strategies"])]
-    header = ["strategy", "n", f"{p} mean", "95% CI (seeds)", "diff vs random", "95% CI (paired)", "wins",
-              "verdict", "train s/run", *overlap_cols]
+    p, rows_in = summary["primary"], summary["strategies"]
+    overlap_cols = [c for c in OVERLAP_COLUMNS.values() if any(c in r.get("overlap", {}) for r in rows_in)]
+    with_orders = any("vs_shuffled" in r for r in rows_in)
+    with_variance = any(r.get("variance") for r in rows_in)
+    header = ["strategy", "n", f"{p} mean", "95% CI (runs)", "diff vs random", "95% CI (paired)", "wins",
+              "verdict", *(["diff vs shuffled", "pct of shuffled"] if with_orders else []),
+              *(["within-subset SS %"] if with_variance else []), "train s/run", *overlap_cols]
     blank = [""] * (len(header) - 3)
     rows = [header, ["untrained (floor)", "-", _fmt(summary["untrained"][p]), *blank]]
-    for r in summary["strategies"]:
+    for r in rows_in:
         if p not in r:
-            rows.append([r["strategy"], str(r["n"]), "failed" if r["failed"] else "-", *blank])
+            rows.append([r["label"], str(r["n"]), "failed" if r["failed"] else "-", *blank])
             continue
-        m = r[p]
-        v = r.get("vs_random")
+        m, v, o, var = r[p], r.get("vs_random"), r.get("vs_shuffled"), r.get("variance")
         rows.append([
-            r["strategy"], str(r["n"]), _fmt(m["mean"]), f"[{m['ci'][0]:.2f}, {m['ci'][1]:.2f}]",
-            f"{v['mean_diff']:+.2f}" if v else "(baseline)",
+            r["label"], str(r["n"]), _fmt(m["mean"]), f"[{m['ci'][0]:.2f}, {m['ci'][1]:.2f}]",
+            f"{v['mean_diff']:+.2f}" if v else ("(baseline)" if r["strategy"] == "random" else ""),
             f"[{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}]" if v else "",
-            f"{v['wins']}/{v['n']}" if v else "", v["verdict"] if v else "", f"{r['train_seconds']:.0f}",
+            f"{v['wins']}/{v['n']}" if v else "", v["verdict"] if v else "",
+            *([f"{o['mean_diff']:+.2f}" if o else "", f"{o['percentile']:.0f}" if o else ""] if with_orders else []),
+            *([f"{100 * var['share_within']:.0f}" if var and var["share_within"] is not None else ""]
+              if with_variance else []),
+            f"{r['train_seconds']:.0f}",
             *(f"{r['overlap'][c]:.1f}" if c in r.get("overlap", {}) else "" for c in overlap_cols),
         ])
     return rows
@@ -110,17 +155,21 @@ def format_table(summary: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     direction = "higher is better" if summary["higher_is_better"] else "lower is better"
     title = (f"{summary['primary']} ({direction}) on {summary['test_size']} test examples; budget "
-             f"{summary['budget']} of {summary['pool_size']}, ordering {summary['ordering']}, "
-             f"seeds {summary['seeds']} (runs paired by seed)")
-    others = [m for m in summary["strategies"][0] if m in METRICS and m != summary["primary"]]
-    extra = []
-    for r in summary["strategies"]:
-        if all(m in r for m in others):
-            extra.append(f"  {r['strategy']}: " + ", ".join(f"{m} {r[m]['mean']:.2f}" for m in others))
-    floor = ", ".join(f"{m} {summary['untrained'][m]:.2f}" for m in others)
+             f"{summary['budget']} of {summary['pool_size']}; orderings {', '.join(summary['orderings'])}; "
+             f"{summary['runs']} runs, {summary['design']} design (strategies paired with random by seeds)")
+    others = [m for m in METRICS.names() if m != summary["primary"] and any(m in r for r in summary["strategies"])]
+    extra = [f"  {r['label']}: " + ", ".join(f"{m} {r[m]['mean']:.2f}" for m in others)
+             for r in summary["strategies"] if all(m in r for m in others)]
+    floor = ", ".join(f"{m} {summary['untrained'][m]:.2f}" for m in others if m in summary["untrained"])
     notes = ["Overlap columns: share of the subset's word n-grams found in the reference corpus, share of its "
              "words seen there, and share of the test references' words present in the subset's responses."]
-    return "\n".join([title, "", *lines, "", "Other metrics (mean over seeds):", f"  untrained: {floor}", *extra,
+    if any("vs_shuffled" in r for r in summary["strategies"]):
+        notes.append("pct of shuffled: percentile of the ordering's mean among the runs of the same strategy "
+                     "under shuffled orders (50 = typical of a random order).")
+    if any(r.get("variance") for r in summary["strategies"]):
+        notes.append("within-subset SS %: SS_within / SS_total over subsets x runs; the share of the variance "
+                     "that order and init seeds, not the choice of subset, account for.")
+    return "\n".join([title, "", *lines, "", "Other metrics (mean over runs):", f"  untrained: {floor}", *extra,
                       "", *notes])
 
 

@@ -50,32 +50,32 @@ def test_run_recipe_end_to_end_and_resume(tiny_recipe, tmp_path, cache_dir, caps
         assert name in out
     out_dir = tmp_path / "out"
     runs = sorted(p.name for p in (out_dir / "runs").glob("*.json"))
-    assert runs == ["kcenter-seed0.json", "kcenter-seed1.json", "perplexity-seed0.json", "perplexity-seed1.json",
-                    "random-seed0.json", "random-seed1.json", "untrained.json"]
-    run = json.loads((out_dir / "runs" / "random-seed1.json").read_text())
+    assert runs == [f"{s}-shuffled-s{k}o{k}i{k}.json" for s in ("kcenter", "perplexity", "random") for k in (0, 1)] \
+        + ["untrained.json"]
+    run = json.loads((out_dir / "runs" / "random-shuffled-s1o1i1.json").read_text())
     assert run["status"] == "ok" and len(run["selection"]["ids"]) == 6
-    assert set(run["seeds"]) == {"subset", "order", "init"}
+    assert run["seeds"] == {"subset": 1, "order": 1, "init": 1} and len(set(run["stream_seeds"].values())) == 3
     assert run["config"]["budget"] == 6 and run["versions"]["torch"]
     assert {"select_seconds", "train_seconds", "eval_seconds"} <= set(run["timings"])
     assert run["overlap"]["reference"]["n_examples"] == 6 and 0 <= run["overlap"]["test"]["vocab_coverage"] <= 1
-    assert (out_dir / "adapters" / "random-seed1" / "adapter_config.json").exists()
+    assert (out_dir / "adapters" / "random-shuffled-s1o1i1" / "adapter_config.json").exists()
     summary = json.loads((out_dir / "summary.json").read_text())
     kc = next(r for r in summary["strategies"] if r["strategy"] == "kcenter")
     assert kc["vs_random"]["n"] == 2 and len(kc["chrf"]["values"]) == 2
     # the two random runs use different subsets; perplexity (deterministic) the same one
-    r0 = json.loads((out_dir / "runs" / "random-seed0.json").read_text())["selection"]["ids"]
+    r0 = json.loads((out_dir / "runs" / "random-shuffled-s0o0i0.json").read_text())["selection"]["ids"]
     assert set(r0) != set(run["selection"]["ids"])
-    p = [json.loads((out_dir / "runs" / f"perplexity-seed{s}.json").read_text()) for s in (0, 1)]
+    p = [json.loads((out_dir / "runs" / f"perplexity-shuffled-s{s}o{s}i{s}.json").read_text()) for s in (0, 1)]
     assert set(p[0]["selection"]["ids"]) == set(p[1]["selection"]["ids"])
     assert p[0]["order"]["ids"] != p[1]["order"]["ids"]          # but a different data order per seed
 
     # resume: delete one run; a second invocation redoes exactly that one
     mtimes = {f.name: f.stat().st_mtime_ns for f in (out_dir / "runs").glob("*.json")}
-    (out_dir / "runs" / "kcenter-seed1.json").unlink()
+    (out_dir / "runs" / "kcenter-shuffled-s1o1i1.json").unlink()
     assert main(["run", str(tiny_recipe)]) == 0
     after = {f.name: f.stat().st_mtime_ns for f in (out_dir / "runs").glob("*.json")}
     assert set(after) == set(mtimes)
-    assert [n for n in after if after[n] != mtimes.get(n)] == ["kcenter-seed1.json"]
+    assert [n for n in after if after[n] != mtimes.get(n)] == ["kcenter-shuffled-s1o1i1.json"]
 
 
 @pytest.mark.parametrize("ext", ["jsonl", "json", "csv", "parquet"])
@@ -133,7 +133,7 @@ def test_bad_inputs_give_one_clear_message_and_no_output(tmp_path, pool_file, ti
     weird.write_text("x")
     err = _bad(["select", str(weird), "--out", str(out), "--budget", "1"], tmp_path, capsys)
     assert "format" in err and ".jsonl" in err
-    err = _bad(["demo", "ordering=shufled"], tmp_path, capsys)
+    err = _bad(["demo", "orderings=[shufled]"], tmp_path, capsys)
     assert "Did you mean 'shuffled'" in err
     assert not out.exists() and not list(tmp_path.glob(".o.jsonl*"))
 
@@ -215,3 +215,25 @@ def test_overlap_command_on_a_reference_it_has_never_seen(tmp_path, cache_dir, c
     empty.write_text("")
     err = _bad(["overlap", str(pool), "--reference", str(empty)], tmp_path, capsys)
     assert "empty" in err and "empty.txt" in err
+
+
+def test_curriculum_and_variance_designs(tiny_recipe, tmp_path, cache_dir, capsys):
+    """One subset under several orderings and order seeds; then 2 subsets x 2 orders (order-only arm)."""
+    assert main(["run", str(tiny_recipe), "strategies=[random]", "design=grid", "orderings=[shuffled, easy_to_hard]",
+                 "order_seeds=[0, 1, 2]", f"out_dir={tmp_path / 'curr'}"]) == 0
+    runs = sorted(p.name for p in (tmp_path / "curr" / "runs").glob("random-*.json"))
+    # easy_to_hard ignores its generator beyond ties: one order seed is enough
+    assert runs == ["random-easy_to_hard-s0o0i0.json"] + [f"random-shuffled-s0o{o}i0.json" for o in range(3)]
+    summary = json.loads((tmp_path / "curr" / "summary.json").read_text())
+    ladder = next(r for r in summary["strategies"] if r["ordering"] == "easy_to_hard")
+    assert ladder["vs_shuffled"]["n_shuffled"] == 3 and 0 <= ladder["vs_shuffled"]["percentile"] <= 100
+    first = [json.loads((tmp_path / "curr" / "runs" / f"random-shuffled-s0o{o}i0.json").read_text()) for o in (0, 1)]
+    assert set(first[0]["selection"]["ids"]) == set(first[1]["selection"]["ids"])   # the same subset...
+    assert first[0]["order"]["ids"] != first[1]["order"]["ids"]                     # ...in another order
+    assert "pct of shuffled" in capsys.readouterr().out
+
+    assert main(["run", str(tiny_recipe), "strategies=[random]", "design=grid", "subset_seeds=[0, 1]",
+                 "order_seeds=[0, 1]", f"out_dir={tmp_path / 'var'}"]) == 0
+    row = json.loads((tmp_path / "var" / "summary.json").read_text())["strategies"][0]
+    # the shares themselves are tested in test_report.py; the random-init model scores 0 everywhere
+    assert row["n"] == 4 and row["variance"]["subsets"] == 2 and row["variance"]["runs_per_subset"] == 2

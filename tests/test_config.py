@@ -37,13 +37,16 @@ def test_overrides_and_scientific_floats(tmp_path):
     (["trian.lr=1"], "unknown config key 'trian'. Did you mean 'train'"),
     (["train.lrr=1"], "unknown config key 'train.lrr'. Did you mean 'lr'"),
     (["strategies=[kcentre]"], "Did you mean 'kcenter'"),
-    (["ordering=shufled"], "Did you mean 'shuffled'"),
+    (["orderings=[shufled]"], "Did you mean 'shuffled'"),
+    (["design=full"], "design must be one of paired, grid, grid_tied"),
+    (["order_seeds=[]"], "order_seeds must be a non-empty list"),
     (["train.lr=abc"], "'train.lr' must be float, got 'abc'"),
     (["budget=0"], "budget must be a positive integer"),
     (["seeds=[1, 1]"], "distinct"),
     (["eval.primary=bleu", "eval.metrics=[chrf]"], "not among eval.metrics"),
     (["train.schedule=cosine"], "constant' or 'linear'"),
     (["lr"], "not key=value"),
+    (["strategies=[a:{b]"], "cannot read"),
     (["strategies=[perplexity:band]"], "expected name:key=value"),
 ])
 def test_bad_config_is_a_clear_error(override, match):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llm_al.metrics import METRICS, score_all
-from llm_al.report import verdict
+from llm_al.report import paired_verdict as verdict
 from llm_al.stats import bootstrap_ci, paired_comparison
 
 

@@ -1,0 +1,297 @@
+"""The analysis statistics recover known effects on synthetic data and report none where there is none.
+
+Repeated-seed checks use fixed seeds 0..49, so each test is deterministic; the thresholds are set so
+that a broken correction (no Bonferroni, no pairing, a wrong SS formula) fails them."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from llm_al.analysis import (band, decompose_arms, feature_correlations, holm, learning_curve, ols_r2,
+                             percentile_among_random, strategy_vs_random, variance_decomposition, verdict,
+                             wilcoxon_vs_baseline)
+
+BETTER, WORSE, NOISE = ("better than 95% of random subsets", "worse than 95% of random subsets",
+                        "inside the noise of random")
+
+
+# ---------------------------------------------------------------- Holm and Wilcoxon
+
+def test_holm_matches_hand_computation():
+    # Sorted: d .005, a .01, c .03, b .04; multipliers 4, 3, 2, 1 -> .02, .03, .06, .04;
+    # running max -> .02, .03, .06, .06. At alpha .05: reject d and a only.
+    out = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005}, alpha=0.05)
+    assert list(out) == ["a", "b", "c", "d"]
+    assert {k: v["p_adjusted"] for k, v in out.items()} == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02})
+    assert {k for k, v in out.items() if v["reject"]} == {"a", "d"}
+    assert out["b"]["p"] == 0.04
+
+
+def test_holm_caps_at_one_and_rejects_bad_input():
+    out = holm({"x": 0.6, "y": 0.9, "z": 0.4})
+    assert [out[k]["p_adjusted"] for k in "xyz"] == pytest.approx([1.0, 1.0, 1.0])
+    assert not any(v["reject"] for v in out.values())
+    with pytest.raises(ValueError, match="1.5"):
+        holm({"x": 1.5})
+    with pytest.raises(ValueError, match="nan"):
+        holm({"x": float("nan")})
+
+
+def test_wilcoxon_finds_a_consistent_shift_and_not_a_symmetric_one():
+    rng = np.random.default_rng(0)
+    base = rng.normal(40, 5, 20)
+    shifted = wilcoxon_vs_baseline(base + 1 + rng.normal(0, 0.2, 20), base)
+    assert shifted.p < 0.01 and shifted.n == shifted.n_nonzero == 20 and shifted.note == ""
+    v = np.arange(1.0, 11.0)
+    symmetric = wilcoxon_vs_baseline(base + np.concatenate([v, -v]), base)
+    assert symmetric.p > 0.05
+    # a zero-mean random difference is called significant in about 5% of seeds, not more
+    hits = sum(wilcoxon_vs_baseline(base + np.random.default_rng(s).normal(0, 1, 20), base).p < 0.05
+               for s in range(50))
+    assert hits <= 6
+
+
+def test_wilcoxon_degenerate_cases_give_p_one_with_a_note():
+    same = wilcoxon_vs_baseline(np.ones(8), np.ones(8))
+    assert same.p == 1.0 and same.n_nonzero == 0 and "zero" in same.note
+    # zero differences are dropped (zero_method="wilcox"): 7 pairs left, the one negative has rank 1,
+    # so W = 1 and the exact two-sided p = 2 * P(W <= 1) = 2 * 2 / 2**7
+    dropped = wilcoxon_vs_baseline([0.0, 0, 0, -1, 2, 3, 4, 5, 6, 7], np.zeros(10))
+    assert dropped.n_nonzero == 7 and dropped.statistic == 1.0 and dropped.p == pytest.approx(4 / 128)
+    one = wilcoxon_vs_baseline([2.0], [1.0])
+    assert one.p == 1.0 and "1 pair" in one.note
+    with pytest.raises(ValueError, match="equal length"):
+        wilcoxon_vs_baseline([1.0, 2.0], [1.0])
+
+
+# ---------------------------------------------------------------- percentile, band, verdict
+
+def test_percentile_is_mid_rank_and_mirrors_for_lower_is_better():
+    r = np.array([1.0, 2.0, 3.0, 3.0, 4.0])
+    assert percentile_among_random(3.0, r) == pytest.approx(60.0)        # (2 worse + 2/2 ties) / 5
+    assert percentile_among_random(3.0, r, higher_is_better=False) == pytest.approx(40.0)  # (1 + 1) / 5
+    assert percentile_among_random(9.0, r) == 100.0 and percentile_among_random(0.0, r) == 0.0
+    assert percentile_among_random(0.0, r, higher_is_better=False) == 100.0
+    assert percentile_among_random(2.5, [2.5]) == 50.0
+    rng = np.random.default_rng(0)
+    vals = rng.integers(0, 5, 30).astype(float)
+    for v in (0.0, 2.0, 2.5, 4.0):
+        assert (percentile_among_random(v, vals) + percentile_among_random(v, vals, False)) == pytest.approx(100.0)
+
+
+def test_band_is_the_central_interval():
+    assert band(np.arange(101.0), level=0.9) == pytest.approx((5.0, 95.0))
+    assert band(np.arange(101.0)) == pytest.approx((2.5, 97.5))
+    with pytest.raises(ValueError, match="2 NaN"):
+        band([1.0, np.nan, np.nan])
+
+
+def test_verdict_rule():
+    assert verdict(97, 0.5, 2.0) == BETTER
+    assert verdict(97, -0.1, 2.0) == NOISE                 # CI touches 0
+    assert verdict(80, 0.5, 2.0) == NOISE                  # real shift, but many random subsets match it
+    assert verdict(3, -2.0, -0.5) == WORSE
+    assert verdict(97, -2.0, -0.5, higher_is_better=False) == BETTER   # lower metric, CI below 0
+    assert verdict(3, 0.5, 2.0, higher_is_better=False) == WORSE
+    assert verdict(91, 0.5, 2.0, level=90) == "better than 90% of random subsets"
+    with pytest.raises(ValueError):
+        verdict(50, 2.0, 1.0)
+
+
+def test_strategy_far_above_random_is_better_paired_and_unpaired():
+    rng = np.random.default_rng(0)
+    random_runs = rng.normal(40, 2, 100)
+    strat = random_runs + 6 + rng.normal(0, 0.5, 100)       # 3 sd above, consistent paired gains
+    r = strategy_vs_random(strat, random_runs, np.random.default_rng(1), n_boot=2000)
+    assert r.paired and r.test == "wilcoxon" and r.win_rate == 1.0
+    assert r.ci_low > 5 and r.ci_high < 7 and r.p < 1e-10 and r.percentile >= 99
+    assert r.verdict == BETTER
+    few = strategy_vs_random(rng.normal(46, 0.5, 10), random_runs, np.random.default_rng(1), n_boot=2000)
+    assert not few.paired and few.test == "mann-whitney" and "unequal" in few.note
+    assert few.win_rate > 0.95 and few.verdict == BETTER
+    # lower-is-better metric: the same numbers make the strategy worse
+    assert strategy_vs_random(strat, random_runs, np.random.default_rng(1), higher_is_better=False,
+                              n_boot=2000).verdict == WORSE
+    json.dumps(r.to_dict())                                 # plain values only
+
+
+def test_strategy_from_the_random_distribution_is_inside_the_noise_in_most_seeds():
+    verdicts = []
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        random_runs, strat = rng.normal(40, 2, 20), rng.normal(40, 2, 20)
+        verdicts.append(strategy_vs_random(strat, random_runs, rng, n_boot=1000).verdict)
+    assert verdicts.count(NOISE) >= 47, verdicts
+
+
+# ---------------------------------------------------------------- feature correlation and OLS
+
+def _features(rng, g: int = 100, real: bool = True):
+    y = rng.normal(30, 3, g)
+    feats = {f"noise{i}": rng.normal(size=g) for i in range(12)}
+    feats["real"] = y + rng.normal(0, 0.3, g) if real else rng.normal(size=g)
+    return feats, y
+
+
+def test_spearman_bonferroni_finds_exactly_the_real_feature():
+    feats, y = _features(np.random.default_rng(0))
+    rows = feature_correlations(feats, y)
+    assert [r.feature for r in rows] == list(feats)
+    assert [r.feature for r in rows if r.significant] == ["real"]
+    real = rows[-1]
+    assert real.rho > 0.9 and real.p_bonferroni == pytest.approx(min(1.0, real.p * 13))
+    assert all(r.p_bonferroni == pytest.approx(min(1.0, 13 * r.p)) for r in rows)
+
+
+def test_spearman_bonferroni_false_positive_rate_is_small():
+    # Without the correction 13 noise features would give >= 1 hit in ~49% of repetitions.
+    any_hit = sum(any(r.significant for r in feature_correlations(*_features(np.random.default_rng(s), real=False)))
+                  for s in range(50))
+    assert any_hit <= 5
+
+
+def test_constant_feature_gives_nan_and_a_note_not_a_crash():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                     # no ConstantInputWarning either
+        rows = feature_correlations({"flat": np.full(20, 3.0), "x": y + rng.normal(0, 0.1, 20)}, y)
+    flat = rows[0]
+    assert np.isnan(flat.rho) and np.isnan(flat.p) and not flat.significant and "constant" in flat.note
+    assert rows[1].significant and rows[1].p_bonferroni == pytest.approx(min(1.0, 2 * rows[1].p))
+    with pytest.raises(ValueError, match="metric is constant"):
+        feature_correlations({"x": y}, np.ones(20))
+    with pytest.raises(ValueError, match="19 values"):
+        feature_correlations({"x": y[:19]}, y)
+
+
+def test_ols_recovers_a_real_effect():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200)
+    y = 2 * x + rng.normal(size=200)                        # true R^2 = 4 / (4 + 1) = 0.8
+    fit = ols_r2(x, y, np.random.default_rng(1))
+    assert fit.r2 == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2)   # simple regression: R^2 = r^2
+    assert abs(fit.r2 - 0.8) < 0.05
+    assert fit.adj_r2 == pytest.approx(1 - (1 - fit.r2) * 199 / 198)
+    assert fit.chance_r2 == pytest.approx(1 / 199) and fit.chance_r2_perm < 0.03
+    assert fit.f_p < 1e-10 and fit.p_perm == pytest.approx(1 / 201)
+
+
+def test_ols_on_noise_sits_at_its_chance_level():
+    chance = 11 / 99                                        # mean of Beta(11/2, 88/2)
+    r2s, perms = [], []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        fit = ols_r2(rng.normal(size=(100, 11)), rng.normal(size=100), rng)
+        assert fit.chance_r2 == pytest.approx(chance) and fit.rank == 11
+        assert 0.0 < fit.r2 < 0.26                          # chance +- ~3 sd (sd of Beta ~ 0.044)
+        assert abs(fit.chance_r2_perm - chance) < 0.03
+        r2s.append(fit.r2)
+        perms.append(fit.p_perm)
+    assert abs(np.mean(r2s) - chance) < 0.03
+    assert sum(p < 0.05 for p in perms) <= 3
+
+
+def test_ols_refuses_too_few_observations():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="G = 12, F = 11"):
+        ols_r2(rng.normal(size=(12, 11)), rng.normal(size=12), rng)
+    ols_r2(rng.normal(size=(13, 11)), rng.normal(size=13), rng, n_perm=10)
+
+
+# ---------------------------------------------------------------- variance decomposition
+
+def test_variance_decomposition_hand_case():
+    # rows (1, 3) and (5, 7): grand mean 4; SS_total 9+1+1+9 = 20; SS_within 2+2 = 4; SS_between 16;
+    # F = (16/1) / (4/2) = 8 on (1, 2) df, p = P(|t_2| > sqrt 8) = 1 - sqrt(8/10).
+    d = variance_decomposition(np.array([[1.0, 3.0], [5.0, 7.0]]), np.random.default_rng(0), n_boot=200)
+    assert (d.grand_mean, d.ss_total, d.ss_within, d.ss_between) == pytest.approx((4.0, 20.0, 4.0, 16.0))
+    assert d.share_within == pytest.approx(0.2) and d.ms_within == pytest.approx(2.0)
+    assert d.anova_f == pytest.approx(8.0) and d.anova_p == pytest.approx(1 - np.sqrt(0.8))
+
+
+def test_variance_decomposition_identities():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(7, 5)) + rng.normal(size=(7, 1))
+    d = variance_decomposition(x, rng, n_boot=500)
+    g, n = x.shape
+    assert d.ss_total == pytest.approx(g * n * x.var())                  # protocol: G*N*Var_pop(all)
+    assert d.ss_within == pytest.approx(sum(n * row.var() for row in x))
+    assert d.anova_f == pytest.approx((d.ss_between / (g - 1)) / (d.ss_within / (g * (n - 1))))
+    assert d.share_ci_low <= d.share_within <= d.share_ci_high
+    x[2, 3] = x[4, 0] = x[0, 0] = np.nan
+    with pytest.raises(ValueError, match="3 NaN"):
+        variance_decomposition(x, rng)
+
+
+def test_variance_share_matches_its_expectation():
+    """Subset effect sd s_b = 1, run noise sd s_w = 3, G = N = 10.
+
+    E[SS_within] = G(N-1) s_w^2 = 10*9*9 = 810 and E[SS_between] = (G-1)(N s_b^2 + s_w^2) = 9*19 = 171,
+    so share_within ~ 810 / 981 = 0.826: below the population ratio s_w^2/(s_w^2 + s_b^2) = 0.9, which
+    the variance-component share estimates instead."""
+    shares, vcs = [], []
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        d = variance_decomposition(rng.normal(0, 1, (10, 1)) + rng.normal(0, 3, (10, 10)), rng, n_boot=0)
+        shares.append(d.share_within)
+        vcs.append(d.share_within_vc)
+    assert abs(np.mean(shares) - 810 / 981) < 0.015
+    assert abs(np.mean(vcs) - 0.9) < 0.03
+
+
+def test_anova_finds_subset_effects_only_when_they_exist():
+    null_p, real_p = [], []
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        null_p.append(variance_decomposition(rng.normal(0, 3, (10, 10)), rng, n_boot=0).anova_p)
+        real_p.append(variance_decomposition(rng.normal(0, 3, (10, 1)) + rng.normal(0, 1, (10, 10)), rng,
+                                             n_boot=0).anova_p)
+    assert sum(p > 0.05 for p in null_p) >= 44
+    assert all(p < 0.01 for p in real_p)
+
+
+def test_decompose_arms_hand_case_and_init_variance():
+    order = np.array([[1.0, 3.0], [5.0, 7.0]])             # share 4/20 = 0.2, MS_within 2
+    both = np.array([[0.0, 4.0], [4.0, 8.0]])              # share 16/32 = 0.5, MS_within 8
+    arms = decompose_arms(order, both, np.random.default_rng(0), n_boot=200)
+    assert arms.order_only.share_within == pytest.approx(0.2) and arms.all_seeds.share_within == pytest.approx(0.5)
+    assert arms.share_difference == pytest.approx(0.3) and arms.ms_within_difference == pytest.approx(6.0)
+    # subset sd 1, order noise sd 1, init noise sd 3: within variance 10 in the all-seeds arm, 1 in the
+    # order-only arm. Expected shares (see test_variance_share_matches_its_expectation, G=40, N=10):
+    # order-only 360/(360 + 39*11) = 0.46, all-seeds 3600/(3600 + 39*20) = 0.82.
+    rng = np.random.default_rng(1)
+    subset = rng.normal(0, 1, (40, 1))
+    arms = decompose_arms(subset + rng.normal(0, 1, (40, 10)), subset + rng.normal(0, np.sqrt(10), (40, 10)), rng,
+                          n_boot=500)
+    assert abs(arms.ms_within_difference - 9.0) < 2.0
+    assert abs(arms.share_difference - 0.36) < 0.12
+    assert 0 < arms.diff_ci_low < arms.share_difference < arms.diff_ci_high   # init noise adds a visible share
+    with pytest.raises(ValueError, match="same G"):
+        decompose_arms(order, np.ones((3, 2)), rng)
+
+
+# ---------------------------------------------------------------- learning curves
+
+def test_learning_curve_groups_and_sorts():
+    recs = [{"strategy": "random", "budget": 200, "seed": s, "value": v} for s, v in enumerate([50.0, 52.0, 54.0])]
+    recs += [{"strategy": "ifd", "budget": b, "seed": 0, "value": float(b)} for b in (300, 100)]
+    recs += [{"strategy": "random", "budget": 100, "seed": s, "value": v} for s, v in enumerate([40.0, 44.0])]
+    pts = learning_curve(recs, np.random.default_rng(0), n_boot=500)
+    assert [(p.strategy, p.x) for p in pts] == [("random", 100), ("random", 200), ("ifd", 100), ("ifd", 300)]
+    r200 = pts[1]
+    assert (r200.n, r200.mean, r200.sd) == (3, pytest.approx(52.0), pytest.approx(2.0))
+    assert 50.0 <= r200.ci_low <= 52.0 <= r200.ci_high <= 54.0
+    single = pts[2]
+    assert single.n == 1 and np.isnan(single.sd) and single.ci_low == single.ci_high == 100.0
+    rounds = learning_curve([{"strategy": "s", "round": r, "seed": 0, "value": 1.0} for r in (2, 0, 1)],
+                            np.random.default_rng(0), n_boot=10)
+    assert [p.x for p in rounds] == [0, 1, 2]
+    with pytest.raises(ValueError, match="repeats"):
+        learning_curve(recs + [recs[0]], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="budget or round"):
+        learning_curve([{"strategy": "s", "seed": 0, "value": 1.0}], np.random.default_rng(0))

@@ -1,0 +1,57 @@
+"""summarize() on synthetic run records with known structure (no model involved)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llm_al.config import load_config
+from llm_al.report import format_table, summarize
+
+
+def _run(strategy, ordering, s, o, i, chrf):
+    return {"strategy": strategy, "ordering": ordering, "status": "ok", "seeds": {"subset": s, "order": o, "init": i},
+            "eval": {"metrics": {"chrf": chrf, "bleu": chrf / 2, "rougeL": chrf, "exact_match": 0.0}},
+            "timings": {"train_seconds": 1.0, "select_seconds": 0.0}, "overlap": {}}
+
+
+FLOOR = {"eval": {"metrics": {"chrf": 10.0, "bleu": 1.0, "rougeL": 5.0, "exact_match": 0.0}},
+         "test_size": 50, "pool_size": 500}
+
+
+def test_paired_gain_over_random_is_found():
+    cfg = load_config(None, ["strategies=[random, kcenter]", "seeds=[0, 1, 2, 3, 4, 5]"])
+    rng = np.random.default_rng(0)
+    base = rng.normal(30, 3, 6)
+    runs = [_run("random", "shuffled", k, k, k, base[k]) for k in range(6)]
+    runs += [_run("kcenter", "shuffled", k, k, k, base[k] + 2.0 + rng.normal(0, 0.1)) for k in range(6)]
+    summary = summarize(runs, FLOOR, cfg)
+    kc = next(r for r in summary["strategies"] if r["strategy"] == "kcenter")
+    assert kc["vs_random"]["wins"] == 6 and kc["vs_random"]["mean_diff"] == pytest.approx(2.0, abs=0.2)
+    assert kc["vs_random"]["verdict"] == "better than random"
+    assert "better than random" in format_table(summary)
+
+
+def test_variance_share_and_ordering_percentile():
+    cfg = load_config(None, ["strategies=[random]", "design=grid", "subset_seeds=[0, 1, 2]", "order_seeds=[0, 1, 2, 3]",
+                             "orderings=[shuffled, easy_to_hard]"])
+    # subsets differ by 1 point, orders within a subset by 10: the within-subset share is large
+    runs = [_run("random", "shuffled", s, o, 0, 30 + s + 10 * (o % 2)) for s in range(3) for o in range(4)]
+    runs += [_run("random", "easy_to_hard", s, 0, 0, 50.0) for s in range(3)]      # beats every shuffled run
+    summary = summarize(runs, FLOOR, cfg)
+    shuffled, ladder = summary["strategies"]
+    ss_within = 3 * 4 * 25.0                                   # each subset: values +-5 around its mean
+    ss_total = ss_within + 4 * ((30 - 31) ** 2 + 0 + (32 - 31) ** 2)
+    assert shuffled["variance"]["share_within"] == pytest.approx(ss_within / ss_total)
+    assert ladder["vs_shuffled"]["percentile"] == 100.0 and ladder["vs_shuffled"]["n_shuffled"] == 12
+    assert ladder["variance"] is None                          # one run per subset: no within-subset spread
+    table = format_table(summary)
+    assert "within-subset SS %" in table and "pct of shuffled" in table
+
+
+def test_failed_runs_are_counted_not_averaged():
+    cfg = load_config(None, ["strategies=[random]", "seeds=[0, 1]"])
+    runs = [_run("random", "shuffled", 0, 0, 0, 30.0), {"strategy": "random", "ordering": "shuffled",
+                                                         "status": "failed", "seeds": {"subset": 1, "order": 1, "init": 1}}]
+    row = summarize(runs, FLOOR, cfg)["strategies"][0]
+    assert row["n"] == 1 and row["failed"] == 1 and row["chrf"]["values"] == [30.0]
