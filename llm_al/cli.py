@@ -5,6 +5,7 @@
     llm-al select POOL --strategy S --budget N --out FILE
     llm-al overlap POOL [--reference R] [--test T]   overlap with a reference corpus and a test set
     llm-al list                                 strategies, orderings and metrics
+    llm-al doctor                               what the environment has and lacks
 
 User errors print one line (`llm-al: error: ...`) and exit with status 2, without a traceback.
 """
@@ -29,10 +30,12 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the demo: random vs perplexity vs k-center on the embedded default")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. budget=50")
+    demo.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
 
     run = sub.add_parser("run", help="run an experiment recipe (YAML) with optional key=value overrides")
     run.add_argument("recipe")
     run.add_argument("overrides", nargs="*", metavar="key=value")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
 
     sel = sub.add_parser("select", help="select a subset of a pool and write it in the pool's format")
     sel.add_argument("pool", help="JSONL/JSON/CSV/Parquet file, saved `datasets` folder or hub dataset id")
@@ -62,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     ov.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
 
     sub.add_parser("list", help="list strategies, orderings and metrics")
+    sub.add_parser("doctor", help="report the environment (torch, GPU, embedded assets, cache, offline state)")
     return p
 
 
@@ -97,12 +101,17 @@ def cmd_list() -> None:
         print()
 
 
-def cmd_experiment(recipe: str | None, overrides: list[str]) -> None:
+def cmd_experiment(recipe: str | None, overrides: list[str], dry_run: bool = False) -> None:
     from llm_al.config import load_config
     from llm_al.experiment import run_experiment
     from llm_al.report import format_table
 
     cfg = load_config(recipe, overrides)
+    if dry_run:
+        from llm_al.plan import plan_experiment
+
+        print(plan_experiment(cfg))
+        return
     summary = run_experiment(cfg)
     print(format_table(summary))
     print(f"\nResults: {cfg.out_dir}/ (summary.json, table.md, runs/*.json); "
@@ -187,15 +196,24 @@ def cmd_select(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `--dry-run` may stand anywhere among the key=value overrides, which argparse cannot interleave
+    dry_run = "--dry-run" in argv[1:] and argv[:1] in (["demo"], ["run"])
+    args = _parser().parse_args([a for a in argv if not (dry_run and a == "--dry-run")] + (["--dry-run"] if dry_run else []))
     _setup_logging()
     try:
         if args.command == "list":
             cmd_list()
+        elif args.command == "doctor":
+            from llm_al.doctor import report
+
+            text, healthy = report()
+            print(text)
+            return 0 if healthy else 1
         elif args.command == "demo":
-            cmd_experiment(None, args.overrides)
+            cmd_experiment(None, args.overrides, args.dry_run)
         elif args.command == "run":
-            cmd_experiment(args.recipe, args.overrides)
+            cmd_experiment(args.recipe, args.overrides, args.dry_run)
         elif args.command == "select":
             cmd_select(args)
         elif args.command == "overlap":

@@ -183,6 +183,21 @@ class RowCache:
         return np.stack([self.rows[k] for k in keys])
 
 
+def loss_cache_plan(tokenizer, examples: Sequence[Example], cache_dir: Path, model_key: str, dtype: str,
+                    max_length: int, direct: bool) -> tuple[RowCache, list[Tokenized], list[str]]:
+    """The cache file, the token items and their cache keys of one scoring pass (also what
+    `--dry-run` uses to count what is still to score)."""
+    kind = "direct" if direct else "loss"
+    dtype = dtype.replace("torch.", "")
+    cache = RowCache(cache_dir / f"{kind}-v2-{_text_key(model_key, dtype, str(max_length))}.npz")
+    items = tokenize(tokenizer, examples, max_length)
+    if direct:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        items = direct_items(items, start)
+    keys = [_text_key(",".join(map(str, t.prompt_ids)), ",".join(map(str, t.response_ids))) for t in items]
+    return cache, items, keys
+
+
 def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_dir: Path, model_key: str,
                           max_length: int, max_tokens: int = 4096, progress_bar: bool = True,
                           direct: bool = False) -> tuple[np.ndarray, dict]:
@@ -190,14 +205,9 @@ def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_d
     cache; and what it cost. `direct=True` scores the responses without their prompts."""
     from tqdm.auto import tqdm
 
-    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     kind = "direct" if direct else "loss"
-    cache = RowCache(cache_dir / f"{kind}-v2-{_text_key(model_key, dtype, str(max_length))}.npz")
-    items = tokenize(tokenizer, examples, max_length)
-    if direct:
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        items = direct_items(items, start)
-    keys = [_text_key(",".join(map(str, t.prompt_ids)), ",".join(map(str, t.response_ids))) for t in items]
+    cache, items, keys = loss_cache_plan(tokenizer, examples, cache_dir, model_key,
+                                         str(next(model.parameters()).dtype), max_length, direct)
     todo = cache.missing(keys)
     t0 = time.perf_counter()
     if todo:

