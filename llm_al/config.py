@@ -116,6 +116,9 @@ class ExperimentConfig:
     """Grid designs: the data orders of each subset."""
     init_seeds: list[int] = field(default_factory=lambda: [0])
     """Grid design: the adapter initialisations."""
+    features: list[str] = field(default_factory=list)
+    """Features to compute even if no strategy needs them, so every run records their subset means
+    for correlation (loss, entropy, min_k, ifd, embeddings, ...)."""
     save_adapters: bool = True
     progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
@@ -131,6 +134,10 @@ class ExperimentConfig:
             STRATEGIES.get(parse_strategy(spec)[0])
         for name in self.orderings:
             ORDERINGS.get(name)
+        valid = ("loss", "entropy", "n_tokens", "min_k", "ifd", "direct_loss", "scorer_ifd", "embeddings")
+        for name in self.features:
+            if name not in valid:
+                raise ConfigError(f"unknown feature {name!r} in features; valid: {', '.join(valid)}")
         if not self.orderings or len(set(self.orderings)) != len(self.orderings):
             raise ConfigError(f"orderings must be a non-empty list of distinct names, got {self.orderings!r}")
         if not isinstance(self.budget, int) or self.budget < 1:

@@ -27,6 +27,7 @@ from llm_al import models
 from llm_al.config import ExperimentConfig, parse_strategy, to_dict
 from llm_al.errors import BudgetError, UserError
 from llm_al.evaluate import evaluate
+from llm_al.features import MIN_K_FRACTIONS
 from llm_al.formatting import tokenize
 from llm_al.io import write_json, write_text
 from llm_al.orderings import run_ordering
@@ -97,7 +98,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
 
     model, tokenizer = models.load_model(cfg.model.name, cfg.model.device,
                                          trust_remote_code=cfg.model.trust_remote_code)
-    needs = needed_features([(name, params) for _, name, params in specs], cfg.orderings)
+    needs = needed_features([(name, params) for _, name, params in specs], cfg.orderings) | set(cfg.features)
     features = compute_features(data.pool, needs, cfg.model, (model, tokenizer), cfg.progress)
     index = reference_index(cfg.overlap.reference, cfg.overlap.n) if cfg.overlap.reference else None
     pad_id = tokenizer.pad_token_id
@@ -183,9 +184,17 @@ def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, ou
 
 
 def _subset_means(features, indices) -> dict:
+    """Subset-level features (the paper's: each a mean of per-example scores under the untrained
+    model), recorded for every run so `llm-al report` can correlate them with the test metric."""
     out = {}
-    for name in ("loss", "entropy", "length", "n_tokens"):
+    for name in ("loss", "entropy", "length", "n_tokens", "ifd", "direct_loss", "scorer_ifd"):
         value = getattr(features, name)
         if value is not None:
             out[name] = float(np.mean(value[indices]))
+    if features.min_k is not None:
+        for j, k in enumerate(MIN_K_FRACTIONS):
+            out[f"min_k_{k}"] = float(np.mean(features.min_k[indices, j]))
+    if features.embeddings is not None:
+        x = features.embeddings[indices]                                 # (B, D)
+        out["embedding_spread"] = float(((x - x.mean(0)) ** 2).sum(1).mean())   # mean sq. distance to centroid
     return out

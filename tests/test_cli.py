@@ -220,7 +220,7 @@ def test_overlap_command_on_a_reference_it_has_never_seen(tmp_path, cache_dir, c
 def test_curriculum_and_variance_designs(tiny_recipe, tmp_path, cache_dir, capsys):
     """One subset under several orderings and order seeds; then 2 subsets x 2 orders (order-only arm)."""
     assert main(["run", str(tiny_recipe), "strategies=[random]", "design=grid", "orderings=[shuffled, easy_to_hard]",
-                 "order_seeds=[0, 1, 2]", f"out_dir={tmp_path / 'curr'}"]) == 0
+                 "order_seeds=[0, 1, 2]", f"out_dir={tmp_path / 'curr'}", "features=[ifd, min_k, embeddings]"]) == 0
     runs = sorted(p.name for p in (tmp_path / "curr" / "runs").glob("random-*.json"))
     # easy_to_hard ignores its generator beyond ties: one order seed is enough
     assert runs == ["random-easy_to_hard-s0o0i0.json"] + [f"random-shuffled-s0o{o}i0.json" for o in range(3)]
@@ -230,6 +230,7 @@ def test_curriculum_and_variance_designs(tiny_recipe, tmp_path, cache_dir, capsy
     first = [json.loads((tmp_path / "curr" / "runs" / f"random-shuffled-s0o{o}i0.json").read_text()) for o in (0, 1)]
     assert set(first[0]["selection"]["ids"]) == set(first[1]["selection"]["ids"])   # the same subset...
     assert first[0]["order"]["ids"] != first[1]["order"]["ids"]                     # ...in another order
+    assert {"loss", "ifd", "min_k_0.2", "embedding_spread", "length"} <= set(first[0]["subset_features"])
     assert "pct of shuffled" in capsys.readouterr().out
 
     assert main(["run", str(tiny_recipe), "strategies=[random]", "design=grid", "subset_seeds=[0, 1]",
