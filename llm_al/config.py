@@ -22,6 +22,7 @@ from llm_al.demo_data import EMBEDDED_POOL
 from llm_al.errors import ConfigError, UnknownNameError, UserError
 from llm_al.evaluate import EvalConfig
 from llm_al.grid import DESIGNS
+from llm_al.loop import LoopConfig
 from llm_al.models import EMBEDDED_EMBEDDER, EMBEDDED_MODEL
 from llm_al.orderings import ORDERINGS
 from llm_al.registry import did_you_mean
@@ -126,6 +127,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     overlap: OverlapConfig = field(default_factory=OverlapConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
 
     def __post_init__(self) -> None:
         if "random" not in [parse_strategy(s)[0] for s in self.strategies]:
@@ -142,6 +144,8 @@ class ExperimentConfig:
             raise ConfigError(f"orderings must be a non-empty list of distinct names, got {self.orderings!r}")
         if not isinstance(self.budget, int) or self.budget < 1:
             raise ConfigError(f"budget must be a positive integer, got {self.budget!r}")
+        if self.loop.rounds:
+            self.loop.round_size(self.budget)          # the budget must split into the rounds
         if self.design not in DESIGNS:
             raise ConfigError(f"design must be one of {', '.join(DESIGNS)}, got {self.design!r}")
         for key in ("seeds", "subset_seeds", "order_seeds", "init_seeds"):

@@ -30,6 +30,7 @@ from llm_al.evaluate import evaluate
 from llm_al.features import MIN_K_FRACTIONS
 from llm_al.formatting import tokenize
 from llm_al.io import write_json, write_text
+from llm_al.loop import run_loop
 from llm_al.orderings import run_ordering
 from llm_al.pipeline import compute_features, load_data, needed_features, reference_index, selection_overlap
 from llm_al.report import summarize, write_tables
@@ -55,7 +56,7 @@ def versions() -> dict:
 
 # The config sections that decide a single run's result. Seeds, strategies and names may change
 # between invocations of the same out_dir (to add runs); these may not.
-RESULT_KEYS = ("data", "model", "train", "eval", "budget", "overlap")
+RESULT_KEYS = ("data", "model", "train", "eval", "budget", "overlap", "loop")
 
 
 def _done(path: Path, cfg_dict: dict) -> dict | None:
@@ -145,6 +146,19 @@ def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, ou
     timings: dict = {}
     peft_model = None
     try:
+        if cfg.loop.rounds:
+            rounds, final, ev, model = run_loop(cfg, cell, data, features, model, tokenizer, cfg.progress)
+            record.update({
+                "status": "ok", "rounds": rounds, "eval": ev,
+                "selection": {"ids": [data.pool.ids[i] for i in final], "indices": final.tolist()},
+                "subset_features": _subset_means(features, final),
+                "overlap": selection_overlap(index, [data.pool.examples[i] for i in final], data.test.examples,
+                                             cfg.overlap.n),
+                "timings": {"train_seconds": sum(r["train_seconds"] for r in rounds),
+                            "select_seconds": sum(r.get("rescore_seconds", 0.0) for r in rounds),
+                            "eval_seconds": sum(r["eval_seconds"] for r in rounds)}})
+            write_json(path, record)
+            return record, model
         t0 = time.perf_counter()
         sel = run_strategy(cell.name, features, cfg.budget, rng(cell.subset_seed, "subset"), **cell.params)
         order = run_ordering(cell.ordering, sel.indices, features, rng(cell.order_seed, "order"))

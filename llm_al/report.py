@@ -69,10 +69,23 @@ def summarize(results: list[dict], floor: dict, cfg) -> dict:
                 row["vs_shuffled"] = {"mean_diff": float(mine.mean() - others.mean()), "n_shuffled": len(others),
                                       "percentile": percentile_among_random(float(mine.mean()), others, higher)}
             row["variance"] = _variance(runs, value, stats_rng)
+            row["curve"] = _curve(list(runs.values()), primary)
             rows.append(row)
     return {"primary": primary, "higher_is_better": higher, "budget": cfg.budget, "orderings": cfg.orderings,
             "design": cfg.design, "runs": sum(r["n"] for r in rows), "test_size": floor.get("test_size"),
             "pool_size": floor.get("pool_size"), "untrained": floor["eval"]["metrics"], "strategies": rows}
+
+
+def _curve(runs: list[dict], primary: str) -> list[dict] | None:
+    """Mean primary metric per active-learning round over the runs (None without rounds)."""
+    if not all(r.get("rounds") for r in runs):
+        return None
+    by_round: dict[int, list] = {}
+    for r in runs:
+        for entry in r["rounds"]:
+            by_round.setdefault(entry["round"], []).append((entry["labelled"], entry["metrics"][primary]))
+    return [{"round": k, "labelled": v[0][0], "mean": float(np.mean([m for _, m in v])), "n": len(v)}
+            for k, v in sorted(by_round.items())]
 
 
 def _variance(runs: dict[tuple, dict], value, stats_rng) -> dict | None:
@@ -166,6 +179,11 @@ def format_table(summary: dict) -> str:
     if any("vs_shuffled" in r for r in summary["strategies"]):
         notes.append("pct of shuffled: percentile of the ordering's mean among the runs of the same strategy "
                      "under shuffled orders (50 = typical of a random order).")
+    curves = [r for r in summary["strategies"] if r.get("curve")]
+    if curves:
+        notes.append(f"Learning curves ({summary['primary']} by labelled examples, mean over runs):")
+        notes += [f"  {r['label']}: " + ", ".join(f"{c['labelled']}: {c['mean']:.2f}" for c in r["curve"])
+                  for r in curves]
     if any(r.get("variance") for r in summary["strategies"]):
         notes.append("within-subset SS %: SS_within / SS_total over subsets x runs; the share of the variance "
                      "that order and init seeds, not the choice of subset, account for.")

