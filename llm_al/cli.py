@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--strategy", default="random", help="strategy spec, e.g. kcenter or perplexity:band=middle")
     sel.add_argument("--budget", type=int, required=True)
     sel.add_argument("--out", required=True, help="output file; its extension sets the format (default: the pool's)")
+    sel.add_argument("--export-shape", default="input", choices=["input", "alpaca", "messages"],
+                     help="records as read (default), Alpaca {instruction, input, output}, or chat {messages}")
+    sel.add_argument("--explain", action="store_true",
+                     help="add why each example was picked: its k-means cluster and nearest earlier pick (embeddings)")
     sel.add_argument("--seed", type=int, default=0)
     sel.add_argument("--model", default=None, help="causal LM for loss-based strategies (default: embedded SmolLM2)")
     sel.add_argument("--embedder", default=None, help="sentence-transformers model (default: embedded MiniLM)")
@@ -164,6 +168,8 @@ def cmd_overlap(args: argparse.Namespace) -> None:
 def cmd_select(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    import numpy as np
+
     from llm_al.config import DataConfig, ModelConfig, parse_strategy
     from llm_al.export import write_subset
     from llm_al.pipeline import compute_features, load_data, needed_features
@@ -174,7 +180,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     if Path(args.out).resolve() == Path(args.pool).resolve():
         raise UserError(f"--out {args.out!r} is the pool itself; choose another file")
     name, params = parse_strategy(args.strategy)
-    needs = needed_features([(name, params)], [])
+    needs = needed_features([(name, params)], []) | ({"embeddings"} if args.explain else set())
     data_cfg = DataConfig(pool=args.pool, fields=fields, system_prompt=args.system_prompt, split=args.split)
     model_cfg = ModelConfig(device=args.device, max_length=args.max_length, trust_remote_code=args.trust_remote_code)
     if args.model:
@@ -190,7 +196,11 @@ def cmd_select(args: argparse.Namespace) -> None:
         "llm_al_rank": list(range(1, len(sel.indices) + 1)),
         "llm_al_score": [None if s != s else round(float(s), 6) for s in sel.scores],
     }
-    path = write_subset(pool, sel.indices.tolist(), args.out, columns=columns)
+    if args.explain:
+        from llm_al.explain import explain_selection
+
+        columns.update(explain_selection(features, sel.indices, pool.ids, np.random.default_rng(args.seed)))
+    path = write_subset(pool, sel.indices.tolist(), args.out, columns=columns, shape=args.export_shape)
     print(f"selected {len(sel.indices)} of {len(pool)} examples with {args.strategy} (seed {args.seed}) -> {path}")
     print(f"llm_al_score is the {sel.score_name}; llm_al_rank is the pick order")
 

@@ -93,10 +93,32 @@ def _output_format(out: Path, format: str | None, pool_format: str) -> str:
                     f"supported extensions: {supported}")
 
 
+SHAPES = ("input", "alpaca", "messages")
+
+
+def converted_record(ex, shape: str) -> dict:
+    """An example as an Alpaca record ({system?, instruction, input, output}) or a chat record
+    ({messages}) for other trainers; "input" gives the record exactly as it was read."""
+    if shape == "input":
+        return dict(ex.source)
+    if shape == "messages":
+        return {"messages": [dict(m) for m in ex.messages]}
+    if shape == "alpaca":
+        turns = [m for m in ex.messages if m["role"] != "system"]
+        if len(turns) != 2:
+            raise UserError(f"example {ex.id} (row {ex.row}) has {len(turns)} turns; Alpaca holds one prompt and "
+                            "one response: export multi-turn pools with --export-shape messages")
+        system = [m["content"] for m in ex.messages if m["role"] == "system"]
+        return {**({"system": system[0]} if system else {}), "instruction": turns[0]["content"], "input": "",
+                "output": turns[1]["content"]}
+    raise UserError(f"unknown export shape {shape!r}; valid: {', '.join(SHAPES)}")
+
+
 def write_subset(pool: Pool, indices: Sequence[int], out: str, *, columns: dict[str, Sequence] | None = None,
-                 format: str | None = None) -> Path:
-    """Write the source records of `pool.examples[i]` for i in `indices` (in that order), each with
-    the extra `columns` (aligned with `indices`), atomically; return the path written."""
+                 format: str | None = None, shape: str = "input") -> Path:
+    """Write `pool.examples[i]` for i in `indices` (in that order) as records in `shape` (the
+    source records as read, Alpaca, or chat messages), each with the extra `columns` (aligned with
+    `indices`), atomically; return the path written."""
     out_path = Path(out).expanduser()
     fmt = _output_format(out_path, format, pool.format)
     indices = [int(i) for i in indices]
@@ -109,7 +131,7 @@ def write_subset(pool: Pool, indices: Sequence[int], out: str, *, columns: dict[
     for name, values in columns.items():
         if len(values) != len(indices):
             raise ValueError(f"column {name!r} has {len(values)} values for {len(indices)} examples")
-    records = [dict(pool.examples[i].source) for i in indices]
+    records = [converted_record(pool.examples[i], shape) for i in indices]
     for name, values in columns.items():
         for rec, value in zip(records, values):
             rec[name] = _plain(value)

@@ -281,3 +281,30 @@ def test_active_learning_loop_records_a_learning_curve(tiny_recipe, tmp_path, ca
 def test_loop_budget_must_split_into_rounds(tmp_path, capsys):
     err = _bad(["demo", "loop.rounds=3", "loop.seed_size=20", "budget=100"], tmp_path, capsys)
     assert "split evenly" in err
+
+
+@pytest.mark.parametrize("shape, out_name", [("alpaca", "chosen.json"), ("messages", "chosen.jsonl")])
+def test_select_exports_for_other_trainers_with_explanations(tmp_path, pool_file, cache_dir, shape, out_name):
+    out = tmp_path / out_name
+    assert main(["select", str(pool_file), "--strategy", "kcenter", "--budget", "4", "--out", str(out),
+                 "--export-shape", shape, "--explain", "--system-prompt", "Translate."]) == 0
+    rows = json.loads(out.read_text()) if out_name.endswith(".json") else [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 4
+    if shape == "alpaca":
+        assert set(rows[0]) >= {"instruction", "input", "output", "system"} and rows[0]["system"] == "Translate."
+    else:
+        assert [m["role"] for m in rows[0]["messages"]] == ["system", "user", "assistant"]
+    assert rows[0]["llm_al_nearest_earlier_id"] is None
+    assert all(r["llm_al_nearest_earlier_id"] in {x["llm_al_id"] for x in rows[:i]} for i, r in enumerate(rows) if i)
+    assert all(isinstance(r["llm_al_cluster"], int) for r in rows)
+    back = load_pool(str(out))                               # the export loads back as a pool
+    assert len(back) == 4
+
+
+def test_alpaca_export_refuses_multi_turn(tmp_path, cache_dir, capsys):
+    pool = tmp_path / "chat.jsonl"
+    turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    pool.write_text(json.dumps({"messages": turn + turn}) + "\n" + json.dumps({"messages": turn}) + "\n")
+    err = _bad(["select", str(pool), "--budget", "2", "--out", str(tmp_path / "a.json"), "--export-shape", "alpaca"],
+               tmp_path, capsys)
+    assert "multi-turn" in err and "messages" in err
