@@ -127,7 +127,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         record, model = _one_run(cfg, cell, data, features, model, tokenizer, pad_id, path, out, common, index)
         results.append(record)
 
-    summary = summarize(results, floor, cfg)
+    summary = summarize(results, floor, cfg, features.cost)
     summary["feature_cost"] = features.cost
     summary["total_seconds"] = time.perf_counter() - t_start
     write_json(out / "summary.json", summary)

@@ -218,6 +218,7 @@ def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_d
         cache.add([keys[i] for i in todo], stats)
     cost = {f"{kind}_seconds": time.perf_counter() - t0, f"{kind}_examples_scored": len(todo),
             f"{kind}_tokens_scored": int(sum(items[i].length for i in todo)),
+            f"{kind}_tokens_needed": int(sum(t.length for t in items)),       # cached or not
             "truncated": int(sum(t.truncated for t in items))}
     return cache.get(keys), cost
 
@@ -232,7 +233,8 @@ def compute_embeddings(embedder, texts: Sequence[str], cache_dir: Path, embedder
         vecs = embedder.encode([texts[i] for i in todo], batch_size=batch_size, normalize_embeddings=True,
                                convert_to_numpy=True, show_progress_bar=progress_bar)
         cache.add([keys[i] for i in todo], vecs.astype(np.float32))
-    return cache.get(keys), {"embed_seconds": time.perf_counter() - t0, "embed_examples": len(todo)}
+    return cache.get(keys), {"embed_seconds": time.perf_counter() - t0, "embed_examples": len(todo),
+                             "embed_examples_needed": len(texts)}
 
 
 def build_features(examples: Sequence[Example], ids: list[str], *, loss_stats: np.ndarray | None = None,

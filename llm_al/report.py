@@ -20,7 +20,28 @@ def _key(r: dict) -> tuple[int, int, int]:
     return (r["seeds"]["subset"], r["seeds"]["order"], r["seeds"]["init"])
 
 
-def summarize(results: list[dict], floor: dict, cfg) -> dict:
+def strategy_cost(spec: str, feature_cost: dict) -> dict:
+    """What a strategy's features cost: model tokens scored (cached or not, so runs compare) and
+    examples embedded, with the seconds they took when computed in this run."""
+    from llm_al.config import parse_strategy
+    from llm_al.pipeline import DIRECT_FEATURES, LOSS_FEATURES, strategy_needs
+
+    needs = strategy_needs(*parse_strategy(spec))
+    tokens = seconds = 0.0
+    for kind, group in (("loss", LOSS_FEATURES), ("direct", DIRECT_FEATURES)):
+        if needs & group:
+            tokens += feature_cost.get(f"{kind}_tokens_needed", 0)
+            seconds += feature_cost.get(f"{kind}_seconds", 0.0)
+    if "scorer_ifd" in needs:
+        tokens += feature_cost.get("scorer_loss_tokens_needed", 0) + feature_cost.get("scorer_direct_tokens_needed", 0)
+        seconds += feature_cost.get("scorer_loss_seconds", 0.0) + feature_cost.get("scorer_direct_seconds", 0.0)
+    embedded = feature_cost.get("embed_examples_needed", 0) if "embeddings" in needs else 0
+    if embedded:
+        seconds += feature_cost.get("embed_seconds", 0.0)
+    return {"scored_tokens": int(tokens), "embedded_examples": int(embedded), "feature_seconds": seconds}
+
+
+def summarize(results: list[dict], floor: dict, cfg, feature_cost: dict | None = None) -> dict:
     """One row per (strategy, ordering): mean and 95% bootstrap CI over runs of every metric; for
     the primary metric, the difference from random under the same ordering paired by seeds, with
     its CI and wins out of n; with several orderings, each against shuffled order (percentile among
@@ -53,6 +74,7 @@ def summarize(results: list[dict], floor: dict, cfg) -> dict:
             row["train_seconds"] = float(np.mean([r["timings"]["train_seconds"] for r in runs.values()]))
             row["select_seconds"] = float(np.mean([r["timings"]["select_seconds"] for r in runs.values()]))
             row["overlap"] = _mean_overlap(list(runs.values()))
+            row["cost"] = strategy_cost(spec, feature_cost or {})
             baseline = groups.get(("random", ordering), {})
             paired = sorted(set(runs) & set(baseline))
             if spec != "random" and paired:
@@ -139,7 +161,7 @@ def table_rows(summary: dict) -> list[list[str]]:
     with_variance = any(r.get("variance") for r in rows_in)
     header = ["strategy", "n", f"{p} mean", "95% CI (runs)", "diff vs random", "95% CI (paired)", "wins",
               "verdict", *(["diff vs shuffled", "pct of shuffled"] if with_orders else []),
-              *(["within-subset SS %"] if with_variance else []), "train s/run", *overlap_cols]
+              *(["within-subset SS %"] if with_variance else []), "train s/run", "scoring cost", *overlap_cols]
     blank = [""] * (len(header) - 3)
     rows = [header, ["untrained (floor)", "-", _fmt(summary["untrained"][p]), *blank]]
     for r in rows_in:
@@ -155,10 +177,21 @@ def table_rows(summary: dict) -> list[list[str]]:
             *([f"{o['mean_diff']:+.2f}" if o else "", f"{o['percentile']:.0f}" if o else ""] if with_orders else []),
             *([f"{100 * var['share_within']:.0f}" if var and var["share_within"] is not None else ""]
               if with_variance else []),
-            f"{r['train_seconds']:.0f}",
+            f"{r['train_seconds']:.0f}", _cost(r.get("cost")),
             *(f"{r['overlap'][c]:.1f}" if c in r.get("overlap", {}) else "" for c in overlap_cols),
         ])
     return rows
+
+
+def _cost(cost: dict | None) -> str:
+    if not cost or not (cost["scored_tokens"] or cost["embedded_examples"]):
+        return "none"
+    parts = []
+    if cost["scored_tokens"]:
+        parts.append(f"{cost['scored_tokens'] / 1000:.0f}k tok")
+    if cost["embedded_examples"]:
+        parts.append(f"{cost['embedded_examples']} emb")
+    return " + ".join(parts)
 
 
 def format_table(summary: dict) -> str:
@@ -174,7 +207,9 @@ def format_table(summary: dict) -> str:
     extra = [f"  {r['label']}: " + ", ".join(f"{m} {r[m]['mean']:.2f}" for m in others)
              for r in summary["strategies"] if all(m in r for m in others)]
     floor = ", ".join(f"{m} {summary['untrained'][m]:.2f}" for m in others if m in summary["untrained"])
-    notes = ["Overlap columns: share of the subset's word n-grams found in the reference corpus, share of its "
+    notes = ["scoring cost: model tokens scored (forward passes over the pool) and examples embedded to compute "
+             "the strategy's features, beyond the training every strategy pays; random needs none.",
+             "Overlap columns: share of the subset's word n-grams found in the reference corpus, share of its "
              "words seen there, and share of the test references' words present in the subset's responses."]
     if any("vs_shuffled" in r for r in summary["strategies"]):
         notes.append("pct of shuffled: percentile of the ordering's mean among the runs of the same strategy "
