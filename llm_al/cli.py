@@ -4,6 +4,8 @@
     llm-al run RECIPE.yaml [key=value ...]      any experiment described by a recipe
     llm-al select POOL --strategy S --budget N --out FILE
     llm-al overlap POOL [--reference R] [--test T]   overlap with a reference corpus and a test set
+    llm-al annotate export|import ...          humans in the loop: prompts out, filled responses back in
+    llm-al report RESULTS_DIR                   Markdown + HTML report with plots and statistics
     llm-al list                                 strategies, orderings and metrics
     llm-al doctor                               what the environment has and lacks
 
@@ -17,6 +19,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from llm_al.errors import UserError
 
@@ -67,6 +70,28 @@ def _parser() -> argparse.ArgumentParser:
     ov.add_argument("--n", type=int, default=8, help="word n-gram length")
     ov.add_argument("--out", default=None, help="write per-example overlap columns beside the records (pool format)")
     ov.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
+
+    ann = sub.add_parser("annotate", help="humans in the loop: export prompts for annotation, import the filled file")
+    ann_sub = ann.add_subparsers(dest="annotate_command", required=True, metavar="STEP")
+    exp = ann_sub.add_parser("export", help="choose unlabelled prompts and write them for annotators (JSONL or CSV)")
+    exp.add_argument("pool", help="a pool whose examples may lack responses")
+    exp.add_argument("--strategy", default="random", help="a label-free strategy: random or an embedding-based one")
+    exp.add_argument("--budget", type=int, required=True)
+    exp.add_argument("--out", required=True, help="the file for annotators (.jsonl or .csv)")
+    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--drafts", action="store_true", help="pre-fill draft responses with the model (--model)")
+    exp.add_argument("--model", default=None, help="causal LM for drafts (default: embedded SmolLM2)")
+    exp.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
+    imp = ann_sub.add_parser("import", help="validate a filled annotation file and write the pool with its responses")
+    imp.add_argument("filled", help="the annotation file, filled in")
+    imp.add_argument("--pool", required=True, help="the pool the prompts were exported from")
+    imp.add_argument("--out", required=True, help="where to write the pool with the new responses merged in")
+    imp.add_argument("--partial", action="store_true", help="accept a file that answers only some exported prompts")
+    imp.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
+
+    rep = sub.add_parser("report", help="write a Markdown + self-contained HTML report (plots, statistics) of a results dir")
+    rep.add_argument("results_dir")
+    rep.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/report)")
 
     sub.add_parser("list", help="list strategies, orderings and metrics")
     sub.add_parser("doctor", help="report the environment (torch, GPU, embedded assets, cache, offline state)")
@@ -165,6 +190,56 @@ def cmd_overlap(args: argparse.Namespace) -> None:
         print(f"per-example overlap -> {path}")
 
 
+def cmd_annotate(args: argparse.Namespace) -> None:
+    """Export: pick among the unlabelled prompts, optionally draft responses. Import: validate the
+    filled file completely, then write the merged pool (nothing is written if any row is bad)."""
+    from llm_al.annotate import export_for_annotation, import_annotations, merge_labelled, unlabelled_indices
+    from llm_al.config import ModelConfig, parse_strategy
+    from llm_al.data import load_pool
+    from llm_al.export import write_subset
+    from llm_al.pipeline import LOSS_FEATURES, DIRECT_FEATURES, compute_features, needed_features
+    from llm_al.seeds import rng
+    from llm_al.strategies import run_strategy
+
+    if args.annotate_command == "import":
+        if Path(args.out).resolve() == Path(args.pool).resolve():
+            raise UserError(f"--out {args.out!r} is the pool itself; write the merged pool to a new file")
+        pool = load_pool(args.pool, fields=_fields(args.field), labelled=False)
+        new, report = import_annotations(args.filled, pool, require_all=not args.partial)
+        merged = merge_labelled(pool, new)
+        path = write_subset(merged, list(range(len(merged))), args.out)
+        print(report.summary())
+        print(f"{len(new)} responses merged; {len(merged)} examples -> {path}")
+        return
+    name, params = parse_strategy(args.strategy)
+    needs = needed_features([(name, params)], [])
+    if needs & (LOSS_FEATURES | DIRECT_FEATURES | {"scorer_ifd"}):
+        raise UserError(f"strategy {name!r} reads reference responses ({', '.join(sorted(needs))}), which unlabelled "
+                        "prompts do not have; use random or an embedding-based strategy (kcenter, kmeans, "
+                        "facility_location, idds)")
+    pool = load_pool(args.pool, fields=_fields(args.field), labelled=False)
+    todo = unlabelled_indices(pool)
+    if not todo:
+        raise UserError(f"{args.pool}: every example already has a response; nothing to annotate")
+    candidates = pool.subset(todo)
+    model_cfg = ModelConfig()
+    features = compute_features(candidates, needs, model_cfg)
+    sel = run_strategy(name, features, args.budget, rng(args.seed, "subset"), **params)
+    chosen = [todo[i] for i in sel.indices]
+    drafts = None
+    if args.drafts:
+        from llm_al import models
+        from llm_al.evaluate import generate
+        from llm_al.formatting import prompt_text
+
+        model, tokenizer = models.load_model(args.model or model_cfg.name)
+        drafts = generate(model, tokenizer, [prompt_text(tokenizer, pool.examples[i].prompt_messages) for i in chosen],
+                          max_new_tokens=256, batch_size=16)
+    path = export_for_annotation(pool, chosen, args.out, drafts=drafts)
+    print(f"{len(chosen)} of {len(todo)} unlabelled prompts chosen with {args.strategy} -> {path}")
+    print(f"fill the 'response' column, then: llm-al annotate import {path} --pool {args.pool} --out MERGED")
+
+
 def cmd_select(args: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -228,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
             cmd_select(args)
         elif args.command == "overlap":
             cmd_overlap(args)
+        elif args.command == "annotate":
+            cmd_annotate(args)
+        elif args.command == "report":
+            from llm_al.writeup import write_report
+
+            files = write_report(args.results_dir, args.out)
+            print("\n".join(f"wrote {p}" for p in files.values()))
     except UserError as err:
         print(f"llm-al: error: {err}", file=sys.stderr)
         return 2

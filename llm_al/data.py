@@ -7,6 +7,13 @@ shapes: chat `messages`, ShareGPT `conversations`, Alpaca `instruction`/`input`/
 any other column names. Formats: JSON Lines, JSON, CSV/TSV, Parquet, `datasets` folders, hub ids.
 Every problem with the data is a `DataError` that names the file, the row, the field and what is
 valid; `write_subset` writes the chosen records back in the input's format.
+
+Unlabelled pools (`labelled=False`): a record may lack its response in every shape (no response /
+completion / output, no Alpaca output, a chat whose last turn is the user's, a translation with the
+source only). Such an example's messages end with the user turn, its id hashes those prompt messages
+only, and `.response` raises. Records that do have a response stay labelled examples, so a pool may
+be mixed. `Example.prompt_id` (the hash of the prompt messages) is the same for a labelled example
+and its unlabelled original; `llm_al.annotate` matches annotations by it.
 """
 
 from __future__ import annotations
@@ -56,20 +63,41 @@ def content_id(messages: Sequence[dict[str, str]]) -> str:
 
 @dataclass(frozen=True)
 class Example:
-    """One training example: chat messages ending in the assistant response."""
+    """One training example: chat messages ending in the assistant response, or, if unlabelled
+    (loaded with `labelled=False`), ending in the user turn that awaits one."""
 
     id: str
     messages: tuple[dict[str, str], ...]
     row: int
     source: dict
+    system_injected: bool = False  # messages[0] is the load-time `system_prompt`, left out of the ids
+
+    @property
+    def is_labelled(self) -> bool:
+        return self.messages[-1]["role"] == "assistant"
 
     @property
     def prompt_messages(self) -> tuple[dict[str, str], ...]:
-        return self.messages[:-1]
+        """Every message before the response (all of them if unlabelled)."""
+        return self.messages[:-1] if self.is_labelled else self.messages
 
     @property
     def response(self) -> str:
+        if not self.is_labelled:
+            raise ValueError(f"example {self.id} (row {self.row}) is unlabelled: it has no response "
+                             "(annotate it first, see llm_al.annotate)")
         return self.messages[-1]["content"]
+
+    @property
+    def prompt_id(self) -> str:
+        """`content_id` of the prompt messages only: equal for a labelled example and its unlabelled
+        original (whose `id` it is); like `id`, it ignores a load-time system prompt."""
+        return content_id(self.prompt_messages[int(self.system_injected):])
+
+    def with_response(self, response: str, source: dict) -> Example:
+        """This example's prompt answered by `response`, as a labelled example (labelled content id)."""
+        msgs = (*self.prompt_messages, {"role": "assistant", "content": response})
+        return Example(content_id(msgs[int(self.system_injected):]), msgs, self.row, source, self.system_injected)
 
     @property
     def text(self) -> str:
@@ -113,6 +141,7 @@ class _Plan:
     cols: dict[str, tuple[str, ...]]  # role -> candidate columns, first present wins
     mapped: dict[str, str] = field(default_factory=dict)  # column the user named -> its role
     codes: tuple[str | None, str | None] = (None, None)  # WMT source/target language codes
+    labelled: bool = True  # False: the response (assistant turn, output, target) may be missing
 
 
 def is_missing(value: Any) -> bool:
@@ -156,13 +185,17 @@ def _container(value: Any, name: str, where: Row) -> Any:
     return value
 
 
-def _chat(rec: dict, name: str, where: Row) -> list[dict[str, str]]:
+def _chat(rec: dict, name: str, where: Row, labelled: bool = True) -> list[dict[str, str]]:
     """Messages from a list of {role, content} or ShareGPT {from, value} turns."""
     if name not in rec or is_missing(rec[name]):
         raise DataError(f"missing field {name!r}; fields found: {_keys(rec)}", *where)
     turns = _container(rec[name], name, where)
     if not isinstance(turns, (list, tuple)) or not turns:
         raise DataError(f"field {name!r} must be a non-empty list of messages, got {_short(turns)}", *where)
+    last = turns[-1] if isinstance(turns[-1], dict) else {}
+    if (not labelled and len(turns) > 1 and _CHAT_ROLES.get(last.get("role", last.get("from"))) == "assistant"
+            and not str(last.get("content", last.get("value")) or "").strip()):
+        turns = turns[:-1]  # an empty assistant placeholder: unlabelled
     msgs = []
     for i, turn in enumerate(turns, 1):
         if not isinstance(turn, dict):
@@ -178,9 +211,9 @@ def _chat(rec: dict, name: str, where: Row) -> list[dict[str, str]]:
     for i, msg in enumerate(msgs[1:], 2):
         if msg["role"] == "system":
             raise DataError(f"{name}[{i}] is a system message; only the first message may be one", *where)
-    if msgs[-1]["role"] != "assistant":
-        raise DataError(f"the last message of {name!r} must be the assistant's response, "
-                        f"got role {msgs[-1]['role']!r}", *where)
+    if msgs[-1]["role"] != "assistant" and (labelled or msgs[-1]["role"] != "user"):
+        raise DataError(f"the last message of {name!r} must be the assistant's response"
+                        f"{'' if labelled else ' or (unlabelled) a user turn'}, got role {msgs[-1]['role']!r}", *where)
     if not any(m["role"] == "user" for m in msgs):
         raise DataError(f"{name!r} has no user message", *where)
     return msgs
@@ -190,26 +223,30 @@ def _language(value: str | None, default: str) -> str:
     return default if value is None else LANGUAGES.get(value.strip().lower(), value)
 
 
-def _wmt(rec: dict, codes: tuple[str | None, str | None], where: Row) -> tuple[str, str, str, str]:
-    """(source name, target name, source text, target text) of a {'en': .., 'fr': ..} pair."""
+def _wmt(rec: dict, codes: tuple[str | None, str | None], where: Row,
+         labelled: bool = True) -> tuple[str, str, str, str | None]:
+    """(source name, target name, source text, target text) of a {'en': .., 'fr': ..} pair. Unlabelled,
+    the target may be empty, null or (if fields name target_lang) absent."""
     if is_missing(rec.get("translation")):
         raise DataError(f"missing field 'translation'; fields found: {_keys(rec)}", *where)
     pair = _container(rec["translation"], "translation", where)
     if not isinstance(pair, dict):
         raise DataError(f"field 'translation' must be an object of two languages like "
                         f"{{'en': '...', 'fr': '...'}}, got {_short(pair)}", *where)
-    pair = {k: v for k, v in pair.items() if not is_missing(v)}
+    present = {k: v for k, v in pair.items() if not is_missing(v)}
+    pair = present if labelled or len(present) >= 2 else pair  # unlabelled: a null value names the target
     src = codes[0] or next((k for k in pair if k != codes[1]), None)
     tgt = codes[1] or next((k for k in pair if k != src), None)
-    if (None in codes and len(pair) != 2) or src not in pair or tgt not in pair or src == tgt:
+    if ((None in codes and len(pair) > 2) or src not in pair or tgt is None or src == tgt
+            or (labelled and tgt not in pair)):
         raise DataError(f"field 'translation' must hold the source and target languages; found "
                         f"{', '.join(pair) or 'none'} (pick codes with fields={{'source_lang': .., "
-                        f"'target_lang': ..}})", *where)
+                        f"'target_lang': ..}}{'' if labelled else '; unlabelled: the target may be empty'})", *where)
     return (_language(src, src), _language(tgt, tgt),
-            _text(pair, (src,), where), _text(pair, (tgt,), where))
+            _text(pair, (src,), where), _text(pair, (tgt,), where, labelled))
 
 
-def _plan(rec: dict, fields: dict[str, str] | None, where: Row) -> _Plan:
+def _plan(rec: dict, fields: dict[str, str] | None, where: Row, labelled: bool = True) -> _Plan:
     cols = {role: (role,) for role in ROLES}
     cols["response"] = ("response", "completion", "output")
     if fields:
@@ -237,6 +274,13 @@ def _plan(rec: dict, fields: dict[str, str] | None, where: Row) -> _Plan:
         return _Plan("translation", "wmt", cols)
     if "source" in rec and "target" in rec:
         return _Plan("translation", "translation", cols)
+    if not labelled:  # a first record without its response
+        if "instruction" in rec:
+            return _Plan("alpaca", "alpaca", {**cols, "response": ("output",)})
+        if "prompt" in rec:
+            return _Plan("prompt_response", "prompt_response", cols)
+        if "source" in rec:
+            return _Plan("translation", "translation", cols)
     raise DataError(f"cannot tell which fields hold the prompt and the response; fields found: "
                     f"{_keys(rec)}. Accepted shapes: {SHAPES_HELP}. Map other columns with "
                     f"--field prompt=question --field response=answer (in a recipe: data.fields) "
@@ -246,28 +290,30 @@ def _plan(rec: dict, fields: dict[str, str] | None, where: Row) -> _Plan:
 def _messages(rec: dict, plan: _Plan, template: str, where: Row) -> list[dict[str, str]]:
     """The chat messages of one record (before any system-prompt injection)."""
     for col, role in plan.mapped.items():
-        if col not in rec:
+        if col not in rec and (plan.labelled or role not in ("response", "target")):
             raise DataError(f"column {col!r} (mapped to {role!r}) is missing; fields found: {_keys(rec)}", *where)
 
     def get(role: str, required: bool = True) -> str | None:
         return _text(rec, plan.cols[role], where, required)
 
     if plan.build == "messages":
-        msgs = _chat(rec, plan.cols["messages"][0], where)
+        msgs = _chat(rec, plan.cols["messages"][0], where, plan.labelled)
     elif plan.build in ("prompt_response", "alpaca"):
         user = get("prompt" if plan.build == "prompt_response" else "instruction")
         extra = get("input", False) if plan.build == "alpaca" else None
         msgs = [{"role": "user", "content": user + ("\n\n" + extra if extra else "")},
-                {"role": "assistant", "content": get("response")}]
+                {"role": "assistant", "content": get("response", plan.labelled)}]
     else:
         if plan.build == "wmt":
-            src_name, tgt_name, source, target = _wmt(rec, plan.codes, where)
+            src_name, tgt_name, source, target = _wmt(rec, plan.codes, where, plan.labelled)
         else:
-            source, target = get("source"), get("target")
+            source, target = get("source"), get("target", plan.labelled)
             src_name = _language(get("source_lang", False), "the source language")
             tgt_name = _language(get("target_lang", False), "the target language")
         user = template.format(source_lang=src_name, target_lang=tgt_name, source=source)
         msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": target}]
+    if msgs[-1]["content"] is None:  # unlabelled: no response
+        msgs.pop()
     system = get("system", False)
     if system and msgs[0]["role"] != "system":
         msgs.insert(0, {"role": "system", "content": system})
@@ -294,7 +340,7 @@ def _check_options(fields: Any, system_prompt: Any, template: Any, label: str) -
 
 
 def _build(rows: list[tuple[int, Any]], path: str | None, format: str, fields: dict[str, str] | None,
-           system_prompt: str | None, template: str) -> Pool:
+           system_prompt: str | None, template: str, labelled: bool = True) -> Pool:
     label = path or "in-memory records"
     _check_options(fields, system_prompt, template, label)
     if not rows:
@@ -304,26 +350,28 @@ def _build(rows: list[tuple[int, Any]], path: str | None, format: str, fields: d
         where = (label, row)
         if not isinstance(rec, dict):
             raise DataError(f"expected a record with named fields, got {type(rec).__name__} {_short(rec)}", *where)
-        plan = plan or _plan(rec, fields, where)
+        plan = plan or replace(_plan(rec, fields, where, labelled), labelled=labelled)
         msgs = _messages(rec, plan, template, where)
-        ex_id = content_id(msgs)
+        ex_id = content_id(msgs)  # unlabelled: the prompt messages only, i.e. its prompt_id
         if ex_id in kept:
             duplicates.append((row, kept[ex_id]))
             continue
         kept[ex_id] = row
-        if system_prompt and system_prompt.strip() and msgs[0]["role"] != "system":
+        injected = bool(system_prompt and system_prompt.strip() and msgs[0]["role"] != "system")
+        if injected:
             msgs.insert(0, {"role": "system", "content": system_prompt})
-        examples.append(Example(ex_id, tuple(msgs), row, rec))
+        examples.append(Example(ex_id, tuple(msgs), row, rec, injected))
     return Pool(examples, path, format, plan.shape, duplicates)
 
 
 def records_to_pool(records: list[dict], *, path: str | None = None, format: str = "memory",
                     fields: dict[str, str] | None = None, system_prompt: str | None = None,
-                    translation_template: str = DEFAULT_TRANSLATION_TEMPLATE) -> Pool:
-    """A pool from records already in memory; rows are numbered from 1 in list order."""
+                    translation_template: str = DEFAULT_TRANSLATION_TEMPLATE, labelled: bool = True) -> Pool:
+    """A pool from records already in memory; rows are numbered from 1 in list order. With
+    `labelled=False` records may lack their responses (see the module docstring)."""
     if isinstance(records, (dict, str, bytes)):
         raise DataError(f"expected a list of records, got {type(records).__name__}", path)
-    return _build(list(enumerate(records, 1)), path, format, fields, system_prompt, translation_template)
+    return _build(list(enumerate(records, 1)), path, format, fields, system_prompt, translation_template, labelled)
 
 
 # ---------------------------------------------------------------- reading files
@@ -429,32 +477,38 @@ def _read_hub(spec: str, split: str) -> list[tuple[int, Any]]:
     return list(enumerate(ds.to_list(), 1))
 
 
-def load_pool(spec: str, *, fields: dict[str, str] | None = None, system_prompt: str | None = None,
-              split: str = "train", translation_template: str = DEFAULT_TRANSLATION_TEMPLATE) -> Pool:
-    """Load a pool from a .jsonl/.ndjson/.json/.csv/.tsv/.parquet file, a `save_to_disk` folder, or
-    a hub id (`owner/name`). Rows are 1-based records (JSON Lines: line numbers)."""
+def read_rows(spec: str, *, split: str = "train") -> tuple[list[tuple[int, Any]], str]:
+    """The raw records of a .jsonl/.ndjson/.json/.csv/.tsv/.parquet file, a `save_to_disk` folder or
+    a hub id (`owner/name`), as (1-based row, record) pairs (JSON Lines: line numbers; CSV: empty
+    cells are None), and the format read."""
     spec = str(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
-        rows, fmt = _read_datasets(path, spec, split), "datasets"
-    elif path.is_file():
+        return _read_datasets(path, spec, split), "datasets"
+    if path.is_file():
         fmt = _READ_EXTENSIONS.get(path.suffix.lower())
         if fmt is None:
             raise DataError(f"unknown format {path.suffix or '(no extension)'!r}; supported: "
                             f"{', '.join(_READ_EXTENSIONS)}, or a datasets save_to_disk folder", spec)
         if fmt == "parquet":
-            rows = _read_parquet(path, spec)
-        elif fmt == "jsonl":
-            rows = _jsonl_rows(_read_text(path, spec), spec)
-        elif fmt == "json":
-            rows, fmt = _read_json(_read_text(path, spec), spec)
-        else:
-            rows = _read_csv(_read_text(path, spec), spec, "\t" if fmt == "tsv" else ",")
-    elif _HUB_ID.fullmatch(spec) and not path.suffix:
-        rows, fmt = _read_hub(spec, split), "datasets"
-    else:
-        raise DataError("no such file", spec)
-    return _build(rows, spec, fmt, fields, system_prompt, translation_template)
+            return _read_parquet(path, spec), fmt
+        if fmt == "jsonl":
+            return _jsonl_rows(_read_text(path, spec), spec), fmt
+        if fmt == "json":
+            return _read_json(_read_text(path, spec), spec)
+        return _read_csv(_read_text(path, spec), spec, "\t" if fmt == "tsv" else ","), fmt
+    if _HUB_ID.fullmatch(spec) and not path.suffix:
+        return _read_hub(spec, split), "datasets"
+    raise DataError("no such file", spec)
+
+
+def load_pool(spec: str, *, fields: dict[str, str] | None = None, system_prompt: str | None = None,
+              split: str = "train", translation_template: str = DEFAULT_TRANSLATION_TEMPLATE,
+              labelled: bool = True) -> Pool:
+    """Load a pool from a file, a `save_to_disk` folder or a hub id (see `read_rows`). With
+    `labelled=False` records may lack their responses; those that have one stay labelled."""
+    rows, fmt = read_rows(spec, split=split)
+    return _build(rows, str(spec), fmt, fields, system_prompt, translation_template, labelled)
 
 
 # ---------------------------------------------------------------- splitting and overlap

@@ -42,7 +42,7 @@ class Features:
     """Aligned with a pool: row i describes pool.examples[i]. Absent features are None."""
 
     ids: list[str]
-    length: np.ndarray                         # (N,) response words
+    length: np.ndarray                         # (N,) response words (NaN when unlabelled)
     loss: np.ndarray | None = None             # (N,) mean response NLL given the prompt, nats/token
     entropy: np.ndarray | None = None          # (N,) mean predictive entropy at response positions, nats
     n_tokens: np.ndarray | None = None         # (N,) response tokens scored
@@ -79,7 +79,8 @@ class Features:
 
 
 def response_words(examples: Sequence[Example]) -> np.ndarray:
-    return np.array([len(ex.response.split()) for ex in examples], dtype=np.float32)
+    """(N,) words in each response; NaN for unlabelled examples (no response to count)."""
+    return np.array([len(ex.response.split()) if ex.is_labelled else np.nan for ex in examples], dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------- batching

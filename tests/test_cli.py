@@ -312,3 +312,47 @@ def test_alpaca_export_refuses_multi_turn(tmp_path, cache_dir, capsys):
     err = _bad(["select", str(pool), "--budget", "2", "--out", str(tmp_path / "a.json"), "--export-shape", "alpaca"],
                tmp_path, capsys)
     assert "multi-turn" in err and "messages" in err
+
+
+def test_report_command_writes_markdown_and_html(tiny_recipe, tmp_path, cache_dir, capsys):
+    assert main(["run", str(tiny_recipe), "seeds=[0]", "strategies=[random]", f"out_dir={tmp_path / 'r'}"]) == 0
+    assert main(["report", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report" / "report.html").exists() and (tmp_path / "r" / "report" / "report.md").exists()
+    err = _bad(["report", str(tmp_path / "nothing")], tmp_path, capsys)
+    assert "nothing" in err
+
+
+def test_annotation_round_trip_through_the_cli(tmp_path, tiny_model_dir, cache_dir, capsys):
+    pool = tmp_path / "prompts.jsonl"
+    pool.write_text("".join(json.dumps({"prompt": f"Say {w}"}) + "\n" for w in ["one", "two", "three", "four"])
+                    + json.dumps({"prompt": "Say five", "response": "five"}) + "\n")
+    sheet = tmp_path / "sheet.csv"
+    assert main(["annotate", "export", str(pool), "--strategy", "kcenter", "--budget", "2", "--out", str(sheet),
+                 "--drafts", "--model", str(tiny_model_dir)]) == 0
+    import csv
+
+    rows = list(csv.DictReader(sheet.open(encoding="utf-8")))
+    assert len(rows) == 2 and all(r["prompt"].startswith("Say ") for r in rows)
+    merged = tmp_path / "merged.jsonl"
+    # a badly filled file (an empty response) is refused, and nothing is written
+    rows[0]["response"] = ""
+    bad = tmp_path / "bad.csv"
+    with bad.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    capsys.readouterr()
+    err = _bad(["annotate", "import", str(bad), "--pool", str(pool), "--out", str(merged)], tmp_path, capsys)
+    assert "bad.csv" in err and "response" in err and not merged.exists()
+    for r in rows:
+        r["response"] = r["prompt"].split()[-1].upper()
+    with sheet.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["annotate", "import", str(sheet), "--pool", str(pool), "--out", str(merged)]) == 0
+    back = load_pool(str(merged), labelled=False)
+    assert sum(ex.is_labelled for ex in back.examples) == 3 and len(back) == 5
+    err = _bad(["annotate", "export", str(pool), "--strategy", "perplexity", "--budget", "1", "--out",
+                str(tmp_path / "x.csv")], tmp_path, capsys)
+    assert "reads reference responses" in err

@@ -14,6 +14,7 @@ from llm_al.data import (
     DEFAULT_TRANSLATION_TEMPLATE,
     Example,
     Pool,
+    content_id,
     drop_overlap,
     load_pool,
     records_to_pool,
@@ -413,3 +414,103 @@ def test_subset_keeps_order_and_metadata():
     sub = pool.subset([4, np.int64(0)])
     assert sub.ids == [pool.ids[4], pool.ids[0]]
     assert (sub.path, sub.format, sub.shape, sub.duplicates) == (pool.path, pool.format, pool.shape, [])
+
+
+# ---------------------------------------------------------------- unlabelled pools (labelled=False)
+
+
+# shape -> (records without responses, the messages of the first record, a labelled twin of record 1)
+UNLABELLED = {
+    "prompt_response": ([{"prompt": "Café ☕?", "system": "Be brief."}, {"prompt": "2+2?", "response": ""}],
+                        [SYS, user("Café ☕?")], {"prompt": "Café ☕?", "system": "Be brief.", "response": "Oui."}),
+    "alpaca": ([{"instruction": "Sum", "input": "2 3"}, {"instruction": "Greet", "output": None}],
+               [user("Sum\n\n2 3")], {"instruction": "Sum", "input": "2 3", "output": "5"}),
+    "messages": ([{"messages": [SYS, user("a"), bot("b"), user("c")]}, {"messages": [user("x"), bot("")]}],
+                 [SYS, user("a"), bot("b"), user("c")], {"messages": [SYS, user("a"), bot("b"), user("c"), bot("d")]}),
+    "sharegpt": ([{"conversations": [{"from": "human", "value": "Hey"}]},
+                  {"conversations": [{"from": "human", "value": "1"}, {"from": "gpt", "value": ""}]}],
+                 [user("Hey")], {"conversations": [{"from": "human", "value": "Hey"}, {"from": "gpt", "value": "Yo"}]}),
+    "translation": ([{"source": "Hello", "source_lang": "en", "target_lang": "fr"},
+                     {"source": "Cat", "target": None, "source_lang": "en", "target_lang": "fr"}],
+                    [user("Translate this English text into French:\nHello")],
+                    {"source": "Hello", "target": "Bonjour", "source_lang": "en", "target_lang": "fr"}),
+    "wmt": ([{"translation": {"de": "Hallo", "en": None}}, {"translation": {"de": "Katze", "en": ""}}],
+            [user("Translate this German text into English:\nHallo")], {"translation": {"de": "Hallo", "en": "Hello"}}),
+}
+
+
+@pytest.mark.parametrize("shape", list(UNLABELLED))
+def test_unlabelled_pool_in_each_shape(tmp_path, shape):
+    records, first, twin = UNLABELLED[shape]
+    pool = load_pool(str(write_raw(tmp_path / "pool.jsonl", records, "jsonl")), labelled=False)
+    assert len(pool) == 2 and pool.shape == ("translation" if shape == "wmt" else shape)
+    ex = pool.examples[0]
+    assert list(ex.messages) == first and list(ex.prompt_messages) == first
+    assert not ex.is_labelled and not pool.examples[1].is_labelled
+    assert ex.id == ex.prompt_id == hashlib.sha256(
+        json.dumps(first, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    labelled = records_to_pool([twin]).examples[0]
+    assert labelled.is_labelled and labelled.prompt_id == ex.prompt_id and labelled.id != ex.id
+    assert records_to_pool(records, labelled=False).ids == pool.ids
+    with pytest.raises(DataError):  # the default still demands responses
+        records_to_pool(records)
+
+
+def test_unlabelled_prompt_only_csv(tmp_path):
+    (tmp_path / "p.csv").write_text("prompt\nHi\nBye\n", encoding="utf-8")
+    (tmp_path / "i.csv").write_text("instruction,input,output\nSum,2 3,\nGreet,,\n", encoding="utf-8")
+    pool = load_pool(str(tmp_path / "p.csv"), labelled=False)
+    assert (pool.shape, pool.format, [list(ex.messages) for ex in pool.examples]) == \
+        ("prompt_response", "csv", [[user("Hi")], [user("Bye")]])
+    alpaca = load_pool(str(tmp_path / "i.csv"), labelled=False)
+    assert alpaca.shape == "alpaca" and list(alpaca.examples[0].messages) == [user("Sum\n\n2 3")]
+    raises(str(tmp_path / "p.csv"), "p.csv, row 1", "cannot tell", "prompt")  # labelled by default
+
+
+def test_mixed_pool_keeps_labelled_records():
+    recs = [{"prompt": "a"}, {"prompt": "b", "response": "B"}, {"prompt": "a", "response": "A"}, {"prompt": "a"}]
+    pool = records_to_pool(recs, labelled=False)
+    assert [ex.is_labelled for ex in pool.examples] == [False, True, True]
+    assert pool.duplicates == [(4, 1)]
+    assert pool.examples[1].response == "B"
+    assert pool.examples[0].prompt_id == pool.examples[2].prompt_id != pool.examples[1].prompt_id
+    assert pool.ids == [content_id([user("a")]), content_id([user("b"), bot("B")]), content_id([user("a"), bot("A")])]
+
+
+def test_unlabelled_response_raises_and_properties():
+    ex = records_to_pool([{"messages": [user("q1"), bot("a1"), user("q2")]}], labelled=False).examples[0]
+    with pytest.raises(ValueError, match=f"{ex.id}.*unlabelled"):
+        _ = ex.response
+    assert ex.prompt_messages == ex.messages and ex.text == "q1\na1\nq2"
+    answered = ex.with_response("a2", {"k": 1})
+    assert answered.is_labelled and answered.response == "a2" and answered.prompt_id == ex.prompt_id
+    assert answered.id == records_to_pool([{"messages": [user("q1"), bot("a1"), user("q2"), bot("a2")]}]).ids[0]
+
+
+def test_prompt_id_ignores_an_injected_system_prompt():
+    plain = records_to_pool([{"prompt": "p"}], labelled=False).examples[0]
+    injected = records_to_pool([{"prompt": "p"}], labelled=False, system_prompt="Sys").examples[0]
+    assert injected.messages[0] == {"role": "system", "content": "Sys"} and injected.system_injected
+    assert injected.id == injected.prompt_id == plain.id
+    answered = injected.with_response("r", {})
+    assert answered.id == records_to_pool([{"prompt": "p", "response": "r"}]).ids[0]
+    assert records_to_pool([{"prompt": "p", "response": "r"}], system_prompt="Sys").examples[0].prompt_id == plain.id
+
+
+def test_unlabelled_errors_still_name_row_and_field():
+    def bad(recs, *needles, **kw):
+        raises(lambda: records_to_pool(recs, path="u.jsonl", labelled=False, **kw), *needles)
+
+    bad([{"prompt": "a"}, {"response": "b"}], "u.jsonl, row 2", "missing field 'prompt'")
+    bad([{"prompt": "  "}], "u.jsonl, row 1", "field 'prompt' is empty")
+    bad([{"messages": [user("a"), SYS]}], "row 1", "messages[2]", "system")
+    bad([{"messages": [bot("")]}], "row 1", "messages[1]", "non-empty text")
+    bad([{"translation": {"de": "Hallo"}}], "row 1", "source and target", "target may be empty")
+    bad([{"question": "q"}], "row 1", "cannot tell", "fields found: question")
+    mixed = records_to_pool([{"translation": {"de": "Hallo", "en": None}},
+                             {"translation": {"de": "Ja", "en": "Yes", "fr": None}}], labelled=False)
+    assert [ex.is_labelled for ex in mixed.examples] == [False, True]
+    pool = records_to_pool([{"translation": {"de": "Hallo"}}], labelled=False, fields={"target_lang": "en"})
+    assert list(pool.examples[0].messages) == [user("Translate this German text into English:\nHallo")]
+    mapped = records_to_pool([{"q": "x"}], labelled=False, fields={"prompt": "q", "response": "a"})
+    assert list(mapped.examples[0].messages) == [user("x")]

@@ -1,0 +1,556 @@
+"""The write-up of a results directory: one Markdown and one self-contained HTML report, the plots as
+PNG files and the tables as CSV, from `runs/*.json` (plus summary.json's feature cost, if present).
+
+    .venv/bin/python -c "from llm_al.writeup import write_report; print(write_report('runs/demo'))"  # ~5 s
+
+Sections, each shown only when the data supports it (otherwise one line says why): setup; each
+(strategy, ordering, budget) against the random runs of the same ordering and budget (paired by seeds
+when the seed keys match); cost; the within-subset variance share; subset-level features vs the
+metric over random subsets; learning curves; overlap vs the metric; orderings vs shuffled. Every
+statistic comes from llm_al.analysis; this module groups runs, formats and draws.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from llm_al import analysis
+from llm_al.errors import UnknownNameError, UserError
+from llm_al.io import atomic_path, write_text
+from llm_al.metrics import METRICS
+from llm_al.seeds import rng as seeded_rng
+
+MIN_FEATURE_SUBSETS = 8          # random subsets needed before correlating features with the metric
+COARSE_BELOW = 20                # fewer random runs than this: the percentile moves in big steps
+NOT_SUBSET_FEATURES = {"n_examples", "n_test_words", "n_test_ngrams"}   # the budget or the test set, not the subset
+CSS = ("body{font-family:system-ui,sans-serif;max-width:62em;margin:2em auto;padding:0 1em;color:#222}"
+       "table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #bbb;padding:.25em .5em}"
+       "th{background:#eee}td{text-align:right}td:first-child{text-align:left}img{max-width:100%}"
+       "figcaption{font-size:.9em;color:#555}.absent{color:#777;font-style:italic}")
+
+
+@dataclass
+class Run:
+    strategy: str                # the spec as written (e.g. perplexity:band=middle)
+    ordering: str
+    budget: Any
+    round: Any                   # None unless the record has a `round`
+    seeds: tuple                 # (subset, order, init[, round]): the pairing key
+    subset: Any                  # identity of the chosen subset: its ids, else its subset seed
+    value: float                 # the primary metric
+    features: dict[str, float]   # subset.*, reference.*, test.*
+    rec: dict
+
+
+def _to_run(rec: dict, primary: str, path: Path) -> Run:
+    try:
+        value = float(rec["eval"]["metrics"][primary])
+    except (KeyError, TypeError):
+        raise UserError(f"{path}: status ok but no eval.metrics.{primary} (the primary metric)") from None
+    feats = {f"subset.{k}": v for k, v in (rec.get("subset_features") or {}).items()}
+    for group in ("reference", "test"):
+        feats.update({f"{group}.{k}": v for k, v in ((rec.get("overlap") or {}).get(group) or {}).items()
+                      if k not in NOT_SUBSET_FEATURES})
+    feats = {k: float(v) for k, v in feats.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
+    s = rec.get("seeds") or {}
+    seeds = (s.get("subset"), s.get("order"), s.get("init")) + ((rec["round"],) if "round" in rec else ())
+    ids = (rec.get("selection") or {}).get("ids")
+    return Run(rec["strategy"], rec.get("ordering", "shuffled"), rec.get("budget"), rec.get("round"), seeds,
+               frozenset(ids) if ids else ("seed", s.get("subset")), value, feats, rec)
+
+
+class _Doc:
+    """Blocks rendered twice (Markdown, HTML); figures and CSVs are written as they are added."""
+
+    def __init__(self, out: Path):
+        self.out, self.blocks, self.files, self.findings = out, [], {}, []
+
+    def add(self, kind: str, *args) -> None:
+        self.blocks.append((kind, *args))
+
+    def absent(self, why: str) -> None:
+        self.add("absent", f"Not shown: {why}.")
+
+    def csv(self, name: str, rows: list[dict]) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        write_text(self.out / name, buf.getvalue())
+        self.files[name] = self.out / name
+
+    def figure(self, fig, name: str, caption: str) -> None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+        with atomic_path(self.out / name) as tmp:
+            tmp.write_bytes(buf.getvalue())
+        self.files[name] = self.out / name
+        self.add("img", name, caption, buf.getvalue())
+
+    def markdown(self, title: str) -> str:
+        cell = lambda x: str(x).replace("|", "\\|")  # noqa: E731
+        lines = [f"# {title}", "", "## Findings", "", *(f"- {f}" for f in self.findings or ["none to report"]), ""]
+        for kind, *a in self.blocks:
+            if kind == "h":
+                lines.append(f"## {a[0]}")
+            elif kind in ("p", "absent"):
+                lines.append(a[0] if kind == "p" else f"*{a[0]}*")
+            elif kind == "list":
+                lines += [f"- {x}" for x in a[0]]
+            elif kind == "table":
+                lines += ["| " + " | ".join(map(cell, a[0])) + " |", "|" + "---|" * len(a[0]),
+                          *("| " + " | ".join(map(cell, r)) + " |" for r in a[1])]
+            elif kind == "img":
+                lines += [f"![{a[0]}]({a[0]})", "", f"*{a[1]}*"]
+            lines.append("")
+        return "\n".join(lines)
+
+    def html(self, title: str) -> str:
+        def inline(text) -> str:
+            t = html.escape(str(text))
+            return re.sub(r"`(.+?)`", r"<code>\1</code>", re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t))
+
+        items = lambda xs: "<ul>" + "".join(f"<li>{inline(x)}</li>" for x in xs) + "</ul>"  # noqa: E731
+        row = lambda cells, tag: "<tr>" + "".join(f"<{tag}>{inline(x)}</{tag}>" for x in cells) + "</tr>"  # noqa: E731
+        parts = [f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{inline(title)}</title>",
+                 f"<style>{CSS}</style></head><body><h1>{inline(title)}</h1><h2>Findings</h2>",
+                 items(self.findings or ["none to report"])]
+        for kind, *a in self.blocks:
+            if kind == "h":
+                parts.append(f"<h2>{inline(a[0])}</h2>")
+            elif kind in ("p", "absent"):
+                parts.append(f"<p class=\"{kind}\">{inline(a[0])}</p>")
+            elif kind == "list":
+                parts.append(items(a[0]))
+            elif kind == "table":
+                parts.append("<table>" + row(a[0], "th") + "".join(row(r, "td") for r in a[1]) + "</table>")
+            elif kind == "img":
+                png = base64.b64encode(a[2]).decode("ascii")
+                parts.append(f"<figure><img alt=\"{html.escape(a[0])}\" src=\"data:image/png;base64,{png}\">"
+                             f"<figcaption>{inline(a[1])}</figcaption></figure>")
+        return "\n".join(parts) + "\n</body></html>\n"
+
+
+@dataclass
+class _Ctx:
+    groups: dict[tuple, list[Run]]      # (strategy, ordering, budget) -> runs sorted by seeds; random first
+    primary: str
+    higher: bool
+    cfg: dict
+    summary: dict
+    rng: np.random.Generator
+
+    def __post_init__(self):
+        self.runs = [r for g in self.groups.values() for r in g]
+        self.orderings = list(dict.fromkeys(k[1] for k in self.groups))
+        self.budgets = sorted({r.budget for r in self.runs if r.budget is not None}, key=_budget_key)
+
+    def label(self, s: str, o: str, b=None) -> str:
+        return (s + (f" [{o}]" if len(self.orderings) > 1 else "")
+                + (f" @{b}" if b is not None and len(self.budgets) > 1 else ""))
+
+    def values(self, key: tuple) -> np.ndarray | None:
+        return np.array([r.value for r in self.groups[key]]) if key in self.groups else None
+
+    def compare(self, key: tuple, base_key: tuple) -> analysis.StrategyVsRandom | str:
+        """analysis.strategy_vs_random of group `key` against `base_key`, paired when the seed keys match;
+        a string saying why not when it cannot be run."""
+        runs, base = self.groups[key], self.groups.get(base_key, [])
+        if len(base) < 2:
+            return f"needs >= 2 {base_key[0]} runs under ordering {base_key[1]}, budget {base_key[2]}; has {len(base)}"
+        sv, bv = self.values(key), self.values(base_key)
+        if np.ptp(np.concatenate([sv, bv])) == 0:
+            return f"every run scored {sv[0]:g}: no variation to analyse"
+        paired = [str(r.seeds) for r in runs] == [str(r.seeds) for r in base]     # both sorted by seeds
+        return analysis.strategy_vs_random(sv, bv, self.rng, self.higher, paired=paired)
+
+
+def _budget_key(b) -> tuple:
+    return (0, float(b), "") if isinstance(b, (int, float)) else (1, 0.0, str(b))
+
+
+def _coarse(n: int, what: str) -> str:
+    return (f"; with only {n} {what} runs the percentile is coarse (steps of {100 / n:.0f} points)"
+            if n < COARSE_BELOW else "")
+
+
+def _f(x, spec: str = ".2f") -> str:
+    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
+
+
+def _figure(width: float = 6.5, height: float = 4.0, ncols: int = 1):
+    # a bare Figure renders with Agg; pyplot and its global backend state are never touched
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots(1, ncols)
+
+
+def _strip(doc: _Doc, c: _Ctx, items: list[tuple[str, np.ndarray, np.ndarray | None]], name: str, base: str) -> None:
+    """Each item's runs as points over the central 95% band and the mean of its baseline's runs."""
+    fig, ax = _figure(max(5.0, len(items) + 2.0), 4.2)
+    jitter, first = np.random.default_rng(0), True
+    for x, (_, values, ref) in enumerate(items):
+        if ref is not None and len(ref) >= 2:
+            lo, hi = analysis.band(ref)
+            ax.fill_between([x - .4, x + .4], lo, hi, color="0.85", lw=0, label=f"{base} 2.5-97.5%" if first else None)
+            ax.hlines(ref.mean(), x - .4, x + .4, colors="0.35", linestyles="--", label=f"{base} mean" if first else None)
+            first = False
+        ax.scatter(x + jitter.uniform(-.15, .15, len(values)), values, s=18, zorder=3, color=f"C{x % 10}")
+    ax.set_xticks(range(len(items)), [i[0] for i in items], rotation=25, ha="right")
+    ax.set_ylabel(f"{c.primary} ({'higher' if c.higher else 'lower'} is better)")
+    if not first:                                        # some band was drawn
+        ax.legend(loc="best", fontsize=8)
+    doc.figure(fig, name, f"Each run's {c.primary} over the band of the {base} runs of the same "
+               f"{'ordering and budget' if base == 'random' else 'strategy and budget'} (grey: 2.5-97.5%, dashed: mean).")
+
+
+# ---------------------------------------------------------------- sections
+
+def _setup(doc: _Doc, c: _Ctx, failed: list[dict], floor: dict | None) -> None:
+    doc.add("h", "1. Setup")
+    cfg, first = c.cfg, (c.runs[0].rec if c.runs else failed[0] if failed else {})
+    short = lambda v: f"{v[0]}..{v[-1]} ({len(v)})" if isinstance(v, list) and len(v) > 6 else str(v)  # noqa: E731
+    seeds = (f"seeds {short(cfg.get('seeds'))}" if cfg.get("design") == "paired" else
+             f"subset seeds {short(cfg.get('subset_seeds'))}, order seeds {short(cfg.get('order_seeds'))}, "
+             f"init seeds {short(cfg.get('init_seeds'))}")
+    tr = cfg.get("train") or {}
+    lines = [f"model `{(cfg.get('model') or {}).get('name', '?')}`; pool `{(cfg.get('data') or {}).get('pool', '?')}`",
+             (f"pool size {first.get('pool_size', '?')}, test size {first.get('test_size', '?')}; "
+              f"budget(s) {', '.join(map(str, c.budgets)) or '?'}"),
+             f"design {cfg.get('design', '?')} ({seeds}); orderings {', '.join(c.orderings) or '?'}",
+             (f"training: lr {tr.get('lr', '?')}, epochs {tr.get('epochs', '?')}, batch {tr.get('batch_size', '?')}, "
+              f"LoRA r {tr.get('lora_r', '?')}"),
+             (f"primary metric {c.primary} ({'higher' if c.higher else 'lower'} is better); untrained floor "
+              + (_f(floor["eval"]["metrics"].get(c.primary)) if floor else "not recorded")),
+             f"{len(c.runs)} successful runs, {len(failed)} failed (excluded)"]
+    lines += [f"failed: `{r.get('run_id', '?')}`: {str(r.get('error') or 'no error recorded').splitlines()[0][:160]}"
+              for r in failed[:5]] + ([f"... and {len(failed) - 5} more failed runs"] if len(failed) > 5 else [])
+    versions = first.get("versions") or {}
+    lines.append("versions: " + (", ".join(f"{k} {v}" for k, v in versions.items() if v) or "not recorded"))
+    doc.add("list", lines)
+    if failed:
+        doc.findings.append(f"{len(failed)} failed run(s) excluded from every statistic.")
+
+
+def _vs_random(doc: _Doc, c: _Ctx) -> None:
+    doc.add("h", "2. Strategies vs random")
+    results = {k: c.compare(k, ("random", k[1], k[2])) for k in c.groups if k[0] != "random"}
+    if not results:
+        doc.absent("no strategy other than random in this directory")
+        return
+    tested = {k: {"label": c.label(*k), "strategy": k[0], "ordering": k[1], "budget": k[2], **res.to_dict()}
+              for k, res in results.items() if not isinstance(res, str)}
+    lines = []
+    if tested:
+        adj = analysis.holm({str(k): r["p"] for k, r in tested.items()})
+        for k, r in tested.items():
+            r["p_holm"] = adj[str(k)]["p_adjusted"]
+        doc.add("table", ["strategy", "n", "mean", "random mean (n)", "diff", "95% CI", "test", "p", "p Holm",
+                          "win rate", "pct of random", "verdict"],
+                [[r["label"], str(r["n_strategy"]), _f(r["strategy_mean"]), f"{_f(r['random_mean'])} ({r['n_random']})",
+                  _f(r["mean_diff"], "+.2f"), f"[{_f(r['ci_low'], '+.2f')}, {_f(r['ci_high'], '+.2f')}]", r["test"],
+                  _f(r["p"], ".3g"), _f(r["p_holm"], ".3g"), _f(r["win_rate"]), _f(r["percentile"], ".0f"),
+                  r["verdict"]] for r in tested.values()])
+        doc.csv("strategies.csv", list(tested.values()))
+    for k, res in results.items():
+        if k not in tested:
+            lines.append(f"**{c.label(*k)}**: not compared ({res})")
+            continue
+        r = tested[k]
+        coarse = _coarse(r["n_random"], "random")
+        lines.append(f"**{r['label']}**: {r['verdict']} ({c.primary} {r['strategy_mean']:.2f} vs {r['random_mean']:.2f}; "
+                     f"diff {r['mean_diff']:+.2f}, 95% CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], "
+                     f"{'paired by seeds' if r['paired'] else 'unpaired'}, p {r['p']:.3g} (Holm {r['p_holm']:.3g}); "
+                     f"percentile {r['percentile']:.0f} among {r['n_random']} random runs{coarse})")
+        doc.findings.append(f"{r['label']}: {r['verdict']}.")
+    doc.add("list", lines)
+    if tested:
+        doc.add("p", "Verdict: better (worse) needs the 95% CI of the difference to exclude 0 on that side AND the "
+                     "strategy mean to beat (lose to) 95% of single random runs; p Holm corrects over the strategies.")
+        _strip(doc, c, [(c.label(*k), c.values(k), c.values(("random", k[1], k[2]))) for k in c.groups
+                        if k[0] == "random" or k in tested], "strategies_vs_random.png", "random")
+
+
+def _feature_seconds(rec: dict, cost: dict) -> float | None:
+    """One-off feature-scoring seconds the run's strategy and ordering needed (summary.json feature_cost)."""
+    from llm_al.orderings import ORDERINGS
+    from llm_al.pipeline import DIRECT_FEATURES, LOSS_FEATURES, strategy_needs
+
+    try:
+        needs = strategy_needs(rec.get("strategy_name", rec["strategy"]), rec.get("params") or {})
+        needs |= set(ORDERINGS.get(rec.get("ordering", "shuffled")).meta.get("needs", ()))
+    except UnknownNameError:                          # a plug-in this process has not registered
+        return None
+    paid_by = {"loss_seconds": LOSS_FEATURES, "direct_seconds": DIRECT_FEATURES, "embed_seconds": {"embeddings"},
+               "scorer_loss_seconds": {"scorer_ifd"}, "scorer_direct_seconds": {"scorer_ifd"}}
+    return float(sum(cost.get(k, 0.0) for k, feats in paid_by.items() if needs & feats))
+
+
+def _cost(doc: _Doc, c: _Ctx) -> None:
+    doc.add("h", "3. Cost")
+    if not c.groups:
+        doc.absent("no successful runs")
+        return
+    cost = {k: v for k, v in (c.summary.get("feature_cost") or {}).items() if k.endswith("_seconds")}
+    rows, totals = [], {}
+    for (s, o, b), runs in c.groups.items():             # random comes first in each (budget, ordering)
+        t = [np.mean([r.rec.get("timings", {}).get(f"{k}_seconds", np.nan) for r in runs])
+             for k in ("select", "train", "eval")]
+        feat = _feature_seconds(runs[0].rec, cost) if cost else None
+        totals[(s, o, b)] = total = float(np.nansum(t)) + (feat or 0.0)
+        base = totals.get(("random", o, b))
+        rows.append([c.label(s, o, b), _f(float(np.mean([r.value for r in runs]))), *(_f(x, ".3g") for x in t),
+                     _f(feat, ".3g") if cost else "n/a", _f(total, ".3g"),
+                     f"{total / base:.1f}x random" if base and s != "random" else ""])
+    doc.add("table", ["strategy", c.primary, "select s", "train s", "eval s", "features s (once)", "total s",
+                      "vs random"], rows)
+    doc.add("p", "Seconds are means per run. features s: the one-off scoring the strategy and ordering need, from "
+                 "summary.json feature_cost (a cache hit records ~0 s); total = features + select + train + eval, "
+                 "the cost of one fine-tune with this choice; vs random divides it by random's total."
+            if cost else "summary.json records no feature scoring (feature_cost): its cost is not included.")
+
+
+def _variance(doc: _Doc, c: _Ctx) -> None:
+    doc.add("h", "4. Variance decomposition (subset vs order and init)")
+    rows, skipped = [], []
+    for (s, o, b), runs in c.groups.items():
+        by: dict[Any, list[float]] = defaultdict(list)
+        for r in runs:
+            by[r.subset].append(r.value)
+        kept = [v for v in by.values() if len(v) >= 2]
+        if len(kept) < 2:
+            skipped.append(f"{c.label(s, o, b)} ({len(by)} distinct subset(s), {len(kept)} with >= 2 runs)")
+            continue
+        n = min(map(len, kept))
+        scores = np.array([v[:n] for v in kept])                   # (G subsets, N runs)
+        if np.ptp(scores) == 0:
+            skipped.append(f"{c.label(s, o, b)} (every run scored {scores.flat[0]:g}: no variation to analyse)")
+            continue
+        sizes = sorted(map(len, by.values()))
+        note = ("" if sizes[0] == sizes[-1] else f"unbalanced ({sizes[0]}-{sizes[-1]} runs per subset): the first "
+                f"{n} runs of the {len(kept)} subsets with >= 2")
+        v = analysis.variance_decomposition(scores, c.rng)
+        rows.append({"label": c.label(s, o, b), "strategy": s, "ordering": o, "budget": b, **v.to_dict(), "note": note})
+    why = "needs >= 2 distinct subsets with >= 2 runs each (orders or init seeds), e.g. design=grid"
+    if not rows:
+        doc.absent(why + (f"; have: {'; '.join(skipped)}" if skipped else ""))
+        return
+    doc.add("table", ["runs", "subsets x runs", "within-subset share", "95% CI", "variance-component share",
+                      "ANOVA F", "ANOVA p", "note"],
+            [[r["label"], f"{r['n_subsets']} x {r['n_runs']}", _f(r["share_within"]),
+              f"[{_f(r['share_ci_low'])}, {_f(r['share_ci_high'])}]", _f(r["share_within_vc"]),
+              _f(r["anova_f"], ".3g"), _f(r["anova_p"], ".3g"), r["note"]] for r in rows])
+    doc.csv("variance.csv", rows)
+    doc.add("p", "within-subset share = SS_within / SS_total: the part of the spread that order and init seeds, not "
+                 "the choice of subset, account for (the protocol's ordering share); a low ANOVA p says subsets do "
+                 "differ." + (f" Not decomposed ({why}): {'; '.join(skipped)}." if skipped else ""))
+    for r in rows:
+        doc.findings.append(f"{r['label']}: {100 * r['share_within']:.0f}% of the {c.primary} variance is within "
+                            f"subsets (order/init), 95% CI [{100 * r['share_ci_low']:.0f}, "
+                            f"{100 * r['share_ci_high']:.0f}]%.")
+    fig, ax = _figure(max(4.0, 1.2 * len(rows) + 2), 3.6)
+    x, share = np.arange(len(rows)), np.array([r["share_within"] for r in rows])
+    err = np.abs(np.array([[r["share_ci_low"], r["share_ci_high"]] for r in rows]).T - share)   # (2, rows)
+    ax.bar(x, share, color="C0", label="within subsets (order, init)")
+    ax.bar(x, 1 - share, bottom=share, color="0.8", label="between subsets")
+    ax.errorbar(x, share, yerr=np.nan_to_num(err), fmt="none", ecolor="k", capsize=4)
+    ax.set_xticks(x, [r["label"] for r in rows], rotation=25, ha="right")
+    ax.set(ylim=(0, 1), ylabel="share of SS_total")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    doc.figure(fig, "variance.png", "Within-subset share of the sum of squares, with its bootstrap 95% CI over subsets.")
+
+
+def _correlations(doc: _Doc, c: _Ctx) -> None:
+    doc.add("h", "5. Subset features vs the metric (random subsets)")
+    cells = [k for k in c.groups if k[0] == "random"]     # the random cell with the most subsets, shuffled first
+    key = max(cells, key=lambda k: (k[1] == "shuffled", len({r.subset for r in c.groups[k]})), default=None)
+    by: dict[Any, list[Run]] = defaultdict(list)
+    for r in c.groups.get(key, []):
+        by[r.subset].append(r)
+    if len(by) < MIN_FEATURE_SUBSETS:
+        doc.absent(f"needs >= {MIN_FEATURE_SUBSETS} random subsets, has {len(by)}")
+        return
+    y = np.array([np.mean([r.value for r in rs]) for rs in by.values()])   # (G,) a subset's runs averaged
+    if np.ptp(y) == 0:
+        doc.absent(f"every random subset scored {y[0]:g}: no variation to analyse")
+        return
+    first = next(iter(by.values()))[0].features
+    names = [n for n in first if all(n in rs[0].features for rs in by.values())]
+    if not names:
+        doc.absent("the run records hold no subset-level features (subset_features, overlap)")
+        return
+    X = {n: np.array([rs[0].features[n] for rs in by.values()]) for n in names}
+    rows = [r.to_dict() for r in analysis.feature_correlations(X, y)]
+    doc.csv("correlations.csv", rows)
+    doc.add("p", f"Spearman rho of each subset-level feature with {c.primary} over {len(y)} random subsets "
+                 f"(ordering {key[1]}, budget {key[2]}; a subset's runs averaged), Bonferroni over {len(names)} "
+                 "features.")
+    doc.add("table", ["feature", "rho", "p", "p Bonferroni", "significant", "note"],
+            [[r["feature"], _f(r["rho"], "+.2f"), _f(r["p"], ".3g"), _f(r["p_bonferroni"], ".3g"),
+              "yes" if r["significant"] else "no", r["note"]] for r in rows])
+    sig = [r["feature"] for r in rows if r["significant"]]
+    doc.findings.append(f"{len(sig)} of {len(names)} subset features correlate significantly with {c.primary} "
+                        f"over {len(y)} random subsets" + (f" ({', '.join(sig)})." if sig else "."))
+    live = [n for n in names if np.ptp(X[n]) > 0]
+    if live and len(y) > len(live) + 1:
+        fit = analysis.ols_r2(np.column_stack([X[n] for n in live]), y, c.rng)
+        doc.add("p", f"OLS of {c.primary} on the {len(live)} non-constant features: R^2 {fit.r2:.2f} (adjusted "
+                     f"{fit.adj_r2:.2f}); chance gives {fit.chance_r2:.2f} (permutations {fit.chance_r2_perm:.2f}); "
+                     f"permutation p {fit.p_perm:.3g}, F-test p {fit.f_p:.3g}.")
+        doc.findings.append(f"OLS R^2 of {c.primary} on the features {fit.r2:.2f} vs {fit.chance_r2:.2f} by chance.")
+    else:
+        doc.absent(f"OLS needs more subsets ({len(y)}) than non-constant features ({len(live)}) + 1")
+    from matplotlib import colormaps
+
+    fig, ax = _figure(6.5, 0.35 * len(rows) + 1.5)
+    rho = np.nan_to_num(np.array([r["rho"] for r in rows]))    # constant features drawn at 0
+    ax.barh(range(len(rows)), rho, color=colormaps["RdBu"]((rho + 1) / 2), edgecolor="k")
+    for i, r in enumerate(rows):
+        if r["significant"]:
+            ax.text(rho[i] + np.sign(rho[i]) * .03, i, "*", va="center", ha="left" if rho[i] >= 0 else "right",
+                    fontsize=14)
+    ax.set_yticks(range(len(rows)), [r["feature"] for r in rows])
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=.8)
+    ax.set(xlim=(-1, 1), xlabel=f"Spearman rho with {c.primary} (* Bonferroni-significant)")
+    doc.figure(fig, "correlations.png", f"Feature correlations with {c.primary} over random subsets; * marks "
+               "Bonferroni significance.")
+
+
+def _curves(doc: _Doc, c: _Ctx) -> None:
+    doc.add("h", "6. Learning curves")
+    if len(c.budgets) < 2 and all(r.round is None for r in c.runs):
+        doc.absent(f"needs runs at >= 2 budgets (or rounds), has budget {', '.join(map(str, c.budgets)) or 'none'}")
+        return
+    xkey = "budget" if len(c.budgets) > 1 else "round"
+    recs = [{"strategy": c.label(r.strategy, r.ordering), xkey: getattr(r, xkey), "seed": r.seeds, "value": r.value}
+            for r in c.runs if getattr(r, xkey) is not None]
+    pts = analysis.learning_curve(recs, c.rng)
+    doc.add("table", ["strategy", xkey, "n", "mean", "sd", "95% CI"],
+            [[p.strategy, str(p.x), str(p.n), _f(p.mean), _f(p.sd), f"[{_f(p.ci_low)}, {_f(p.ci_high)}]"] for p in pts])
+    fig, ax = _figure()
+    for i, s in enumerate(dict.fromkeys(p.strategy for p in pts)):
+        ps = [p for p in pts if p.strategy == s]
+        x = [p.x for p in ps]
+        ax.plot(x, [p.mean for p in ps], marker="o", color=f"C{i % 10}", label=s)
+        ax.fill_between(x, [p.ci_low for p in ps], [p.ci_high for p in ps], color=f"C{i % 10}", alpha=.2)
+    ax.set(xlabel=xkey, ylabel=c.primary)
+    ax.legend(fontsize=8)
+    doc.figure(fig, "learning_curves.png", f"Mean {c.primary} per {xkey} with bootstrap 95% CI bands.")
+
+
+def _overlap(doc: _Doc, c: _Ctx) -> None:
+    doc.add("h", "7. Overlap vs the metric")
+    panels = [k for k in ("test.vocab_coverage", "reference.vocab_seen") if any(k in r.features for r in c.runs)]
+    if not panels:
+        doc.absent("the run records hold no overlap.test.vocab_coverage or overlap.reference.vocab_seen")
+        return
+    fig, axes = _figure(5.0 * len(panels), 4.0, len(panels))
+    for ax, feat in zip(np.atleast_1d(axes), panels):
+        for i, (key, runs) in enumerate(c.groups.items()):
+            pts = [(r.features[feat], r.value) for r in runs if feat in r.features]
+            if pts:
+                ax.scatter(*zip(*pts), s=16, color=f"C{i % 10}", label=c.label(*key), alpha=.8)
+        ax.set(xlabel=feat, ylabel=c.primary)
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    doc.figure(fig, "overlap.png", f"Overlap of each run's subset with the test set / reference corpus against its "
+               f"{c.primary}, all runs. Strategies pick subsets non-randomly: for a test of association see section 5 "
+               "(random subsets only).")
+
+
+def _orderings(doc: _Doc, c: _Ctx) -> None:
+    doc.add("h", "8. Orderings vs shuffled")
+    if len(c.orderings) < 2 or "shuffled" not in c.orderings:
+        doc.absent("needs several orderings, one of them shuffled (the baseline)")
+        return
+    rows, items = [], {}
+    for (s, o, b) in c.groups:
+        base = (s, "shuffled", b)
+        if o == "shuffled" or base not in c.groups:
+            continue
+        res = c.compare((s, o, b), base)
+        if isinstance(res, str):
+            rows.append([c.label(s, o, b), str(len(c.groups[(s, o, b)])), str(len(c.groups[base])), "", "", "", "",
+                         res])
+            continue
+        v = res.verdict.replace("random subsets", "shuffled runs").replace("random", "shuffled orders")
+        rows.append([c.label(s, o, b), str(res.n_strategy), str(res.n_random), _f(res.mean_diff, "+.2f"),
+                     f"[{_f(res.ci_low, '+.2f')}, {_f(res.ci_high, '+.2f')}]", _f(res.p, ".3g"),
+                     _f(res.percentile, ".0f"), v])
+        items.setdefault(c.label(*base), (c.values(base), c.values(base)))
+        items[c.label(s, o, b)] = (c.values((s, o, b)), c.values(base))
+        doc.findings.append(f"{c.label(s, o, b)}: {v} (percentile {res.percentile:.0f} among {res.n_random} "
+                            f"shuffled runs{_coarse(res.n_random, 'shuffled')}).")
+    if not rows:
+        doc.absent("no strategy was run both shuffled and under another ordering at the same budget")
+        return
+    doc.add("table", ["ordering", "n", "n shuffled", "diff vs shuffled", "95% CI", "p", "pct of shuffled", "verdict"],
+            rows)
+    if items:
+        _strip(doc, c, [(k, *v) for k, v in items.items()], "orderings.png", "shuffled")
+
+
+# ---------------------------------------------------------------- entry point
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise UserError(f"{path} is not valid JSON ({err}); delete it to have `llm-al run` redo that run") from None
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write report.md, report.html (self-contained), PNG plots and CSV tables for a results directory
+    (`runs/*.json`; summary.json and config.yaml when present) into out_dir (default results_dir/report).
+    Returns {file name: path} of everything written."""
+    results = Path(results_dir)
+    paths = sorted((results / "runs").glob("*.json"))
+    if not paths:
+        raise UserError(f"{results} holds no runs/*.json: not a results directory of `llm-al run`")
+    out = Path(out_dir) if out_dir is not None else results / "report"
+    records = [(p, _read_json(p)) for p in paths]
+    floor = next((r for _, r in records if r.get("strategy") == "untrained"), None)
+    ok = [(p, r) for p, r in records if r.get("strategy") != "untrained" and r.get("status") == "ok"]
+    failed = [r for _, r in records if r.get("strategy") != "untrained" and r.get("status") != "ok"]
+    cfg = next((r["config"] for _, r in ok + [(None, r) for r in failed] if r.get("config")), None)
+    if cfg is None and (results / "config.yaml").exists():
+        cfg = yaml.safe_load((results / "config.yaml").read_text(encoding="utf-8"))
+    cfg = cfg or {}
+    summary = _read_json(results / "summary.json") if (results / "summary.json").exists() else {}
+    primary = (cfg.get("eval") or {}).get("primary") or summary.get("primary") or "chrf"
+    higher = METRICS.get(primary).meta.get("higher_is_better", True)
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for p, rec in ok:
+        r = _to_run(rec, primary, p)
+        groups[(r.strategy, r.ordering, r.budget)].append(r)
+    rank = {s: i for i, s in enumerate(["random", *cfg.get("strategies", [])])}
+    orank = {o: i for i, o in enumerate(cfg.get("orderings", []))}
+    order = sorted(groups, key=lambda k: (_budget_key(k[2]), orank.get(k[1], 99), k[1], rank.get(k[0], 99), k[0]))
+    c = _Ctx({k: sorted(groups[k], key=lambda r: str(r.seeds)) for k in order}, primary, higher, cfg, summary,
+             seeded_rng(int((cfg.get("seeds") or [0])[0]), "stats"))
+    doc = _Doc(out)
+    if not c.runs:
+        doc.findings.append("no successful runs: nothing to analyse.")
+    elif len({r.value for r in c.runs}) == 1:
+        doc.findings.append(f"every run scored {c.runs[0].value:g} {primary}: no variation to analyse.")
+    _setup(doc, c, failed, floor)
+    for section in (_vs_random, _cost, _variance, _correlations, _curves, _overlap, _orderings):
+        section(doc, c)
+    title = f"llm-al report: {cfg.get('name', results.name)} ({results})"
+    write_text(out / "report.md", doc.markdown(title))
+    write_text(out / "report.html", doc.html(title))
+    return {"report.md": out / "report.md", "report.html": out / "report.html", **doc.files}

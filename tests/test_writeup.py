@@ -1,0 +1,217 @@
+"""write_report() on synthetic results folders with known structure (no model involved).
+
+    .venv/bin/python -m pytest -q tests/test_writeup.py    # ~ 10 s on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llm_al import analysis
+from llm_al.errors import UserError
+from llm_al.writeup import write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _cfg(**delta) -> dict:
+    cfg = {"name": "synthetic", "strategies": ["random", "kcenter", "perplexity"], "orderings": ["shuffled"],
+           "budget": 100, "design": "paired", "seeds": list(range(30)), "subset_seeds": [0], "order_seeds": [0],
+           "init_seeds": [0], "data": {"pool": "pool.jsonl"}, "model": {"name": "tiny-model"},
+           "train": {"lr": 5e-5, "epochs": 3, "batch_size": 8, "lora_r": 8},
+           "eval": {"metrics": ["chrf", "bleu", "rougeL", "exact_match"], "primary": "chrf"}}
+    return {**cfg, **delta}
+
+
+def _write(root: Path, strategy: str, ordering: str, s: int, o: int, i: int, chrf: float, cfg: dict,
+           budget: int = 100, features: dict | None = None, status: str = "ok") -> None:
+    """One run record with the keys experiment.py writes."""
+    f = features or {}
+    run_id = f"{strategy}-{ordering}-s{s}o{o}i{i}-b{budget}"
+    rec = {"run_id": run_id, "strategy": strategy, "strategy_name": strategy, "params": {}, "ordering": ordering,
+           "seeds": {"subset": s, "order": o, "init": i}, "budget": budget, "config": cfg,
+           "versions": {"python": "3.11", "numpy": np.__version__}, "pool_size": 1000, "test_size": 50,
+           "status": status}
+    if status == "ok":
+        rec.update({
+            "eval": {"metrics": {"chrf": chrf, "bleu": chrf / 2, "rougeL": chrf, "exact_match": 0.0}},
+            "subset_features": {"loss": f.get("loss", 1.0), "entropy": f.get("entropy", 2.0),
+                                "length": f.get("length", 10.0)},
+            "overlap": {"reference": {"n_examples": budget, "pooled_ngram_overlap": f.get("ngram", 0.1),
+                                      "vocab_seen": f.get("seen", 0.5)},
+                        "test": {"vocab_coverage": f.get("coverage", 0.3), "vocab_jaccard": f.get("jaccard", 0.1),
+                                 "ngram_overlap": 0.0, "n_test_words": 400}},
+            "timings": {"select_seconds": 6.0 if strategy == "kcenter" else 0.01, "train_seconds": 10.0,
+                        "eval_seconds": 2.0}})
+    else:
+        rec.update({"error": "RuntimeError: CUDA out of memory", "timings": {}})
+    (root / "runs").mkdir(parents=True, exist_ok=True)
+    (root / "runs" / f"{run_id}.json").write_text(json.dumps(rec))
+
+
+def _floor(root: Path, cfg: dict) -> None:
+    (root / "runs" / "untrained.json").write_text(json.dumps(
+        {"run_id": "untrained", "strategy": "untrained", "status": "ok", "config": cfg,
+         "eval": {"metrics": {"chrf": 12.5, "bleu": 1.0, "rougeL": 5.0, "exact_match": 0.0}}}))
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    """30 random subsets whose loss tracks chrF (the others are noise), a clearly better kcenter, a null
+    perplexity, 2 failed runs."""
+    root = tmp_path_factory.mktemp("comparison")
+    cfg, rng = _cfg(), np.random.default_rng(0)
+    z = rng.normal(0, 1, 30)
+    for k in range(30):
+        feats = {"loss": z[k] + rng.normal(0, 0.2), "entropy": rng.normal(2, 0.3), "length": rng.normal(10, 2),
+                 "ngram": rng.uniform(0, .2), "seen": rng.uniform(.4, .6), "coverage": rng.uniform(.2, .4),
+                 "jaccard": rng.uniform(0, .2)}
+        _write(root, "random", "shuffled", k, k, k, 30 + 3 * z[k], cfg, features=feats)
+    for k, v in enumerate([44.0, 45.5, 46.0, 43.0, 45.0]):
+        _write(root, "kcenter", "shuffled", k, k, k, v, cfg)
+    for k, v in enumerate([28.0, 31.0, 30.0, 29.0, 32.0]):
+        _write(root, "perplexity", "shuffled", k, k, k, v, cfg)
+    for k in (5, 6):
+        _write(root, "kcenter", "shuffled", k, k, k, 0.0, cfg, status="failed")
+    _floor(root, cfg)
+    (root / "summary.json").write_text(json.dumps({"primary": "chrf",
+                                                   "feature_cost": {"loss_seconds": 12.0, "embed_seconds": 3.0}}))
+    return root, write_report(root)
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"])
+
+
+def _csv(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_files_and_self_contained_html(comparison):
+    root, files = comparison
+    out = root / "report"
+    for name in ("report.md", "report.html", "strategies.csv", "correlations.csv", "strategies_vs_random.png",
+                 "correlations.png", "overlap.png"):
+        assert files[name] == out / name and (out / name).exists(), name
+    assert not list(out.glob(".*.tmp"))                       # atomic writes leave no temporaries
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert 'src="http' not in page and "<script" not in page and "href=" not in page
+    parser = _Images()
+    parser.feed(page)
+    parser.close()
+    pngs = [f for f in files if f.endswith(".png")]
+    assert len(parser.srcs) == len(pngs)
+    for src in parser.srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)
+
+
+def test_verdicts_and_failed_runs(comparison):
+    files = comparison[1]
+    md = files["report.md"].read_text(encoding="utf-8")
+    assert "**kcenter**: better than 95% of random subsets" in md
+    assert "**perplexity**: inside the noise of random" in md
+    assert "40 successful runs, 2 failed (excluded)" in md and "CUDA out of memory" in md
+    assert "untrained floor 12.50" in md
+    rows = {r["label"]: r for r in _csv(files["strategies.csv"])}
+    assert rows["kcenter"]["test"] == "mann-whitney"          # 5 strategy seeds vs 30 random: unpaired
+    assert float(rows["kcenter"]["percentile"]) == 100.0 and float(rows["kcenter"]["p_holm"]) < 0.05
+    assert float(rows["perplexity"]["p_holm"]) >= float(rows["perplexity"]["p"])
+    assert "1.7x random" in md                                 # kcenter: (3 s embeddings + 18 s) / 12.01 s
+
+
+def test_strong_feature_is_significant_noise_is_not(comparison):
+    files = comparison[1]
+    rows = {r["feature"]: r for r in _csv(files["correlations.csv"])}
+    assert rows["subset.loss"]["significant"] == "True" and float(rows["subset.loss"]["rho"]) > 0.8
+    noise = [k for k in rows if k != "subset.loss"]
+    assert noise and all(rows[k]["significant"] == "False" for k in noise)
+    assert "reference.n_examples" not in rows and "test.n_test_words" not in rows   # not subset properties
+    md = files["report.md"].read_text(encoding="utf-8")
+    assert "OLS of chrf" in md and "chance gives" in md
+
+
+def test_absent_sections_say_why(comparison):
+    md = comparison[1]["report.md"].read_text(encoding="utf-8")
+    assert "Not shown: needs >= 2 distinct subsets with >= 2 runs each" in md
+    assert "Not shown: needs runs at >= 2 budgets" in md
+    assert "Not shown: needs several orderings" in md
+
+
+def test_grid_variance_and_orderings(tmp_path):
+    cfg = _cfg(strategies=["random"], orderings=["shuffled", "easy_to_hard"], design="grid",
+               subset_seeds=[0, 1, 2, 3], order_seeds=[0, 1, 2], seeds=[0])
+    rng = np.random.default_rng(1)
+    matrix = 30 + np.arange(4)[:, None] + rng.normal(0, 3, (4, 3))          # (G subsets, N orders)
+    for s in range(4):
+        for o in range(3):
+            _write(tmp_path, "random", "shuffled", s, o, 0, float(matrix[s, o]), cfg)
+        _write(tmp_path, "random", "easy_to_hard", s, 0, 0, 60.0, cfg)      # beats every shuffled run
+    files = write_report(tmp_path, tmp_path / "wr")
+    (row,) = [r for r in _csv(files["variance.csv"]) if r["ordering"] == "shuffled"]
+    expected = analysis.variance_decomposition(matrix, np.random.default_rng(0))
+    assert float(row["share_within"]) == pytest.approx(expected.share_within)
+    assert float(row["anova_p"]) == pytest.approx(expected.anova_p)
+    assert files["variance.png"].exists() and files["orderings.png"].exists()
+    md = files["report.md"].read_text(encoding="utf-8")
+    assert "random [easy_to_hard]: better than 95% of shuffled runs" in md
+    assert "among 12 shuffled runs; with only 12 shuffled runs the percentile is coarse" in md
+    assert "Not shown: no strategy other than random" in md
+    assert "Not shown: needs >= 8 random subsets, has 4" in md
+
+
+def test_learning_curves_over_budgets(tmp_path):
+    cfg = _cfg(strategies=["random", "kcenter"], seeds=[0, 1, 2])
+    for budget, level in ((50, 20.0), (100, 30.0)):
+        for k in range(3):
+            _write(tmp_path, "random", "shuffled", k, k, k, level + k, cfg, budget=budget)
+            _write(tmp_path, "kcenter", "shuffled", k, k, k, level + 1 + k, cfg, budget=budget)
+    files = write_report(tmp_path)
+    md = files["report.md"].read_text(encoding="utf-8")
+    assert files["learning_curves.png"].exists() and "## 6. Learning curves\n\n| strategy | budget |" in md
+    rows = {r["label"]: r for r in _csv(files["strategies.csv"])}
+    assert set(rows) == {"kcenter @50", "kcenter @100"} and rows["kcenter @50"]["test"] == "wilcoxon"  # paired
+
+
+def test_constant_metric_is_reported_not_raised(tmp_path):
+    cfg = _cfg(strategies=["random", "kcenter"], design="grid", subset_seeds=list(range(10)), order_seeds=[0, 1])
+    for s in range(10):
+        for o in (0, 1):
+            _write(tmp_path, "random", "shuffled", s, o, 0, 0.0, cfg, features={"loss": s})
+            _write(tmp_path, "kcenter", "shuffled", s, o, 0, 0.0, cfg)
+    md = write_report(tmp_path)["report.md"].read_text(encoding="utf-8")
+    assert md.count("no variation to analyse") >= 3           # vs random, variance, features
+    assert "every run scored 0" in md.split("## 1.")[0]        # and the findings say so up front
+
+
+def test_not_a_results_directory(tmp_path):
+    with pytest.raises(UserError, match="holds no runs"):
+        write_report(tmp_path)
+
+
+def test_deterministic_and_matplotlib_stays_out_of_import(comparison, tmp_path):
+    import subprocess
+    import sys
+
+    root, files = comparison
+    again = write_report(root, tmp_path / "again")
+    for name in ("report.md", "report.html", "strategies.csv", "correlations.csv"):
+        assert again[name].read_bytes() == files[name].read_bytes(), name
+    code = ("import sys, llm_al.writeup; assert 'matplotlib' not in sys.modules; "
+            f"llm_al.writeup.write_report({str(root)!r}, {str(tmp_path / 'sub')!r}); "
+            "assert 'matplotlib.pyplot' not in sys.modules")     # a bare Figure: no global backend switch
+    subprocess.run([sys.executable, "-c", code], check=True)
