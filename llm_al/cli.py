@@ -15,6 +15,7 @@ User errors print one line (`llm-al: error: ...`) and exit with status 2, withou
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -197,7 +198,8 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     from llm_al.config import ModelConfig, parse_strategy
     from llm_al.data import load_pool
     from llm_al.export import write_subset
-    from llm_al.pipeline import LOSS_FEATURES, DIRECT_FEATURES, compute_features, needed_features
+    from llm_al.io import write_text
+    from llm_al.pipeline import DIRECT_FEATURES, LOSS_FEATURES, compute_features, needed_features
     from llm_al.seeds import rng
     from llm_al.strategies import run_strategy
 
@@ -205,7 +207,12 @@ def cmd_annotate(args: argparse.Namespace) -> None:
         if Path(args.out).resolve() == Path(args.pool).resolve():
             raise UserError(f"--out {args.out!r} is the pool itself; write the merged pool to a new file")
         pool = load_pool(args.pool, fields=_fields(args.field), labelled=False)
-        new, report = import_annotations(args.filled, pool, require_all=not args.partial)
+        manifest = Path(str(args.filled) + ".ids.json")
+        asked = pool
+        if manifest.exists():           # check completeness against what was exported, not the whole pool
+            exported = set(json.loads(manifest.read_text(encoding="utf-8")))
+            asked = pool.subset([i for i, ex in enumerate(pool.examples) if ex.prompt_id in exported])
+        new, report = import_annotations(args.filled, asked, require_all=manifest.exists() and not args.partial)
         merged = merge_labelled(pool, new)
         path = write_subset(merged, list(range(len(merged))), args.out)
         print(report.summary())
@@ -236,6 +243,7 @@ def cmd_annotate(args: argparse.Namespace) -> None:
         drafts = generate(model, tokenizer, [prompt_text(tokenizer, pool.examples[i].prompt_messages) for i in chosen],
                           max_new_tokens=256, batch_size=16)
     path = export_for_annotation(pool, chosen, args.out, drafts=drafts)
+    write_text(str(path) + ".ids.json", json.dumps([pool.examples[i].prompt_id for i in chosen]))
     print(f"{len(chosen)} of {len(todo)} unlabelled prompts chosen with {args.strategy} -> {path}")
     print(f"fill the 'response' column, then: llm-al annotate import {path} --pool {args.pool} --out MERGED")
 

@@ -353,6 +353,15 @@ def test_annotation_round_trip_through_the_cli(tmp_path, tiny_model_dir, cache_d
     assert main(["annotate", "import", str(sheet), "--pool", str(pool), "--out", str(merged)]) == 0
     back = load_pool(str(merged), labelled=False)
     assert sum(ex.is_labelled for ex in back.examples) == 3 and len(back) == 5
+    # the export's manifest makes a file that drops a chosen prompt incomplete
+    with sheet.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows[:1])
+    capsys.readouterr()
+    err = _bad(["annotate", "import", str(sheet), "--pool", str(pool), "--out", str(tmp_path / "m2.jsonl")],
+               tmp_path, capsys)
+    assert "have no row" in err and not (tmp_path / "m2.jsonl").exists()
     err = _bad(["annotate", "export", str(pool), "--strategy", "perplexity", "--budget", "1", "--out",
                 str(tmp_path / "x.csv")], tmp_path, capsys)
     assert "reads reference responses" in err
