@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import platform
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -77,6 +80,48 @@ def _done(path: Path, cfg_dict: dict) -> dict | None:
     return result
 
 
+@contextmanager
+def claim(path: Path):
+    """Claim a cell for this process with an exclusive lock file beside its result, so several
+    workers (e.g. one per GPU) can run the same experiment without doing a cell twice. A lock
+    whose process is gone (killed) is taken over. Yields whether this process holds the cell."""
+    lock = path.with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _alive(lock):
+                yield False
+                return
+            lock.unlink(missing_ok=True)         # stale: its process died
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+        try:
+            yield True
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    yield False
+
+
+def _alive(lock: Path) -> bool:
+    try:
+        pid, host = lock.read_text().split()
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return True                              # another machine's worker: trust its lock
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def check_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -117,6 +162,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         write_json(floor_path, floor)
 
     results = []
+    busy = []
     for cell in cells(cfg, specs):
         path = out / "runs" / f"{cell.run_id}.json"
         done = _done(path, cfg_dict)
@@ -124,8 +170,15 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
             log.info("%s: already done, skipping", path.name)
             results.append(done)
             continue
-        record, model = _one_run(cfg, cell, data, features, model, tokenizer, pad_id, path, out, common, index)
+        with claim(path) as mine:
+            if not mine:                 # another live worker is running this cell
+                busy.append(cell.run_id)
+                continue
+            log.info("running %s", cell.run_id)
+            record, model = _one_run(cfg, cell, data, features, model, tokenizer, pad_id, path, out, common, index)
         results.append(record)
+    if busy:
+        log.info("%d cells were running in other workers: %s", len(busy), ", ".join(busy[:5]))
 
     summary = summarize(results, floor, cfg, features.cost)
     summary["feature_cost"] = features.cost
@@ -142,7 +195,8 @@ def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, ou
     record = {"run_id": cell.run_id, "strategy": cell.strategy, "strategy_name": cell.name, "params": cell.params,
               "ordering": cell.ordering, "seeds": {"subset": cell.subset_seed, "order": cell.order_seed,
                                                    "init": cell.init_seed},
-              "stream_seeds": streams, "budget": cfg.budget, **common}
+              "stream_seeds": streams, "budget": cfg.budget, "worker": f"{socket.gethostname()}:{os.getpid()}",
+              **common}
     timings: dict = {}
     peft_model = None
     try:
