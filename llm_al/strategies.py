@@ -128,7 +128,13 @@ def kcenter_greedy(x: np.ndarray, budget: int, first: int) -> tuple[np.ndarray, 
 def kcenter(features: Features, budget: int, rng: np.random.Generator) -> Selection:
     """Core-set selection (Sener & Savarese, ICLR 2018) with a seeded random first centre."""
     x = features.require("embeddings")
-    idx, dist = kcenter_greedy(x, budget, first=int(rng.integers(len(x))))
+    first = int(rng.integers(len(x)))
+    if len(x) > 20_000:    # same picks (tests/test_scale.py), fewer passes over a large pool
+        from llm_al.scale import kcenter_fast
+
+        idx, dist = kcenter_fast(np.asarray(x, dtype=np.float32), budget, first=first)
+    else:
+        idx, dist = kcenter_greedy(x, budget, first=first)
     return Selection(idx, dist, "distance to already-chosen examples")
 
 

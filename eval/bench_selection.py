@@ -1,0 +1,278 @@
+"""Benchmark of llm_al.scale: selection at 10k, 100k and 1M embeddings against the plain code.
+
+    .venv/bin/python eval/bench_selection.py      # ~5 min on 2 CPU cores; ~1.7 GB of temp disk
+
+Data: N x 384 float32 unit vectors from a mixture of 1000 Gaussian clusters (means uniform on the
+sphere, Dirichlet(2) cluster weights, per-cluster noise 0.03-0.06 a dimension, so a row's cosine
+to its cluster mean is 0.65-0.86), seed 0, written once to a .npy file per N. Each measurement
+runs in a child process that loads the whole array into memory first: "peak MB" is the child's
+peak RSS (VmHWM) minus its peak right after loading, i.e. memory beyond the embeddings.
+Compared in the same run, one measurement each:
+  * k-center, budget 500: the plain loop (one (N, D) matvec per pick, strategies.kcenter_greedy)
+    vs scale.kcenter_fast, and whether their picks agree;
+  * k-means, k = 500, 5 Lloyd steps: diversity.kmeans (dense float64, k-means++ over all rows)
+    vs scale.kmeans_large (numpy and faiss backends), with the inertia each reaches;
+  * facility location, budget 500: dense (diversity, N x N) vs a 32-NN graph (scale.knn_graph +
+    facility_location_sparse), with the dense objective of both pick sets.
+Every child runs BLAS and OpenMP on THREADS = 1 thread. This 2-core machine is shared, and there a
+multithreaded BLAS call waits for the second core, ~8 ms a call (measured under a load of ~4:
+256 products of 256 x 64 rows took 2.0 s on 2 threads, 37 ms on one), which swamps any method
+making many small calls and says more about the neighbours than about the code. The plain k-center
+loop is memory-bound (at 1M, one 1.5 GB pass a pick) and is also timed on 2 threads at 1M.
+The printed report is also written to eval/results/bench_selection.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llm_al.io import write_text
+
+DIM, CLUSTERS, SEED, BUDGET, K_MEANS, ITERS, KNN = 384, 1000, 0, 500, 500, 5, 32
+THREADS = 1   # BLAS / OpenMP threads in every child (see the module docstring)
+SIZES = (10_000, 100_000, 1_000_000)
+RESULT = Path(__file__).parent / "results" / "bench_selection.txt"
+
+
+def write_mixture(path: Path, n: int, block: int = 100_000) -> None:
+    """Seeded mixture of Gaussian clusters on the unit sphere, written a block at a time."""
+    rng = np.random.default_rng(SEED)
+    means = rng.standard_normal((CLUSTERS, DIM), dtype=np.float32)
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    weights = rng.dirichlet(np.full(CLUSTERS, 2.0))
+    spread = rng.uniform(0.03, 0.06, CLUSTERS).astype(np.float32)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, DIM))
+    for s in range(0, n, block):
+        lab = rng.choice(CLUSTERS, size=min(block, n - s), p=weights)
+        xb = rng.standard_normal((len(lab), DIM), dtype=np.float32) * spread[lab, None] + means[lab]
+        out[s : s + len(lab)] = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+    out.flush()
+
+
+def plain_kcenter(x: np.ndarray, budget: int, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """The straightforward loop: one (N, D) matvec per pick (the body of strategies.kcenter_greedy)."""
+    sq = np.einsum("nd,nd->n", x, x)                         # (N,)
+    min_d = np.full(len(x), np.inf, dtype=np.float32)
+    chosen = np.empty(budget, dtype=np.int64)
+    dist = np.full(budget, np.nan)
+    c = first
+    for k in range(budget):
+        chosen[k] = c
+        np.minimum(min_d, np.maximum(sq + sq[c] - 2.0 * (x @ x[c]), 0.0), out=min_d)
+        min_d[chosen[: k + 1]] = -np.inf
+        if k + 1 < budget:
+            c = int(np.argmax(min_d))
+            dist[k + 1] = float(np.sqrt(max(min_d[c], 0.0)))
+    return chosen, dist
+
+
+def inertia(x: np.ndarray, c: np.ndarray, labels: np.ndarray) -> float:
+    """Mean squared distance of every row to its centroid, in blocks."""
+    return float(sum(((x[s : s + 65536] - c[labels[s : s + 65536]]) ** 2).sum(dtype=np.float64)
+                     for s in range(0, len(x), 65536)) / len(x))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that across
+    fork + exec, so a child would start from the parent's peak."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
+def load(path: str) -> np.ndarray:
+    """np.load without its transient second copy (which would hide up to N x D x 4 bytes of peak)."""
+    with open(path, "rb") as f:
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        shape, fortran, dtype = read_header[np.lib.format.read_magic(f)](f)
+        x = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+        f.readinto(memoryview(x).cast("B"))
+    return x
+
+
+def child(task: str, data: str, out: str) -> None:
+    """Run one measurement in this process and print a JSON line."""
+    from llm_al import diversity, scale
+
+    x = load(data)                                           # (N, D) float32, fully in memory
+    base = peak_rss_mb()
+    rng = np.random.default_rng(SEED)
+    info: dict = {}
+    start = time.perf_counter()
+    if task == "kcenter_plain":
+        idx, dist = plain_kcenter(x, BUDGET, 0)
+    elif task == "kcenter_fast":
+        idx, dist = scale.kcenter_fast(x, BUDGET, 0)
+    elif task == "kmeans_dense":
+        c, labels = diversity.kmeans(x, K_MEANS, rng, max_iter=ITERS)
+    elif task in ("kmeans_numpy", "kmeans_faiss"):
+        c, labels = scale.kmeans_large(x, K_MEANS, rng, max_iter=ITERS, backend=task.split("_")[1])
+    elif task == "fl_dense":
+        idx, _ = diversity.facility_location_greedy(diversity.dense_similarity(x, len(x), "bench"), BUDGET)
+    elif task == "fl_knn":
+        graph = scale.knn_graph(x, KNN)
+        info["knn_seconds"] = time.perf_counter() - start
+        idx, _ = scale.facility_location_sparse(graph, BUDGET)
+    seconds = time.perf_counter() - start
+    peak = peak_rss_mb()
+    if task.startswith("kcenter"):
+        np.save(out, np.stack([idx.astype(np.float64), dist]))
+    if task.startswith("kmeans"):
+        info["inertia"] = inertia(x, np.asarray(c, dtype=np.float32), labels)
+    if task.startswith("fl"):
+        np.save(out, idx)
+    print(json.dumps({"seconds": seconds, "peak_mb": peak - base, "loaded_mb": base, **info}))
+
+
+def run_child(task: str, data: Path, out: Path, threads: int = THREADS) -> dict:
+    env = {**os.environ, **dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), str(threads))}
+    res = subprocess.run([sys.executable, __file__, "--child", task, str(data), str(out)], capture_output=True,
+                         text=True, env=env, check=False)
+    if res.returncode:
+        raise RuntimeError(f"{task} on {data.name} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def divergence(x: np.ndarray, plain: np.ndarray, fast: np.ndarray, step: int) -> str:
+    """Where two k-center runs part: the float64 distance of each one's pick to the shared picks."""
+    chosen = np.asarray(x[np.sort(plain[:step])], dtype=np.float64)
+    d = [float(np.sqrt(((chosen - np.asarray(x[i], dtype=np.float64)) ** 2).sum(1).min()))
+         for i in (plain[step], fast[step])]
+    return (f"{'':>30}pick {step}: plain took row {plain[step]} at {d[0]:.9f}, kcenter_fast row {fast[step]} at "
+            f"{d[1]:.9f} (float64 distances; relative difference {(d[1] - d[0]) / d[0]:+.1e}): a tie below float32 "
+            f"resolution, after which the runs differ")
+
+
+def dense_objective(x: np.ndarray, picks: np.ndarray) -> float:
+    """Facility-location value sum_i max_{j in picks} (1 + cos(i, j)) / 2 over all rows."""
+    from llm_al.scale import unit_f32
+
+    u, p = unit_f32(x), unit_f32(x[picks])
+    return float(sum(((1.0 + (u[s : s + 8192] @ p.T).max(1)) / 2).sum(dtype=np.float64)
+                     for s in range(0, len(u), 8192)))
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown")
+    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+               if line.startswith("MemTotal")) / 2**20
+    try:
+        import faiss
+        fv = f", faiss {faiss.__version__}"
+    except ImportError:
+        fv = ", no faiss"
+    return (f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, {mem:.0f} GB RAM; "
+            f"Python {platform.python_version()}, numpy {np.__version__}{fv}")
+
+
+def main() -> None:
+    lines = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    load = os.getloadavg()
+    say(f"bench_selection: llm_al.scale at 10k-1M embeddings, {time.strftime('%Y-%m-%d %H:%M')}")
+    say(f"machine: {machine()}")
+    say(f"load average at start: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min): the machine is shared, and "
+        f"other jobs' CPU use slows both sides of each comparison")
+    say(f"data: N x {DIM} float32 unit vectors, mixture of {CLUSTERS} Gaussian clusters, seed {SEED}; "
+        f"budget {BUDGET}; one run each, BLAS/OpenMP on {THREADS} thread(s); peak MB = peak RSS beyond the "
+        f"loaded embeddings")
+    say()
+    say(f"{'task':<18} {'N':>9}  {'method':<44} {'seconds':>8} {'peak MB':>8}  result")
+    rows: dict[tuple[str, int], dict] = {}
+
+    def row(task: str, n: int, method: str, r: dict, result: str = "") -> None:
+        rows[task, n] = r
+        say(f"{task.split('_')[0]:<18} {n:>9,}  {method:<44} {r['seconds']:>8.2f} {r['peak_mb']:>8.0f}  {result}")
+
+    with tempfile.TemporaryDirectory(prefix="bench-selection-") as tmp:
+        for n in SIZES:
+            data = Path(tmp) / f"x{n}.npy"
+            t = time.perf_counter()
+            write_mixture(data, n)
+            say(f"-- N = {n:,}: data written in {time.perf_counter() - t:.1f} s ({data.stat().st_size / 2**20:.0f} MB)")
+            x = np.load(data, mmap_mode="r")
+
+            # k-center
+            p = run_child("kcenter_plain", data, Path(tmp) / "kc_plain.npy")
+            row("kcenter_plain", n, "plain loop: one (N, D) matvec a pick", p)
+            f = run_child("kcenter_fast", data, Path(tmp) / "kc_fast.npy")
+            (pi, pd), (fi, fd) = np.load(Path(tmp) / "kc_plain.npy"), np.load(Path(tmp) / "kc_fast.npy")
+            agree = int(np.argmin(pi == fi)) if (pi != fi).any() else len(pi)
+            same = "all 500 picks equal" if agree == len(pi) else f"first {agree} picks equal"
+            row("kcenter_fast", n, "scale.kcenter_fast", f,
+                f"speed-up {p['seconds'] / f['seconds']:.1f}x; {same}; max |dist diff| "
+                f"{np.nanmax(np.abs(pd[:agree] - fd[:agree])) if agree > 1 else 0:.1e}")
+            if agree < len(pi):
+                say(divergence(x, pi.astype(np.int64), fi.astype(np.int64), agree))
+            if n == SIZES[-1]:
+                p2 = run_child("kcenter_plain", data, Path(tmp) / "kc_plain2.npy", threads=2)
+                same2 = np.array_equal(np.load(Path(tmp) / "kc_plain2.npy")[0], pi)
+                row("kcenter_plain2", n, "plain loop, BLAS on 2 threads", p2,
+                    f"kcenter_fast's speed-up over it {p2['seconds'] / f['seconds']:.1f}x; picks as on 1 thread: {same2}")
+
+            # k-means
+            if n <= 100_000:
+                d = run_child("kmeans_dense", data, Path(tmp) / "km.npy")
+                row("kmeans_dense", n, f"diversity.kmeans ({ITERS} steps, float64 (N, k))", d,
+                    f"inertia {d['inertia']:.4f}")
+            for backend in ("numpy", "faiss"):
+                r = run_child(f"kmeans_{backend}", data, Path(tmp) / "km.npy")
+                ratio = f"speed-up {rows['kmeans_dense', n]['seconds'] / r['seconds']:.1f}x; " if n <= 100_000 else ""
+                row(f"kmeans_{backend}", n, f"scale.kmeans_large backend={backend}", r,
+                    f"{ratio}inertia {r['inertia']:.4f}")
+
+            # facility location
+            if n <= 10_000:
+                d = run_child("fl_dense", data, Path(tmp) / "fl_dense.npy")
+                row("fl_dense", n, "diversity dense N x N, lazy greedy", d)
+            if n <= 100_000:
+                s = run_child("fl_knn", data, Path(tmp) / "fl_knn.npy")
+                extra = ""
+                if n <= 10_000:
+                    dense_p, knn_p = np.load(Path(tmp) / "fl_dense.npy"), np.load(Path(tmp) / "fl_knn.npy")
+                    ratio = dense_objective(np.asarray(x), knn_p) / dense_objective(np.asarray(x), dense_p)
+                    extra = (f"; {len(set(dense_p) & set(knn_p))}/{BUDGET} picks shared with dense; dense objective "
+                             f"{ratio:.4f} of dense's")
+                row("fl_knn", n, f"scale.knn_graph (k={KNN}) + facility_location_sparse", s,
+                    f"kNN graph {s['knn_seconds']:.1f} s{extra}")
+            del x
+            say()
+    big = SIZES[-1]
+    k1, k2 = rows["kcenter_plain", big], rows["kcenter_fast", big]
+    n_knn = max(n for t, n in rows if t == "fl_knn")
+    knn = rows["fl_knn", n_knn]["knn_seconds"]
+    n_km = max(n for t, n in rows if t == "kmeans_dense")
+    say(f"k-center at {big:,}: kcenter_fast's speed-up over the plain loop {k1['seconds'] / k2['seconds']:.1f}x, "
+        f"{k2['peak_mb']:.0f} MB beyond the embeddings (plain: {k1['peak_mb']:.0f} MB). Speed-up by N: "
+        + ", ".join(f"{n:,}: {rows['kcenter_plain', n]['seconds'] / rows['kcenter_fast', n]['seconds']:.1f}x"
+                    for n in SIZES) + (" (where the plain loop wins, its per-pick pass over x fits in cache)."
+                                       if min(rows["kcenter_plain", n]["seconds"] / rows["kcenter_fast", n]["seconds"]
+                                              for n in SIZES) < 1 else "."))
+    say(f"Not run: dense k-means above {n_km:,} (at 1M each (N, k) float64 matrix is 4 GB, and k-means++ over "
+        f"all rows scales with N: ~{rows['kmeans_dense', n_km]['seconds'] * big / n_km / 60:.0f} min from {n_km:,}); "
+        f"dense facility location above 10k (N x N floats); the exact kNN graph above {n_knn:,} (N^2 D flops: "
+        f"~{knn * (big / n_knn) ** 2 / 3600:.1f} h at {big:,} from {knn:.0f} s at {n_knn:,}; an approximate "
+        f"index such as faiss IVF would be the way there, not built here).")
+    say(f"load average at end: {os.getloadavg()[0]:.1f} (1 min)")
+    write_text(RESULT, "\n".join(lines) + "\n")
+    print(f"written to {RESULT}")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child(*sys.argv[2:5])
+    else:
+        main()

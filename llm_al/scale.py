@@ -1,0 +1,440 @@
+"""Selection at 10^5-10^6 examples: k-center, k-means, kNN graph and facility location.
+
+    .venv/bin/python -m pytest -q tests/test_scale.py        # a few seconds
+    .venv/bin/python eval/bench_selection.py                 # ~5 min: 10k / 100k / 1M x 384
+
+Stand-ins for the small-pool code in strategies.py and diversity.py with bounded extra memory
+(blocks of rows; never an N x N or a float64 (N, k) matrix): kcenter_fast makes the greedy loop's
+picks (see its docstring for what "the same" means in floating point) while reading a small part
+of x per pick; kmeans_large fits on a sample and assigns in blocks; knn_graph +
+facility_location_sparse replace the dense similarity by an exact k-nearest-neighbour graph. `x` may be any (N, D) array, an np.memmap included; rows are read a block at a
+time and cast to float32, as kcenter_greedy casts. Imports only numpy and llm_al.errors (faiss
+and threadpoolctl when installed), so strategies.py can import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import importlib.util
+
+import numpy as np
+
+from llm_al.errors import BudgetError, ConfigError
+
+
+# ---------------------------------------------------------------------------- row access
+def rows_as(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), D) float32 copy of x[rows]; a slice when rows are consecutive (memmap-friendly)."""
+    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows) and (np.diff(rows) == 1).all():
+        return np.asarray(x[int(rows[0]) : int(rows[-1]) + 1], dtype=np.float32)
+    return np.asarray(x[rows], dtype=np.float32)
+
+
+def sq_norms(x: np.ndarray, block: int) -> np.ndarray:
+    """(N,) float64 squared norms of the float32 rows."""
+    sq = np.empty(len(x))
+    for s in range(0, len(x), block):
+        xb = np.asarray(x[s : s + block], dtype=np.float32).astype(np.float64)   # (b, D)
+        sq[s : s + block] = np.einsum("nd,nd->n", xb, xb)
+    return sq
+
+
+def blas_threads_limit(threads: int | None) -> contextlib.AbstractContextManager:
+    """Limit BLAS to `threads` threads inside a `with` block (threadpoolctl, which scikit-learn
+    brings; a no-op when it is missing or threads is None)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threads = None
+    return contextlib.nullcontext() if threads is None else threadpool_limits(threads, user_api="blas")
+
+
+def top_t(v: np.ndarray, t: int) -> tuple[np.ndarray, float, int]:
+    """Positions of the t largest values of v (ties: lower position first), ascending; and the
+    bound on the rest: (their max, the lowest position holding it) or (-inf, len(v))."""
+    n = len(v)
+    if t >= n:
+        return np.arange(n), -np.inf, n
+    part = np.argpartition(v, (n - t - 1, n - t))
+    edge = v[part[n - t]]                                    # smallest value kept
+    above = part[n - t :][v[part[n - t :]] > edge]
+    tied = np.flatnonzero(v == edge)
+    need = t - len(above)
+    pos = np.sort(np.concatenate([above, tied[:need]]))
+    if need < len(tied):
+        return pos, float(edge), int(tied[need])
+    tau = v[part[n - t - 1]]
+    return pos, float(tau), int(np.flatnonzero(v == tau)[0])
+
+
+# ---------------------------------------------------------------------------- k-center
+def exact_sq_dist(xb: np.ndarray, rows: np.ndarray, sq64: np.ndarray, cen64: np.ndarray, csq64: np.ndarray,
+                  picks: np.ndarray) -> np.ndarray:
+    """(p,) float32 squared distance from row rows[p] of xb (b, D) to centre picks[p]:
+    kcenter_greedy's expression max((|x|^2 + |c|^2) - 2 x.c, 0) evaluated in float64 for each pair
+    on its own (einsum, not BLAS) and rounded once, so equal rows get equal distances."""
+    d = np.empty(len(rows), dtype=np.float32)
+    for s in range(0, len(rows), 1024):                      # chunks that stay in cache
+        r, c = rows[s : s + 1024], picks[s : s + 1024]
+        dot = np.einsum("nd,nd->n", xb[r].astype(np.float64), cen64[c])
+        d[s : s + 1024] = np.maximum(sq64[r] + csq64[c] - 2.0 * dot, 0.0)
+    return d
+
+
+def fold_min(val: np.ndarray, src: np.ndarray, xb: np.ndarray, sq32: np.ndarray, sq64: np.ndarray,
+             cen32: np.ndarray, cen64: np.ndarray, csq32: np.ndarray, csq64: np.ndarray, lo: int, hi: int,
+             exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Fold centres lo..hi-1 into the (val, src) of the float32 rows xb (b, D), returning new ones.
+
+    src = -1: val is the exact (exact_sq_dist) squared distance to the nearest folded centre;
+    src = j: that distance is exact_sq_dist to centre j, and val bounds it from above by at most
+    2 slack. The centres are read through a float32 product, within slack = (2D + 8) 2^-24
+    (|x|^2 + max |c|^2) of the exact value in any summation order (Higham, "Accuracy and
+    Stability of Numerical Algorithms", 2002, sec. 3.1, with |x.c| <= (|x|^2 + |c|^2) / 2). A row
+    whose float32 minimum exceeds val by the slack is unchanged; otherwise only centres within 2
+    slack of its minimum can be the nearest. With exact=False, a row whose nearest is then
+    certain (one such centre, clearly below the old minimum) keeps a bound and src = that centre;
+    the rest are computed exactly, pair by pair."""
+    g = xb @ cen32[lo:hi].T                                  # (b, P) float32
+    g *= 2.0
+    a = np.add.outer(sq32, csq32[lo:hi])                     # (b, P)
+    a -= g
+    amin = a.min(axis=1)                                     # (b,)
+    slack = (2 * xb.shape[1] + 8) * 2.0**-24 * (sq32 + csq32[:hi].max())
+    need = np.flatnonzero(amin - slack < val)                # rows a new centre may be nearer to
+    val, src = val.copy(), src.copy()
+    if not len(need):
+        return val, src
+    a, amin, slack = a[need], amin[need], slack[need]
+    near = a <= (amin + 2 * slack)[:, None]                  # (n, P) centres that may be the nearest
+    if not exact:
+        floor = np.where(src[need] < 0, val[need], val[need] - 2 * slack)   # the old minimum is >= floor
+        sure = (near.sum(axis=1) == 1) & (amin + slack < floor)
+        val[need[sure]], src[need[sure]] = amin[sure] + slack[sure], lo + a[sure].argmin(axis=1)
+        need, near = need[~sure], near[~sure]
+    ri, ci = np.nonzero(near)
+    old = need[src[need] >= 0]                               # their old nearest, exactly too
+    rows, picks = np.concatenate([need[ri], old]), np.concatenate([lo + ci, src[old]])
+    best = np.where(src < 0, val, np.inf).astype(np.float32)   # (b,) exact old minima
+    np.minimum.at(best, rows, exact_sq_dist(xb, rows, sq64, cen64, csq64, picks))
+    val[need], src[need] = best[need], -1
+    return val, src
+
+
+def kcenter_fast(x: np.ndarray, budget: int, first: int, block: int = 8192, hot: int | None = None,
+                 candidates: int = 1024, chunk: int = 128,
+                 blas_threads: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy k-center (Gonzalez 1985): strategies.kcenter_greedy's algorithm and contract,
+    (indices in pick order, distance to the chosen set at each pick; NaN for the first), first
+    pick `first`, then always the row farthest from the chosen set, ties to the lowest index.
+
+    The plain loop reads all of x once per pick. Here each row i keeps val[i], a bound on its
+    squared distance to the first folded[i] picks, which can only overestimate its distance to all
+    of them (lazy evaluation, as in Minoux's lazy greedy, 1978), and is brought up to date only
+    while that bound could still be the largest:
+      * hot rows, the `hot` largest bounds (all >= theta), are kept exact in a contiguous copy
+        and updated once per round with a matrix product over the round's picks;
+      * in a round, the `candidates` hot rows with the largest values are updated after every
+        pick, and picking goes on while the best of them beats the bound on all other rows (the
+        largest other hot value, and theta for the rest): each pick is the plain loop's argmax;
+      * cold rows (bound < theta) are updated only when theta is lowered past their bound, with
+        the picks they missed, `chunk` at a time, until their bound falls below theta.
+    Distances are kcenter_greedy's expression evaluated in float64 and rounded to float32, read
+    through a float32 product that rules out most rows (`fold_min`): equal rows get equal
+    distances, so exact duplicates tie and the lowest index wins, and picks agree with the plain
+    loop except where two distances differ by less than its float32 rounding (~1e-7 relative).
+    Extra memory: 24 bytes a row plus (hot + candidates + block) float32 rows; x may be a memmap.
+    BLAS runs on `blas_threads` threads (None: as configured): the many small products here lose
+    more to waking BLAS threads than they gain, badly so on a busy machine (~8 ms a call on 2
+    cores shared with another job, against ~0.1 ms on one thread)."""
+    with blas_threads_limit(blas_threads):
+        return kcenter_lazy(x, budget, first, block, hot, candidates, chunk)
+
+
+def kcenter_lazy(x: np.ndarray, budget: int, first: int, block: int, hot: int | None, candidates: int,
+                 chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """kcenter_fast without the BLAS thread limit."""
+    n, dim = x.shape
+    if not isinstance(budget, (int, np.integer)) or not 0 < budget <= n:
+        raise BudgetError(int(budget), n)
+    if not 0 <= first < n:
+        raise ConfigError(f"kcenter_fast: first={first} is not a row of x (N={n})")
+    m_hot = hot or max(4 * candidates, n // 16)
+    sq64 = sq_norms(x, block)                                # (N,)
+    sq32 = sq64.astype(np.float32)
+    val = np.full(n, np.inf, dtype=np.float32)               # (N,) bound on the squared distance
+    src = np.full(n, -1, dtype=np.int32)                     # (N,) -1: val is exact (see fold_min)
+    folded = np.zeros(n, dtype=np.int32)                     # (N,) picks folded into val (a prefix)
+    cen32, cen64 = np.empty((budget, dim), dtype=np.float32), np.empty((budget, dim))   # the picks so far
+    csq32, csq64 = np.empty(budget, dtype=np.float32), np.empty(budget)
+    chosen = np.empty(budget, dtype=np.int64)
+    dist_at_pick = np.full(budget, np.nan, dtype=np.float64)
+
+    def take(k: int, i: int, row: np.ndarray) -> None:
+        chosen[k], cen32[k], cen64[k], csq32[k], csq64[k], val[i], src[i] = i, row, row, sq32[i], sq64[i], -np.inf, -1
+
+    def fold(v: np.ndarray, s: np.ndarray, rows: np.ndarray, xr: np.ndarray, lo: int, hi: int,
+             exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        return fold_min(v, s, xr, sq32[rows], sq64[rows], cen32, cen64, csq32, csq64, lo, hi, exact)
+
+    def refresh(rows: np.ndarray, k: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+        """Fold the picks each row missed, `chunk` at a time, oldest first, leaving a row cold as
+        soon as its bound falls below theta; make the rest exact. Returns them, ascending, with
+        their float32 rows."""
+        rows = rows[np.argsort(folded[rows], kind="stable")]
+        kept, kept_x = [np.empty(0, dtype=np.int64)], [np.empty((0, dim), dtype=np.float32)]
+        for s in range(0, len(rows), block):
+            r = rows[s : s + block]
+            xr = rows_as(x, r)                               # (b, D)
+            while len(r) and folded[r].min() < k:
+                lo = int(folded[r].min())
+                at = folded[r] == lo
+                ra, xa = (r, xr) if at.all() else (r[at], xr[at])
+                val[ra], src[ra] = fold(val[ra], src[ra], ra, xa, lo, min(k, lo + chunk), False)
+                folded[ra] = min(k, lo + chunk)
+                live = val[r] >= theta
+                if not live.all():
+                    r, xr = r[live], xr[live]
+            e = np.flatnonzero(src[r] >= 0)
+            val[r[e]], src[r[e]] = exact_sq_dist(xr, e, sq64[r], cen64, csq64, src[r[e]]), -1
+            live = val[r] >= theta
+            kept.append(r[live])
+            kept_x.append(xr[live])
+        rows, xk = np.concatenate(kept), np.concatenate(kept_x)
+        kept_x.clear()                                       # (so that only two copies of the hot rows coexist)
+        order = np.argsort(rows)
+        return rows[order], xk[order]
+
+    take(0, first, rows_as(x, np.array([first]))[0])
+    k, theta = 1, np.inf
+    hot_rows = np.empty(0, dtype=np.int64)                   # (H,) ascending; exact while >= theta
+    while k < budget:
+        if not len(hot_rows):                                # lower theta to the m_hot-th largest bound
+            theta = -np.inf if m_hot >= n - k else float(np.partition(val, n - m_hot)[n - m_hot])
+            hot_rows, xh = refresh(np.flatnonzero((val >= theta) & (val > -np.inf)), k, theta)   # (H,), (H, D)
+            continue
+        pos, tau, tie = top_t(val[hot_rows], candidates)     # (T,) positions in hot_rows
+        cand, xc = hot_rows[pos], xh[pos]
+        vals, srcs = val[cand], src[cand]
+        start = k
+        while k < budget:
+            j = int(np.argmax(vals))
+            v = vals[j]
+            if v < theta or not (v > tau or (v == tau and pos[j] < tie)):
+                break                                        # a row outside the candidates may be farther
+            take(k, int(cand[j]), xc[j])
+            dist_at_pick[k] = float(np.sqrt(max(v, 0.0)))
+            vals[j] = -np.inf
+            k += 1
+            if k < budget:
+                vals, srcs = fold(vals, srcs, cand, xc, k - 1, k, True)
+        if k == start:                                       # the hot rows all fell below theta
+            hot_rows = hot_rows[:0]
+            continue
+        for s in range(0, len(hot_rows), block):             # fold the round's picks into the hot rows
+            r = hot_rows[s : s + block]
+            val[r], src[r] = fold(val[r], src[r], r, xh[s : s + block], start, k, True)
+        val[cand] = vals                                     # (already up to date, pick by pick)
+        folded[hot_rows] = k
+        keep = val[hot_rows] >= theta
+        if keep.sum() < 0.5 * len(keep):                     # compact once half the hot rows went cold
+            hot_rows, xh = hot_rows[keep], xh[keep]
+    return chosen, dist_at_pick
+
+
+# ---------------------------------------------------------------------------- k-means
+def have_faiss() -> bool:
+    return importlib.util.find_spec("faiss") is not None
+
+
+def assign(x: np.ndarray, c: np.ndarray, block: int) -> np.ndarray:
+    """(N,) nearest centroid of every row, a block of rows at a time (one (block, k) matrix)."""
+    sqc = np.einsum("kd,kd->k", c, c)                        # (k,)
+    labels = np.empty(len(x), dtype=np.int64)
+    for s in range(0, len(x), block):
+        d = np.asarray(x[s : s + block], dtype=np.float32) @ c.T   # (b, k)
+        d *= -2.0
+        d += sqc                                             # |x - c|^2 - |x|^2
+        labels[s : s + block] = d.argmin(axis=1)
+    return labels
+
+
+def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(k,) distinct row indices by greedy k-means++: diversity.kmeans_pp_init's algorithm (Arthur
+    & Vassilvitskii 2007, 2 + log k D^2-sampled candidates a step, keep the one that lowers the
+    total most), in float32 with the row norms computed once."""
+    n = len(x)
+    trials = 2 + int(np.log(k))
+    sq = np.einsum("nd,nd->n", x, x)                         # (N,)
+    chosen = [int(rng.integers(n))]
+    d = np.maximum(sq + sq[chosen[0]] - 2.0 * (x @ x[chosen[0]]), 0.0)   # (N,) to the nearest seed
+    for _ in range(1, k):
+        d[chosen] = 0.0
+        total = d.sum(dtype=np.float64)
+        if total <= 0:                                       # every row coincides with a seed
+            chosen.append(int(rng.choice(np.setdiff1d(np.arange(n), chosen))))
+            continue
+        cand = rng.choice(n, size=trials, p=d / total)       # (T,)
+        new_d = np.minimum(d[None], np.maximum(sq[cand, None] + sq[None] - 2.0 * (x[cand] @ x.T), 0.0))   # (T, N)
+        best = int(np.argmin(new_d.sum(axis=1, dtype=np.float64)))
+        chosen.append(int(cand[best]))
+        d = new_d[best]
+    return np.array(chosen, dtype=np.int64)
+
+
+def kmeans_large(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 20, sample: int | None = None,
+                 block: int = 16384, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means for large N. Returns (centroids (k, D) float32, labels (N,) int64), labels
+    being every row's nearest centroid, like diversity.kmeans.
+
+    Both backends fit the same way: greedy k-means++ (`kmeans_pp`) on a uniform sample of 20 k
+    rows, then up to `max_iter` Lloyd steps on a uniform sample of `sample` rows (default 256 per
+    centroid, faiss's own default training size; all rows when N is smaller), then one blocked
+    pass assigns every row. backend="faiss" runs the Lloyd steps with faiss.Kmeans (Johnson et
+    al., "Billion-scale similarity search with GPUs", 2019; it re-seeds an empty cluster by
+    splitting a large one); "numpy" runs them in blocks of rows, summing in float64 (an emptied
+    cluster keeps its centroid, as in diversity.kmeans); "auto" takes faiss when installed.
+    Nothing larger than the sample and a (block, k) float32 matrix is materialised."""
+    n, dim = x.shape
+    if not 1 <= k <= n:
+        raise ConfigError(f"kmeans_large: k={k} must be in [1, N={n}]")
+    if backend not in ("auto", "faiss", "numpy"):
+        raise ConfigError(f"kmeans_large: backend={backend!r} must be one of auto, faiss, numpy")
+    if backend == "faiss" and not have_faiss():
+        raise ConfigError("kmeans_large: backend='faiss' but faiss is not installed (pip install faiss-cpu)")
+    m = min(n, sample or 256 * k)
+    rows = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+    xs = np.empty((m, dim), dtype=np.float32)                # (m, D) the training sample
+    for s in range(0, m, block):
+        xs[s : s + block] = rows_as(x, rows[s : s + block])
+    init = rng.choice(m, size=min(m, 20 * k), replace=False) if m > 20 * k else np.arange(m)
+    c = xs[init[kmeans_pp(xs[init], k, rng)]]               # (k, D)
+    if backend == "faiss" or (backend == "auto" and have_faiss()):
+        import faiss
+
+        km = faiss.Kmeans(dim, k, niter=max_iter, seed=int(rng.integers(2**31)), max_points_per_centroid=m // k + 1,
+                          min_points_per_centroid=1, verbose=False)
+        km.train(xs, init_centroids=c)
+        c = np.ascontiguousarray(km.centroids, dtype=np.float32)
+    else:
+        labels = None
+        for _ in range(max_iter):
+            new = assign(xs, c, block)
+            if labels is not None and np.array_equal(new, labels):
+                break
+            labels = new
+            sums = np.zeros((k, dim))                        # (k, D) float64, summed a block at a time
+            for s in range(0, m, block):
+                lab = labels[s : s + block]
+                order = np.argsort(lab, kind="stable")
+                starts = np.flatnonzero(np.r_[True, np.diff(lab[order]) != 0])
+                sums[lab[order][starts]] += np.add.reduceat(xs[s : s + block][order].astype(np.float64), starts)
+            counts = np.bincount(labels, minlength=k)        # (k,)
+            filled = np.flatnonzero(counts)
+            c[filled] = sums[filled] / counts[filled, None]
+    return c, assign(x, c, block)
+
+
+# ---------------------------------------------------------------------------- kNN graph + facility location
+def unit_f32(x: np.ndarray) -> np.ndarray:
+    """(b, D) rows scaled to unit norm in float64 then cast, exactly as diversity.dense_similarity."""
+    x = np.asarray(x, dtype=np.float64)
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def knn_graph(x: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours by cosine similarity, self excluded: (indices (N, k) int64,
+    cosine similarities (N, k) float32), each row by decreasing similarity, ties to the lower
+    index (which of several rows tied at the k-th place is kept is arbitrary in the first tile).
+    Brute force over (block x block) tiles of U U^T (U the unit rows), upper triangle only, each
+    tile merged into the running top-k of its rows and, transposed, of its columns; after a row's
+    first tile only entries above its current k-th similarity are merged. N^2 D flops; memory:
+    a float32 unit copy of x, the (N, k) result and one tile."""
+    n, dim = x.shape
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= n - 1:
+        raise ConfigError(f"knn_graph: k={k} must be an integer in [1, N-1={n - 1}]")
+    u = np.empty((n, dim), dtype=np.float32)                 # (N, D) unit rows
+    for s in range(0, n, block):
+        u[s : s + block] = unit_f32(x[s : s + block])
+    top_i = np.zeros((n, k), dtype=np.int64)
+    top_s = np.full((n, k), -np.inf, dtype=np.float32)      # -inf: not filled yet
+    for qs in range(0, n, block):
+        for ds in range(qs, n, block):
+            sim = u[qs : qs + block] @ u[ds : ds + block].T  # (bq, bd)
+            if qs == ds:
+                np.fill_diagonal(sim, -np.inf)               # a row is not its own neighbour
+            merge_top(top_i, top_s, qs, sim, ds)
+            if ds != qs:
+                merge_top(top_i, top_s, ds, sim, qs, axis=0)
+    order = np.lexsort((top_i, -top_s), axis=1)              # by similarity, then index
+    return np.take_along_axis(top_i, order, axis=1), np.take_along_axis(top_s, order, axis=1)
+
+
+def merge_top(top_i: np.ndarray, top_s: np.ndarray, r0: int, sim: np.ndarray, c0: int, axis: int = 1) -> None:
+    """Merge a tile into the running top-k, in place: with axis=1 the rows of sim (b, m) are rows
+    r0.. and its columns are neighbours c0..; with axis=0 the roles swap (sim.T, without a copy)."""
+    b, m, k = (*sim.shape, top_i.shape[1]) if axis == 1 else (*sim.shape[::-1], top_i.shape[1])
+    cur_s, cur_i = top_s[r0 : r0 + b], top_i[r0 : r0 + b]   # (b, k) views
+    thr = cur_s.min(axis=1)                                  # (b,) current k-th similarity
+    if np.isneginf(thr).any():                               # a row's first tiles: partial sort
+        cat_s = np.concatenate([cur_s, sim if axis == 1 else sim.T], axis=1)   # (b, k + m)
+        keep = np.argpartition(cat_s, m, axis=1)[:, -k:]     # positions < k: old entries, else c0 + pos - k
+        cur_i[:] = np.where(keep < k, np.take_along_axis(cur_i, np.minimum(keep, k - 1), axis=1), c0 + keep - k)
+        cur_s[:] = np.take_along_axis(cat_s, keep, axis=1)
+        return
+    if axis == 1:
+        rr, cc = np.nonzero(sim > thr[:, None])              # the few entries that enter a top-k
+        new_s = sim[rr, cc]
+    else:
+        cc, rr = np.nonzero(sim > thr[None, :])
+        new_s = sim[cc, rr]
+    if not len(rr):
+        return
+    rows = np.unique(rr)                                     # (t,)
+    r = np.concatenate([np.repeat(rows, k), rr])
+    v = np.concatenate([cur_s[rows].ravel(), new_s])
+    i = np.concatenate([cur_i[rows].ravel(), cc + c0])
+    order = np.lexsort((i, -v, r))                           # by row, then similarity, then index
+    rank = np.arange(len(r)) - np.searchsorted(r[order], r[order])   # position within its row
+    keep = order[rank < k]                                   # exactly k per row, rows ascending
+    cur_s[rows] = v[keep].reshape(-1, k)
+    cur_i[rows] = i[keep].reshape(-1, k)
+
+
+def facility_location_sparse(knn: tuple[np.ndarray, np.ndarray], budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lazy-greedy facility location (Minoux 1978) on a kNN graph: maximise
+    f(S) = sum_i max_{j in S} sim(i, j), sim = (1 + cos) / 2 as in diversity.facility_location,
+    where sim(i, j) counts only when j is among i's neighbours or j = i (sim(i, i) = 1, unit rows);
+    the sparse facility location of Wei et al. ("Submodularity in data subset selection and
+    active learning", ICML 2015) and of submodlib. The gain of j is 1 - cover_j (clipped at 0)
+    plus, over the rows i listing j, max(0, sim(i, j) - cover_i). With k = N - 1 (the full graph)
+    this is diversity.facility_location_greedy on the dense matrix, ties to the lower index.
+    Returns (indices in pick order, gain at each pick)."""
+    nbr, cos = knn                                           # (N, k), (N, k)
+    n, k = nbr.shape
+    if not isinstance(budget, (int, np.integer)) or not 0 < budget <= n:
+        raise BudgetError(int(budget), n)
+    order = np.argsort(nbr.ravel(), kind="stable")           # in-edges of each j, grouped by j
+    src = (order // k).astype(np.int64)                      # (N k,) the row i that lists j
+    w = ((1.0 + cos.ravel()[order].astype(np.float64)) * 0.5)   # (N k,) sim(i, j)
+    ptr = np.r_[0, np.cumsum(np.bincount(nbr.ravel(), minlength=n))]   # (N + 1,)
+    cover = np.zeros(n, dtype=np.float64)                    # (N,) max similarity to the chosen set
+    gains0 = 1.0 + np.add.reduceat(np.r_[w, 0.0], ptr[:-1]) * (np.diff(ptr) > 0)
+    heap = [(-float(g), j, 0) for j, g in enumerate(gains0)]
+    heapq.heapify(heap)
+    chosen = np.empty(budget, dtype=np.int64)
+    gains = np.empty(budget, dtype=np.float64)
+    for step in range(budget):
+        while True:
+            neg, j, fresh_at = heapq.heappop(heap)
+            if fresh_at == step:
+                break
+            i, wj = src[ptr[j] : ptr[j + 1]], w[ptr[j] : ptr[j + 1]]
+            g = max(0.0, 1.0 - cover[j]) + float(np.maximum(wj - cover[i], 0.0).sum())
+            heapq.heappush(heap, (-g, j, step))
+        chosen[step], gains[step] = j, -neg
+        i, wj = src[ptr[j] : ptr[j + 1]], w[ptr[j] : ptr[j + 1]]
+        cover[i] = np.maximum(cover[i], wj)
+        cover[j] = max(cover[j], 1.0)
+    return chosen, gains
