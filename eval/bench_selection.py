@@ -221,7 +221,8 @@ def main() -> None:
                 p2 = run_child("kcenter_plain", data, Path(tmp) / "kc_plain2.npy", threads=2)
                 same2 = np.array_equal(np.load(Path(tmp) / "kc_plain2.npy")[0], pi)
                 row("kcenter_plain2", n, "plain loop, BLAS on 2 threads", p2,
-                    f"kcenter_fast's speed-up over it {p2['seconds'] / f['seconds']:.1f}x; picks as on 1 thread: {same2}")
+                    f"kcenter_fast's speed-up over it {p2['seconds'] / f['seconds']:.1f}x; "
+                    f"picks as on 1 thread: {same2}")
 
             # k-means
             if n <= 100_000:

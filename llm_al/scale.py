@@ -7,9 +7,10 @@ Stand-ins for the small-pool code in strategies.py and diversity.py with bounded
 (blocks of rows; never an N x N or a float64 (N, k) matrix): kcenter_fast makes the greedy loop's
 picks (see its docstring for what "the same" means in floating point) while reading a small part
 of x per pick; kmeans_large fits on a sample and assigns in blocks; knn_graph +
-facility_location_sparse replace the dense similarity by an exact k-nearest-neighbour graph. `x` may be any (N, D) array, an np.memmap included; rows are read a block at a
-time and cast to float32, as kcenter_greedy casts. Imports only numpy and llm_al.errors (faiss
-and threadpoolctl when installed), so strategies.py can import it.
+facility_location_sparse replace the dense similarity by an exact k-nearest-neighbour graph.
+`x` may be any (N, D) array, an np.memmap included; rows are read a block at a time and cast to
+float32, as kcenter_greedy casts. Imports only numpy and llm_al.errors (faiss and threadpoolctl
+when installed), so strategies.py can import it.
 """
 
 from __future__ import annotations
