@@ -60,7 +60,7 @@ class Features:
         """Instruction-following difficulty (Cherry LLM): loss given the prompt / loss without it."""
         if self.loss is None or self.direct_loss is None:
             return None
-        return self.loss / np.maximum(self.direct_loss, 1e-8)
+        return ifd_ratio(self.loss, self.direct_loss)
 
     def require(self, name: str) -> np.ndarray:
         value = getattr(self, name, None)
@@ -254,8 +254,11 @@ def build_features(examples: Sequence[Example], ids: list[str], *, loss_stats: n
     return f
 
 
-def ifd_from_stats(loss_stats: np.ndarray, direct_stats: np.ndarray) -> np.ndarray:
+def ifd_ratio(conditioned: np.ndarray, alone: np.ndarray) -> np.ndarray:
     """IFD = mean response loss given the prompt / mean response loss alone."""
-    cond = loss_stats[:, 0] / np.maximum(loss_stats[:, 2], 1)
-    alone = direct_stats[:, 0] / np.maximum(direct_stats[:, 2], 1)
-    return (cond / np.maximum(alone, 1e-8)).astype(np.float32)
+    return (conditioned / np.maximum(alone, 1e-8)).astype(np.float32)
+
+
+def ifd_from_stats(loss_stats: np.ndarray, direct_stats: np.ndarray) -> np.ndarray:
+    return ifd_ratio(loss_stats[:, 0] / np.maximum(loss_stats[:, 2], 1),
+                     direct_stats[:, 0] / np.maximum(direct_stats[:, 2], 1))
