@@ -335,14 +335,17 @@ def _variance(doc: _Doc, c: _Ctx) -> None:
         if len(kept) < 2:
             skipped.append(f"{c.label(s, o, b)} ({len(by)} distinct subset(s), {len(kept)} with >= 2 runs)")
             continue
-        n = min(map(len, kept))
+        # the largest balanced block: n runs from every subset that has at least n (G >= 2)
+        n = max((m for m in range(2, max(map(len, kept)) + 1) if sum(len(v) >= m for v in kept) >= 2),
+                key=lambda m: (m * sum(len(v) >= m for v in kept), m))
+        kept = [v for v in kept if len(v) >= n]
         scores = np.array([v[:n] for v in kept])                   # (G subsets, N runs)
         if np.ptp(scores) == 0:
             skipped.append(f"{c.label(s, o, b)} (every run scored {scores.flat[0]:g}: no variation to analyse)")
             continue
         sizes = sorted(map(len, by.values()))
         note = ("" if sizes[0] == sizes[-1] else f"unbalanced ({sizes[0]}-{sizes[-1]} runs per subset): the first "
-                f"{n} runs of the {len(kept)} subsets with >= 2")
+                f"{n} runs of the {len(kept)} subsets with >= {n} (the largest balanced block)")
         v = analysis.variance_decomposition(scores, c.rng)
         rows.append({"label": c.label(s, o, b), "strategy": s, "ordering": o, "budget": b, **v.to_dict(), "note": note})
     why = "needs >= 2 distinct subsets with >= 2 runs each (orders or init seeds), e.g. design=grid"

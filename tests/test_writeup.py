@@ -215,3 +215,19 @@ def test_deterministic_and_matplotlib_stays_out_of_import(comparison, tmp_path):
             f"llm_al.writeup.write_report({str(root)!r}, {str(tmp_path / 'sub')!r}); "
             "assert 'matplotlib.pyplot' not in sys.modules")     # a bare Figure: no global backend switch
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unbalanced_variance_uses_the_largest_balanced_block(tmp_path):
+    """Subsets with 4, 4, 4 and 2 runs: 3 x 4 (12 runs) beats 4 x 2 (8 runs)."""
+    cfg = _cfg(strategies=["random"], design="grid", subset_seeds=[0, 1, 2, 3], order_seeds=[0, 1, 2, 3], seeds=[0])
+    rng = np.random.default_rng(2)
+    matrix = 30 + rng.normal(0, 3, (4, 4))
+    for s in range(4):
+        for o in range(4 if s < 3 else 2):
+            _write(tmp_path, "random", "shuffled", s, o, 0, float(matrix[s, o]), cfg)
+    files = write_report(tmp_path, tmp_path / "wr")
+    (row,) = _csv(files["variance.csv"])
+    assert (int(row["n_subsets"]), int(row["n_runs"])) == (3, 4)
+    expected = analysis.variance_decomposition(matrix[:3], np.random.default_rng(0))
+    assert float(row["share_within"]) == pytest.approx(expected.share_within)
+    assert "largest balanced block" in row["note"]
