@@ -73,7 +73,8 @@ def _done(path: Path, cfg_dict: dict) -> dict | None:
     if result.get("status") != "ok":
         return None
     old = result.get("config", {})
-    changed = [k for k in RESULT_KEYS if old.get(k) != cfg_dict[k]]
+    defaults = to_dict(ExperimentConfig())      # a section added since that run was written had its default
+    changed = [k for k in RESULT_KEYS if old.get(k, defaults[k]) != cfg_dict[k]]
     if changed:
         raise UserError(f"{path} was produced with a different config ({', '.join(changed)} differ); "
                         "use a new out_dir, or delete the old results to recompute them")

@@ -55,3 +55,22 @@ def test_failed_runs_are_counted_not_averaged():
                                                          "status": "failed", "seeds": {"subset": 1, "order": 1, "init": 1}}]
     row = summarize(runs, FLOOR, cfg)["strategies"][0]
     assert row["n"] == 1 and row["failed"] == 1 and row["chrf"]["values"] == [30.0]
+
+
+def test_results_from_before_a_config_section_existed_are_reused(tmp_path):
+    """A run written before a config section was added (so its config lacks it) still counts as
+    done when the section has its default value now; a real difference is refused."""
+    import json
+
+    from llm_al.config import to_dict
+    from llm_al.errors import UserError
+    from llm_al.experiment import _done
+
+    cfg = to_dict(load_config())
+    old = {k: v for k, v in cfg.items() if k != "loop"}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"status": "ok", "config": old}))
+    assert _done(path, cfg)["status"] == "ok"
+    changed = {**cfg, "loop": {**cfg["loop"], "rounds": 2}}
+    with pytest.raises(UserError, match="loop differ"):
+        _done(path, changed)
