@@ -206,9 +206,7 @@ def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, ou
             record.update({
                 "status": "ok", "rounds": rounds, "eval": ev,
                 "selection": {"ids": [data.pool.ids[i] for i in final], "indices": final.tolist()},
-                "subset_features": _subset_means(features, final),
-                "overlap": selection_overlap(index, [data.pool.examples[i] for i in final], data.test.examples,
-                                             cfg.overlap.n),
+                **_describe_subset(cfg, data, features, index, final),
                 "timings": {"train_seconds": sum(r["train_seconds"] for r in rounds),
                             "select_seconds": sum(r.get("rescore_seconds", 0.0) for r in rounds),
                             "eval_seconds": sum(r["eval_seconds"] for r in rounds)}})
@@ -234,9 +232,7 @@ def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, ou
                           "score_name": sel.score_name},
             "order": {"ids": [data.pool.ids[i] for i in order],
                       "scores": [None if np.isnan(score_by_index[i]) else score_by_index[i] for i in order.tolist()]},
-            "subset_features": _subset_means(features, sel.indices),
-            "overlap": selection_overlap(index, [data.pool.examples[i] for i in sel.indices],
-                                         data.test.examples, cfg.overlap.n),
+            **_describe_subset(cfg, data, features, index, sel.indices),
             "train": asdict(tr), "eval": ev, "timings": timings,
         })
         write_json(path, record)
@@ -250,6 +246,13 @@ def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, ou
         if peft_model is not None:
             model = detach_lora(peft_model)
     return record, model
+
+
+def _describe_subset(cfg, data, features, index, indices) -> dict:
+    """What every run records about its chosen subset: feature means and overlap figures."""
+    return {"subset_features": _subset_means(features, indices),
+            "overlap": selection_overlap(index, [data.pool.examples[i] for i in indices], data.test.examples,
+                                         cfg.overlap.n)}
 
 
 def _subset_means(features, indices) -> dict:
