@@ -25,6 +25,7 @@ from llm_al.grid import DESIGNS
 from llm_al.loop import LoopConfig
 from llm_al.models import EMBEDDED_EMBEDDER, EMBEDDED_MODEL
 from llm_al.orderings import ORDERINGS
+from llm_al.probes import ProbeConfig, provided_names
 from llm_al.registry import did_you_mean
 from llm_al.strategies import STRATEGIES
 from llm_al.train import TrainConfig
@@ -128,6 +129,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     overlap: OverlapConfig = field(default_factory=OverlapConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:
         if "random" not in [parse_strategy(s)[0] for s in self.strategies]:
@@ -136,7 +138,8 @@ class ExperimentConfig:
             STRATEGIES.get(parse_strategy(spec)[0])
         for name in self.orderings:
             ORDERINGS.get(name)
-        valid = ("loss", "entropy", "n_tokens", "min_k", "ifd", "direct_loss", "scorer_ifd", "embeddings")
+        valid = ("loss", "entropy", "n_tokens", "min_k", "ifd", "direct_loss", "scorer_ifd", "embeddings",
+                 *provided_names())
         for name in self.features:
             if name not in valid:
                 raise ConfigError(f"unknown feature {name!r} in features; valid: {', '.join(valid)}")

@@ -146,7 +146,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     model, tokenizer = models.load_model(cfg.model.name, cfg.model.device,
                                          trust_remote_code=cfg.model.trust_remote_code)
     needs = needed_features([(name, params) for _, name, params in specs], cfg.orderings) | set(cfg.features)
-    features = compute_features(data.pool, needs, cfg.model, (model, tokenizer), cfg.progress)
+    features = compute_features(data.pool, needs, cfg.model, (model, tokenizer), cfg.progress, cfg=cfg)
     index = reference_index(cfg.overlap.reference, cfg.overlap.n) if cfg.overlap.reference else None
     pad_id = tokenizer.pad_token_id
     cfg_dict = to_dict(cfg)
@@ -266,6 +266,8 @@ def _subset_means(features, indices) -> dict:
     if features.min_k is not None:
         for j, k in enumerate(MIN_K_FRACTIONS):
             out[f"min_k_{k}"] = float(np.mean(features.min_k[indices, j]))
+    for name, value in sorted(features.scores.items()):
+        out[name] = float(np.mean(value[indices]))
     if features.embeddings is not None:
         x = features.embeddings[indices]                                 # (B, D)
         out["embedding_spread"] = float(((x - x.mean(0)) ** 2).sum(1).mean())   # mean sq. distance to centroid

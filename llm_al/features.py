@@ -50,6 +50,7 @@ class Features:
     direct_loss: np.ndarray | None = None      # (N,) mean response NLL with no prompt (IFD's denominator)
     scorer_ifd: np.ndarray | None = None       # (N,) IFD under a separate small scorer model (Superfiltering)
     embeddings: np.ndarray | None = None       # (N, D) unit-norm
+    scores: dict[str, np.ndarray] = field(default_factory=dict)   # (N,) each, from probes (llm_al.probes)
     cost: dict = field(default_factory=dict)   # what computing them cost (seconds, passes, tokens)
 
     def __len__(self) -> int:
@@ -62,18 +63,28 @@ class Features:
             return None
         return ifd_ratio(self.loss, self.direct_loss)
 
+    def get(self, name: str) -> np.ndarray | None:
+        """A feature by name: a field, the `ifd` ratio, or a probe score; None when absent."""
+        if name in self.scores:
+            return self.scores[name]
+        return getattr(self, name, None) if name != "scores" and name != "cost" else None
+
     def require(self, name: str) -> np.ndarray:
-        value = getattr(self, name, None)
+        value = self.get(name)
         if value is None:
+            from llm_al.probes import hint
+
             raise FeatureUnavailableError(
-                f"feature {name!r} was not computed for this pool; it needs {_NEEDS_HINT.get(name, name)}")
+                f"feature {name!r} was not computed for this pool; it needs "
+                f"{_NEEDS_HINT.get(name) or hint(name) or name}")
         return value
 
     def take(self, indices: Sequence[int]) -> "Features":
         idx = np.asarray(indices, dtype=np.int64)
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        out = {k: (v if v is None or k == "cost" else [v[i] for i in idx] if k == "ids" else v[idx])
+        out = {k: (v if v is None or k in ("cost", "scores") else [v[i] for i in idx] if k == "ids" else v[idx])
                for k, v in values.items()}
+        out["scores"] = {k: v[idx] for k, v in self.scores.items()}
         out["cost"] = dict(self.cost)
         return Features(**out)
 

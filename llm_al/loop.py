@@ -19,11 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llm_al import probes
 from llm_al.errors import ConfigError
 from llm_al.evaluate import evaluate
 from llm_al.features import Features, build_features, direct_items, response_token_stats
 from llm_al.formatting import tokenize
 from llm_al.orderings import run_ordering
+from llm_al.pipeline import probe_context, strategy_needs
 from llm_al.seeds import rng, stream_seed
 from llm_al.strategies import STRATEGIES, run_strategy
 from llm_al.train import detach_lora, train_lora
@@ -52,27 +54,40 @@ class LoopConfig:
         STRATEGIES.get(self.seed_strategy)
 
 
-def rescore(model, tokenizer, base: Features, examples, indices: np.ndarray, max_length: int,
-            direct: bool) -> Features:
-    """Features of pool[indices] under `model` (an adapter), keeping the base embeddings."""
-    items = tokenize(tokenizer, [examples[i] for i in indices], max_length)
-    stats = response_token_stats(model, items, tokenizer.pad_token_id)
-    direct_stats = None
-    if direct:
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        direct_stats = response_token_stats(model, direct_items(items, start), tokenizer.pad_token_id)
+MODEL_FEATURES = {"loss", "entropy", "min_k", "ifd", "n_tokens", "direct_loss"}
+
+
+def rescore(model, tokenizer, base: Features, examples, indices: np.ndarray, needs: set[str], cfg,
+            labelled: list[int]) -> Features:
+    """Features of pool[indices] under `model` (an adapter), keeping the base embeddings and
+    scorer IFD: the one-pass statistics when `needs` asks for them, and every probe score it asks
+    for (with the labelled examples so far, for probes such as a committee that train on them)."""
     sub = base.take(indices)
-    fresh = build_features([examples[i] for i in indices], sub.ids, loss_stats=stats, direct_stats=direct_stats,
-                           embeddings=sub.embeddings)
-    fresh.scorer_ifd = sub.scorer_ifd
-    return fresh
+    chosen = [examples[i] for i in indices]
+    if needs & MODEL_FEATURES:
+        items = tokenize(tokenizer, chosen, cfg.model.max_length)
+        stats = response_token_stats(model, items, tokenizer.pad_token_id)
+        direct_stats = None
+        if needs & {"ifd", "direct_loss"}:
+            start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+            direct_stats = response_token_stats(model, direct_items(items, start), tokenizer.pad_token_id)
+        fresh = build_features(chosen, sub.ids, loss_stats=stats, direct_stats=direct_stats, embeddings=sub.embeddings)
+        fresh.scorer_ifd, fresh.scores = sub.scorer_ifd, sub.scores
+        sub = fresh
+    probe_needs = needs & set(probes.provided_names())
+    if probe_needs:
+        ctx = probe_context(chosen, model, tokenizer, cfg.model, cfg, progress=False,
+                            labelled=[examples[i] for i in labelled])
+        scores, _ = probes.run_probes(probe_needs, ctx)
+        sub.scores = {**sub.scores, **scores}
+    return sub
 
 
 def run_loop(cfg, cell, data, features: Features, model, tokenizer, progress: bool):
     """All rounds of one cell. Returns (rounds list, final selection indices, final eval, model)."""
     round_size = cfg.loop.round_size(cfg.budget)
-    needs = set(STRATEGIES.get(cell.name).meta.get("needs", ()))
-    model_needs = bool(needs & {"loss", "entropy", "min_k", "ifd", "n_tokens", "direct_loss"})
+    needs = strategy_needs(cell.name, cell.params)
+    model_needs = bool(needs & (MODEL_FEATURES | set(probes.provided_names())))
     select_rng = rng(cell.subset_seed, "subset")
     seed = run_strategy(cfg.loop.seed_strategy, features, cfg.loop.seed_size, select_rng)
     labelled = list(seed.indices)
@@ -91,7 +106,7 @@ def run_loop(cfg, cell, data, features: Features, model, tokenizer, progress: bo
                 t1 = time.perf_counter()
                 remaining = np.setdiff1d(np.arange(len(data.pool)), labelled)
                 pool_features = (rescore(peft_model, tokenizer, features, data.pool.examples, remaining,
-                                         cfg.model.max_length, "ifd" in needs or "direct_loss" in needs)
+                                         needs, cfg, labelled)
                                  if model_needs else features.take(remaining))
                 sel = run_strategy(cell.name, pool_features, round_size, select_rng, **cell.params)
                 labelled += remaining[sel.indices].tolist()

@@ -10,7 +10,7 @@ from typing import Iterable
 
 import numpy as np
 
-from llm_al import models
+from llm_al import models, probes
 from llm_al.data import Pool, drop_overlap, load_pool, records_to_pool, split_pool
 from llm_al.demo_data import EMBEDDED_POOL, SYSTEM_PROMPT, TEMPLATE, demo_records
 from llm_al.diversity import WEIGHTED_DEFAULT
@@ -98,11 +98,17 @@ def needed_features(strategies: Iterable[tuple[str, dict]], ordering_names: Iter
 
 
 def compute_features(pool: Pool, needs: set[str], model_cfg, model_and_tokenizer=None,
-                     progress: bool = True) -> Features:
-    """Only what `needs` asks for. `model_and_tokenizer` reuses a loaded model; else one is loaded."""
+                     progress: bool = True, cfg=None) -> Features:
+    """Only what `needs` asks for. `model_and_tokenizer` reuses a loaded model; else one is loaded.
+    `cfg` (an ExperimentConfig) supplies the probe, train and eval settings probes use; defaults
+    when None."""
     cache_dir = models.cache_root() / "features"
     stats: dict[str, np.ndarray] = {}
     cost: dict = {}
+    probe_needs = needs & set(probes.provided_names())
+    if probe_needs and probes.needs_model(probe_needs) and model_and_tokenizer is None:
+        model_and_tokenizer = models.load_model(model_cfg.name, model_cfg.device,
+                                                trust_remote_code=model_cfg.trust_remote_code)
 
     def passes(name: str, model, tokenizer, which: set[bool], prefix: str = "") -> None:
         """The with-prompt (False) and/or without-prompt (True) passes of one model."""
@@ -134,8 +140,30 @@ def compute_features(pool: Pool, needs: set[str], model_cfg, model_and_tokenizer
         embeddings, c = compute_embeddings(embedder, [ex.text for ex in pool.examples], cache_dir,
                                            models.fingerprint(model_cfg.embedder), progress_bar=progress)
         cost.update(c)
-    return build_features(pool.examples, pool.ids, loss_stats=stats.get("loss"), direct_stats=stats.get("direct"),
-                          scorer_ifd=scorer_ifd, embeddings=embeddings, cost=cost)
+    features = build_features(pool.examples, pool.ids, loss_stats=stats.get("loss"), direct_stats=stats.get("direct"),
+                              scorer_ifd=scorer_ifd, embeddings=embeddings, cost=cost)
+    if probe_needs:
+        model, tokenizer = model_and_tokenizer or (None, None)
+        ctx = probe_context(pool.examples, model, tokenizer, model_cfg, cfg, progress,
+                            cache_dir=cache_dir, model_key=models.fingerprint(model_cfg.name))
+        scores, probe_cost = probes.run_probes(probe_needs, ctx)
+        features.scores.update(scores)
+        features.cost.update({f"probe_{k}": v for k, v in probe_cost.items()})
+    return features
+
+
+def probe_context(examples, model, tokenizer, model_cfg, cfg, progress: bool, *, labelled=None,
+                  cache_dir=None, model_key: str = "") -> probes.ProbeContext:
+    """The ProbeContext for `examples`, with the probe/train/eval settings of `cfg` (or defaults)."""
+    from llm_al.evaluate import EvalConfig
+    from llm_al.train import TrainConfig
+
+    return probes.ProbeContext(
+        examples=examples, model=model, tokenizer=tokenizer, model_cfg=model_cfg,
+        probe_cfg=cfg.probe if cfg is not None else probes.ProbeConfig(),
+        train_cfg=cfg.train if cfg is not None else TrainConfig(),
+        eval_cfg=cfg.eval if cfg is not None else EvalConfig(),
+        labelled=labelled, cache_dir=cache_dir, model_key=model_key, progress=progress)
 
 
 # ---------------------------------------------------------------------------- overlap

@@ -96,8 +96,12 @@ def synthetic_features(n: int = 40, dim: int = 8, seed: int = 0):
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     from llm_al.features import MIN_K_FRACTIONS
 
+    import llm_al.strategies  # noqa: F401  (registers every probe)
+    from llm_al.probes import provided_names
+
     loss = rng.gamma(2.0, 1.0, n).astype(np.float32)
-    return Features(ids=[f"id{i}" for i in range(n)], length=rng.integers(1, 30, n).astype(np.float32),
+    scores = {name: rng.gamma(2.0, 1.0, n).astype(np.float32) for name in provided_names()}
+    return Features(scores=scores, ids=[f"id{i}" for i in range(n)], length=rng.integers(1, 30, n).astype(np.float32),
                     loss=loss, entropy=rng.gamma(2.0, 1.0, n).astype(np.float32), n_tokens=rng.integers(1, 30, n),
                     min_k=-np.sort(rng.gamma(2.0, 1.0, (n, len(MIN_K_FRACTIONS))), axis=1)[:, ::-1].astype(np.float32),
                     direct_loss=(loss * rng.uniform(0.5, 1.5, n)).astype(np.float32),
