@@ -24,6 +24,13 @@ from llm_al.features import Features
 from llm_al.strategies import STRATEGIES, Selection, kcenter_greedy, top_k
 
 SCORE_FIELDS = ("loss", "entropy", "length", "n_tokens", "ifd", "direct_loss", "scorer_ifd")   # per-example Features fields a hybrid can use
+
+
+def score_fields() -> list[str]:
+    """Every per-example score a hybrid can use: the Features fields and each probe's scores."""
+    from llm_al.probes import provided_names
+
+    return [*SCORE_FIELDS, *provided_names()]
 THEN = ("kcenter", "facility_location")
 
 
@@ -48,8 +55,8 @@ def check_number(strategy: str, param: str, value: object, lo: float, hi: float,
 
 def field_scores(features: Features, by: str, strategy: str) -> np.ndarray:
     """(N,) float64 copy of a per-example Features field, checked for NaN."""
-    if by not in SCORE_FIELDS:
-        raise bad_param(strategy, "by", by, f"must be one of {', '.join(SCORE_FIELDS)}")
+    if by not in score_fields():
+        raise bad_param(strategy, "by", by, f"must be one of {', '.join(score_fields())}")
     s = features.require(by).astype(np.float64)
     if np.isnan(s).any():
         raise ValueError(f"{int(np.isnan(s).sum())} {by} values are NaN; {strategy} must not select on them")
@@ -406,12 +413,12 @@ def weighted(features: Features, budget: int, rng: np.random.Generator,
     top `budget` of the combined score (random tie-break). Score: the combined score."""
     weights = WEIGHTED_DEFAULT if weights is None else weights
     if not isinstance(weights, Mapping) or not weights:
-        raise bad_param("weighted", "weights", weights, f"must be a non-empty mapping over {', '.join(SCORE_FIELDS)}")
+        raise bad_param("weighted", "weights", weights, f"must be a non-empty mapping over {', '.join(score_fields())}")
     combined = np.zeros(len(features))
     for field, w in weights.items():
-        if field not in SCORE_FIELDS:
+        if field not in score_fields():
             raise ConfigError(f"strategy 'weighted': weights has an unknown field {field!r}; valid fields: "
-                              f"{', '.join(SCORE_FIELDS)}")
+                              f"{', '.join(score_fields())}")
         w = check_number("weighted", f"weights[{field!r}]", w, -np.inf, np.inf, "must be a finite number")
         combined += w * rank01(field_scores(features, field, "weighted"))
     if all(float(w) == 0.0 for w in weights.values()):
