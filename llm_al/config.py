@@ -107,6 +107,9 @@ class ExperimentConfig:
     orderings: list[str] = field(default_factory=lambda: ["shuffled"])
     """How each subset is ordered for training; several = a curriculum comparison (llm-al list)."""
     budget: int = 100
+    budgets: list[int] = field(default_factory=list)
+    """A sweep over budgets (learning curve over budgets); empty = just `budget`. Runs at `budget`
+    keep their ids, so adding budgets to an experiment reuses its runs."""
     design: str = "paired"
     """paired (run k uses seed k for subset, order and init), grid (subset_seeds x order_seeds x
     init_seeds) or grid_tied (subset_seeds x order_seeds, init seed = order seed). See llm_al/grid.py."""
@@ -131,6 +134,10 @@ class ExperimentConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
+    @property
+    def budget_list(self) -> list[int]:
+        return list(self.budgets) or [self.budget]
+
     def __post_init__(self) -> None:
         if "random" not in [parse_strategy(s)[0] for s in self.strategies]:
             self.strategies = ["random", *self.strategies]
@@ -145,10 +152,14 @@ class ExperimentConfig:
                 raise ConfigError(f"unknown feature {name!r} in features; valid: {', '.join(valid)}")
         if not self.orderings or len(set(self.orderings)) != len(self.orderings):
             raise ConfigError(f"orderings must be a non-empty list of distinct names, got {self.orderings!r}")
-        if not isinstance(self.budget, int) or self.budget < 1:
-            raise ConfigError(f"budget must be a positive integer, got {self.budget!r}")
+        for b in [self.budget, *self.budgets]:
+            if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+                raise ConfigError(f"budget must be a positive integer, got {b!r} (in budget/budgets)")
+        if len(set(self.budgets)) != len(self.budgets):
+            raise ConfigError(f"budgets are listed twice: {self.budgets}")
         if self.loop.rounds:
-            self.loop.round_size(self.budget)          # the budget must split into the rounds
+            for b in self.budget_list:
+                self.loop.round_size(b)                # each budget must split into the rounds
         if self.design not in DESIGNS:
             raise ConfigError(f"design must be one of {', '.join(DESIGNS)}, got {self.design!r}")
         for key in ("seeds", "subset_seeds", "order_seeds", "init_seeds"):

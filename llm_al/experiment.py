@@ -59,11 +59,12 @@ def versions() -> dict:
 
 # The config sections that decide a single run's result. Seeds, strategies and names may change
 # between invocations of the same out_dir (to add runs); these may not.
-RESULT_KEYS = ("data", "model", "train", "eval", "budget", "overlap", "loop")
+RESULT_KEYS = ("data", "model", "train", "eval", "overlap", "loop", "probe")
 
 
-def _done(path: Path, cfg_dict: dict) -> dict | None:
-    """The finished result at `path`, if any; an error if it came from a different config."""
+def _done(path: Path, cfg_dict: dict, budget: int | None = None) -> dict | None:
+    """The finished result at `path`, if any; an error if it came from a different config (or,
+    for a run, a different budget)."""
     if not path.exists():
         return None
     try:
@@ -75,6 +76,8 @@ def _done(path: Path, cfg_dict: dict) -> dict | None:
     old = result.get("config", {})
     defaults = to_dict(ExperimentConfig())      # a section added since that run was written had its default
     changed = [k for k in RESULT_KEYS if old.get(k, defaults[k]) != cfg_dict[k]]
+    if budget is not None and result.get("budget", old.get("budget")) != budget:
+        changed.append("budget")
     if changed:
         raise UserError(f"{path} was produced with a different config ({', '.join(changed)} differ); "
                         "use a new out_dir, or delete the old results to recompute them")
@@ -139,8 +142,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     check_out_dir(out)
     write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     data = load_data(cfg.data, seed=cfg.seeds[0])
-    if cfg.budget > len(data.pool):
-        raise BudgetError(cfg.budget, len(data.pool))
+    if max(cfg.budget_list) > len(data.pool):
+        raise BudgetError(max(cfg.budget_list), len(data.pool))
     specs = [(spec, *parse_strategy(spec)) for spec in cfg.strategies]
 
     model, tokenizer = models.load_model(cfg.model.name, cfg.model.device,
@@ -166,7 +169,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     busy = []
     for cell in cells(cfg, specs):
         path = out / "runs" / f"{cell.run_id}.json"
-        done = _done(path, cfg_dict)
+        done = _done(path, cfg_dict, cell.budget)
         if done is not None:
             log.info("%s: already done, skipping", path.name)
             results.append(done)
@@ -196,7 +199,7 @@ def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, ou
     record = {"run_id": cell.run_id, "strategy": cell.strategy, "strategy_name": cell.name, "params": cell.params,
               "ordering": cell.ordering, "seeds": {"subset": cell.subset_seed, "order": cell.order_seed,
                                                    "init": cell.init_seed},
-              "stream_seeds": streams, "budget": cfg.budget, "worker": f"{socket.gethostname()}:{os.getpid()}",
+              "stream_seeds": streams, "budget": cell.budget, "worker": f"{socket.gethostname()}:{os.getpid()}",
               **common}
     timings: dict = {}
     peft_model = None
@@ -213,7 +216,7 @@ def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, ou
             write_json(path, record)
             return record, model
         t0 = time.perf_counter()
-        sel = run_strategy(cell.name, features, cfg.budget, rng(cell.subset_seed, "subset"), **cell.params)
+        sel = run_strategy(cell.name, features, cell.budget, rng(cell.subset_seed, "subset"), **cell.params)
         order = run_ordering(cell.ordering, sel.indices, features, rng(cell.order_seed, "order"))
         timings["select_seconds"] = time.perf_counter() - t0
         items = tokenize(tokenizer, [data.pool.examples[i] for i in order], cfg.model.max_length)

@@ -35,6 +35,8 @@ class Cell:
     subset_seed: int = 0
     order_seed: int = 0
     init_seed: int = 0
+    budget: int = 100
+    default_budget: int = field(default=100, hash=False, compare=False)   # cfg.budget: its runs keep short ids
 
     @property
     def seeds(self) -> tuple[int, int, int]:
@@ -45,7 +47,8 @@ class Cell:
         slug = self.strategy.replace(":", "-").replace(",", "-").replace("=", "").replace(" ", "")
         for ch in "{}[]":
             slug = slug.replace(ch, "")
-        return f"{slug}-{self.ordering}-s{self.subset_seed}o{self.order_seed}i{self.init_seed}"
+        suffix = "" if self.budget == self.default_budget else f"-b{self.budget}"
+        return f"{slug}-{self.ordering}-s{self.subset_seed}o{self.order_seed}i{self.init_seed}{suffix}"
 
 
 def seed_triples(cfg, ordering: str) -> list[tuple[int, int, int]]:
@@ -58,8 +61,11 @@ def seed_triples(cfg, ordering: str) -> list[tuple[int, int, int]]:
 
 
 def cells(cfg, specs: list[tuple[str, str, dict]]) -> list[Cell]:
-    """Every run of the experiment, strategies outermost (so a partial run has whole strategies)."""
-    return [Cell(spec, name, params, ordering, *triple)
+    """Every run of the experiment, budgets outermost, then strategies (so a partial run has whole
+    strategies at the first budgets). Runs at `cfg.budget` keep ids without a budget suffix, so a
+    sweep over `budgets` reuses the runs of an earlier single-budget experiment."""
+    return [Cell(spec, name, params, ordering, *triple, budget=budget, default_budget=cfg.budget)
+            for budget in cfg.budget_list
             for spec, name, params in specs
             for ordering in cfg.orderings
             for triple in seed_triples(cfg, ordering)]

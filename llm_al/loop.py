@@ -85,7 +85,7 @@ def rescore(model, tokenizer, base: Features, examples, indices: np.ndarray, nee
 
 def run_loop(cfg, cell, data, features: Features, model, tokenizer, progress: bool):
     """All rounds of one cell. Returns (rounds list, final selection indices, final eval, model)."""
-    round_size = cfg.loop.round_size(cfg.budget)
+    round_size = cfg.loop.round_size(cell.budget)
     needs = strategy_needs(cell.name, cell.params)
     model_needs = bool(needs & (MODEL_FEATURES | set(probes.provided_names())))
     select_rng = rng(cell.subset_seed, "subset")

@@ -85,8 +85,9 @@ def plan_experiment(cfg: ExperimentConfig) -> str:
             add(f"score {len(todo)} of {len(items)} pool examples{' without prompts' if direct else ''} "
                 f"({len(items) - len(todo)} cached)", sum(items[i].length for i in todo), 2, "score")
     mean_len = float(np.mean([len(tokenizer(ex.text)["input_ids"]) for ex in data.pool.examples[:200]])) + 15
-    add(f"train {len(runs)} runs x {cfg.budget} examples x {cfg.train.epochs} epoch(s)",
-        int(len(runs) * cfg.budget * cfg.train.epochs * mean_len), 6, "train")
+    examples = sum(c.budget for c in runs)
+    add(f"train {len(runs)} runs, {examples} examples in all x {cfg.train.epochs} epoch(s)",
+        int(examples * cfg.train.epochs * mean_len), 6, "train")
     prompt_len = float(np.mean([len(tokenizer(ex.text)["input_ids"]) for ex in data.test.examples]))
     add(f"generate for {len(data.test)} test examples x {len(runs) + 1} evaluations (<= {cfg.eval.max_new_tokens} "
         "new tokens each)", int((len(runs) + 1) * len(data.test) * (prompt_len + cfg.eval.max_new_tokens)), 2,
@@ -95,7 +96,7 @@ def plan_experiment(cfg: ExperimentConfig) -> str:
     for c in runs:
         by_cell[(c.strategy, c.ordering)] = by_cell.get((c.strategy, c.ordering), 0) + 1
     lines = [f"plan for {cfg.name!r} -> {cfg.out_dir} (dry run: nothing is trained or written)",
-             f"  pool {len(data.pool)} examples, test {len(data.test)}, budget {cfg.budget}, design {cfg.design}",
+             f"  pool {len(data.pool)} examples, test {len(data.test)}, budget {'/'.join(map(str, cfg.budget_list))}, design {cfg.design}",
              f"  model {cfg.model.name} ({params / 1e6:.0f}M parameters) on {device}; "
              f"measured matmul rate {rate / 1e9:.0f} GFLOP/s",
              f"  features to compute: {', '.join(sorted(needs)) or 'none'}",

@@ -50,19 +50,22 @@ def summarize(results: list[dict], floor: dict, cfg, feature_cost: dict | None =
     primary = cfg.eval.primary
     higher = METRICS.get(primary).meta.get("higher_is_better", True)
     value = lambda r: r["eval"]["metrics"][primary]  # noqa: E731
-    groups: dict[tuple[str, str], dict[tuple, dict]] = {}
+    budgets = cfg.budget_list
+    budget_of = lambda r: r.get("budget", cfg.budget)  # noqa: E731
+    groups: dict[tuple[str, str, int], dict[tuple, dict]] = {}
     for r in results:
         if r.get("status") == "ok":
-            groups.setdefault((r["strategy"], r["ordering"]), {})[_key(r)] = r
+            groups.setdefault((r["strategy"], r["ordering"], budget_of(r)), {})[_key(r)] = r
     stats_rng = rng(cfg.seeds[0], "stats")
     rows = []
-    for spec in cfg.strategies:
-        for ordering in cfg.orderings:
-            runs = groups.get((spec, ordering), {})
+    for budget in budgets:                                   # one row per (budget, strategy, ordering)
+        for spec, ordering in ((s, o) for s in cfg.strategies for o in cfg.orderings):
+            runs = groups.get((spec, ordering, budget), {})
             label = spec if len(cfg.orderings) == 1 else f"{spec} [{ordering}]"
-            row: dict = {"strategy": spec, "ordering": ordering, "label": label, "n": len(runs),
-                         "failed": sum(1 for r in results if (r["strategy"], r.get("ordering")) == (spec, ordering)
-                                       and r.get("status") != "ok")}
+            label += f" @{budget}" if len(budgets) > 1 else ""
+            row: dict = {"strategy": spec, "ordering": ordering, "budget": budget, "label": label, "n": len(runs),
+                         "failed": sum(1 for r in results if (r["strategy"], r.get("ordering"), budget_of(r))
+                                       == (spec, ordering, budget) and r.get("status") != "ok")}
             if not runs:
                 rows.append(row)
                 continue
@@ -75,7 +78,7 @@ def summarize(results: list[dict], floor: dict, cfg, feature_cost: dict | None =
             row["select_seconds"] = float(np.mean([r["timings"]["select_seconds"] for r in runs.values()]))
             row["overlap"] = _mean_overlap(list(runs.values()))
             row["cost"] = strategy_cost(spec, feature_cost or {})
-            baseline = groups.get(("random", ordering), {})
+            baseline = groups.get(("random", ordering, budget), {})
             paired = sorted(set(runs) & set(baseline))
             if spec != "random" and paired:
                 cmp = paired_comparison(np.array([value(runs[k]) for k in paired]),
@@ -84,7 +87,7 @@ def summarize(results: list[dict], floor: dict, cfg, feature_cost: dict | None =
                 row["vs_random"] = {"n": cmp.n, "mean_diff": cmp.mean_diff, "ci": [cmp.ci_low, cmp.ci_high],
                                     "wins": cmp.wins, "ties": cmp.ties,
                                     "verdict": paired_verdict(cmp.ci_low, cmp.ci_high, higher)}
-            shuffled = groups.get((spec, "shuffled"), {})
+            shuffled = groups.get((spec, "shuffled", budget), {})
             if ordering != "shuffled" and len(shuffled) > 1:
                 mine = np.array([value(r) for r in runs.values()])
                 others = np.array([value(r) for r in shuffled.values()])
@@ -93,7 +96,8 @@ def summarize(results: list[dict], floor: dict, cfg, feature_cost: dict | None =
             row["variance"] = _variance(runs, value, stats_rng)
             row["curve"] = _curve(list(runs.values()), primary)
             rows.append(row)
-    return {"primary": primary, "higher_is_better": higher, "budget": cfg.budget, "orderings": cfg.orderings,
+    return {"primary": primary, "higher_is_better": higher,
+            "budget": budgets[0] if len(budgets) == 1 else budgets, "orderings": cfg.orderings,
             "design": cfg.design, "runs": sum(r["n"] for r in rows), "test_size": floor.get("test_size"),
             "pool_size": floor.get("pool_size"), "untrained": floor["eval"]["metrics"], "strategies": rows}
 
@@ -194,6 +198,10 @@ def _cost(cost: dict | None) -> str:
     return " + ".join(parts)
 
 
+def _budgets(budget) -> str:
+    return "/".join(map(str, budget)) if isinstance(budget, list) else str(budget)
+
+
 def format_table(summary: dict) -> str:
     rows = table_rows(summary)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -201,7 +209,7 @@ def format_table(summary: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     direction = "higher is better" if summary["higher_is_better"] else "lower is better"
     title = (f"{summary['primary']} ({direction}) on {summary['test_size']} test examples; budget "
-             f"{summary['budget']} of {summary['pool_size']}; orderings {', '.join(summary['orderings'])}; "
+             f"{_budgets(summary['budget'])} of {summary['pool_size']}; orderings {', '.join(summary['orderings'])}; "
              f"{summary['runs']} runs, {summary['design']} design (strategies paired with random by seeds)")
     others = [m for m in METRICS.names() if m != summary["primary"] and any(m in r for r in summary["strategies"])]
     extra = [f"  {r['label']}: " + ", ".join(f"{m} {r[m]['mean']:.2f}" for m in others)

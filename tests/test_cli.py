@@ -365,3 +365,15 @@ def test_annotation_round_trip_through_the_cli(tmp_path, tiny_model_dir, cache_d
     err = _bad(["annotate", "export", str(pool), "--strategy", "perplexity", "--budget", "1", "--out",
                 str(tmp_path / "x.csv")], tmp_path, capsys)
     assert "reads reference responses" in err
+
+
+def test_budgets_sweep_reuses_the_single_budget_runs(tiny_recipe, tmp_path, cache_dir, capsys):
+    assert main(["run", str(tiny_recipe), "seeds=[0]", "strategies=[random]"]) == 0
+    runs = tmp_path / "out" / "runs"
+    first = (runs / "random-shuffled-s0o0i0.json").stat().st_mtime_ns
+    assert main(["run", str(tiny_recipe), "seeds=[0]", "strategies=[random]", "budgets=[4, 6]"]) == 0
+    assert (runs / "random-shuffled-s0o0i0.json").stat().st_mtime_ns == first          # budget 6: reused
+    small = json.loads((runs / "random-shuffled-s0o0i0-b4.json").read_text())
+    assert small["budget"] == 4 and len(small["selection"]["ids"]) == 4
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [(r["budget"], r["n"]) for r in summary["strategies"]] == [(4, 1), (6, 1)]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from llm_al.config import load_config, parse_strategy
 from llm_al.grid import cells
 
@@ -32,3 +34,22 @@ def test_unseeded_orderings_run_once_per_subset_in_grids():
 def test_run_ids_are_file_safe():
     (c,) = _cells(['strategies=["weighted:weights={loss: 1, length: -0.5}"]', "seeds=[0]"])[1:]
     assert all(ch not in c.run_id for ch in "{}[]:=, ")
+
+
+def test_budgets_axis_keeps_ids_of_the_default_budget_and_suffixes_others():
+    from llm_al.config import load_config, parse_strategy
+    from llm_al.grid import cells
+
+    cfg = load_config(None, ["strategies=[random]", "seeds=[0]", "budget=100", "budgets=[50, 100, 200]"])
+    ids = [(c.run_id, c.budget) for c in cells(cfg, [(s, *parse_strategy(s)) for s in cfg.strategies])]
+    assert ids == [("random-shuffled-s0o0i0-b50", 50), ("random-shuffled-s0o0i0", 100),
+                   ("random-shuffled-s0o0i0-b200", 200)]
+
+
+@pytest.mark.parametrize("bad", ["budgets=[50, 50]", "budgets=[0]", "budgets=[true]"])
+def test_bad_budgets_are_config_errors(bad):
+    from llm_al.config import load_config
+    from llm_al.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="budget"):
+        load_config(None, [bad])

@@ -74,3 +74,19 @@ def test_results_from_before_a_config_section_existed_are_reused(tmp_path):
     changed = {**cfg, "loop": {**cfg["loop"], "rounds": 2}}
     with pytest.raises(UserError, match="loop differ"):
         _done(path, changed)
+
+
+def test_budgets_axis_gives_one_row_per_budget_paired_within_the_budget():
+    cfg = load_config(None, ["strategies=[random, kcenter]", "seeds=[0, 1, 2]", "budgets=[50, 100]"])
+    runs = []
+    for b, gain in ((50, 5.0), (100, -5.0)):        # kcenter wins at 50 and loses at 100
+        for k in range(3):
+            runs += [{**_run("random", "shuffled", k, k, k, 30.0 + k), "budget": b},
+                     {**_run("kcenter", "shuffled", k, k, k, 30.0 + k + gain), "budget": b}]
+    summary = summarize(runs, FLOOR, cfg)
+    rows = {(r["strategy"], r["budget"]): r for r in summary["strategies"]}
+    assert set(rows) == {(s, b) for s in ("random", "kcenter") for b in (50, 100)}
+    assert rows[("kcenter", 50)]["vs_random"]["mean_diff"] == pytest.approx(5.0)
+    assert rows[("kcenter", 100)]["vs_random"]["mean_diff"] == pytest.approx(-5.0)
+    assert rows[("kcenter", 50)]["label"] == "kcenter @50" and summary["budget"] == [50, 100]
+    assert "budget 50/100 of 500" in format_table(summary)
