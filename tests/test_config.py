@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,45 @@ def test_parse_strategy():
         "weighted", {"weights": {"loss": 1, "length": -0.5}, "x": 2})
     with pytest.raises(UnknownNameError):
         ExperimentConfig(strategies=["nope"])
+
+
+def test_model_dtype_is_validated_and_applied(tiny_model_dir):
+    import torch
+
+    from llm_al.config import load_config
+    from llm_al.errors import ConfigError
+    from llm_al.models import load_model
+
+    with pytest.raises(ConfigError, match="model.dtype must be one of auto, float32, bfloat16, float16"):
+        load_config(None, ["model.dtype=bf16"])
+    assert load_config(None, ["model.dtype=bfloat16"]).model.dtype == "bfloat16"
+    model, _ = load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    model, _ = load_model(str(tiny_model_dir), device="cpu", dtype="auto")
+    assert next(model.parameters()).dtype == torch.float32        # auto on CPU
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def test_every_recipe_opens_with_its_command_and_run_time(recipe):
+    header = [line for line in recipe.read_text().splitlines() if line.startswith("#")]
+    assert any(f"llm-al run recipes/{recipe.name}" in line for line in header), f"{recipe.name}: no command"
+    assert any(re.search(r"\bmin(ute)?s?\b", line) or "NOT YET MEASURED" in line for line in header), \
+        f"{recipe.name}: no run time"
+
+
+SCRIPTS = sorted((Path(__file__).parent.parent / "recipes").glob("*.sh"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.name for s in SCRIPTS])
+def test_every_shell_recipe_command_parses(script):
+    """Each `llm-al ...` line of a shell recipe is a valid command line (options, choices)."""
+    import shlex
+
+    from llm_al.cli import _parser
+
+    lines = [line for line in script.read_text().splitlines() if line.startswith("llm-al ")]
+    assert lines, f"{script.name} runs no llm-al command"
+    env = {"POOL": "pool.jsonl", "OUT": "out"}
+    for line in lines:
+        words = shlex.split(line.replace('"$POOL"', env["POOL"]).replace('"$OUT', '"' + env["OUT"]))
+        _parser().parse_args(words[1:])          # argparse exits (SystemExit) on a bad option
