@@ -40,6 +40,16 @@ def pick_device(preference: str = "auto") -> str:
     return preference
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def torch_dtype(name: str | None, device: str) -> "Any":
+    """The torch dtype for a config name ("auto" or None: default_dtype for the device)."""
+    import torch
+
+    return default_dtype(device) if name in (None, "auto") else getattr(torch, name)
+
+
 def default_dtype(device: str) -> "Any":
     """bf16 on GPU, fp32 on CPU (bf16 on CPU moves per-example losses by up to 9% with batch
     composition, see shared/docs/offline-assets.md)."""
@@ -158,7 +168,7 @@ def load_model(name: str, device: str = "auto", dtype: Any = None, trust_remote_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = pick_device(device)
-    dtype = dtype or default_dtype(device)
+    dtype = torch_dtype(dtype, device) if dtype is None or isinstance(dtype, str) else dtype
     loc = resolve(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(loc, trust_remote_code=trust_remote_code)
