@@ -20,6 +20,17 @@ multithreaded BLAS call waits for the second core, ~8 ms a call (measured under 
 making many small calls and says more about the neighbours than about the code. The plain k-center
 loop is memory-bound (at 1M, one 1.5 GB pass a pick) and is also timed on 2 threads at 1M.
 The printed report is also written to eval/results/bench_selection.txt.
+
+Loss-based selection on 1M given losses (`--loss-only` runs just this part, ~1 min, and replaces
+its section of the results file, keeping the rest):
+
+    .venv/bin/python eval/bench_selection.py --loss-only
+
+Data: 1M float32 losses ~ Gamma(2, 1) and a (1M, 4) Min-K% array, seed 0 (continuous, so no ties).
+Through strategies.run_strategy on a Features holding only ids, length (NaN) and the one feature:
+perplexity band=high / middle / low and min_k (k=0.2, unfamiliar), at budgets 500 and 100,000,
+each against a plain numpy baseline that must pick the same set (argsort; argpartition for the
+two ends). "peak MB" is again memory beyond the loaded inputs (the Features object included).
 """
 
 from __future__ import annotations
@@ -132,9 +143,102 @@ def child(task: str, data: str, out: str) -> None:
     print(json.dumps({"seconds": seconds, "peak_mb": peak - base, "loaded_mb": base, **info}))
 
 
-def run_child(task: str, data: Path, out: Path, threads: int = THREADS) -> dict:
+# ---------------------------------------------------------------------------- loss-based selection
+LOSS_N, LOSS_BUDGETS = 1_000_000, (500, 100_000)
+LOSS_METHODS = {   # task -> (strategy spec, baseline description)
+    "high": ("perplexity:band=high", "np.argsort(-loss)[:budget]"),
+    "middle": ("perplexity:band=middle", "budget nearest the median rank (argsort)"),
+    "low": ("perplexity:band=low", "np.argsort(loss)[:budget]"),
+    "min_k": ("min_k:k=0.2", "np.argsort(min_k[:, 1])[:budget]"),
+}
+LOSS_HEADER = "== loss-based selection on given losses =="
+
+
+def write_losses(path: Path) -> None:
+    rng = np.random.default_rng(SEED)
+    loss = rng.gamma(2.0, 1.0, LOSS_N).astype(np.float32)                                   # (N,)
+    min_k = -np.sort(rng.gamma(2.0, 1.0, (LOSS_N, 4)), axis=1)[:, ::-1].astype(np.float32)  # (N, 4)
+    np.savez(path, loss=loss, min_k=min_k)
+
+
+def baseline_picks(kind: str, loss: np.ndarray, min_k: np.ndarray, budget: int, how: str) -> np.ndarray:
+    """The plain numpy answer each strategy must match (as a set)."""
+    if kind == "middle":
+        ranks = np.empty(len(loss), dtype=np.int64)
+        ranks[np.argsort(loss, kind="stable")] = np.arange(len(loss))
+        return np.argsort(np.abs(ranks - (len(loss) - 1) / 2), kind="stable")[:budget]
+    key = {"high": -loss, "low": loss, "min_k": min_k[:, 1]}[kind]
+    if how == "argpartition":
+        return np.argpartition(key, budget - 1)[:budget]
+    return np.argsort(key, kind="stable")[:budget]
+
+
+def loss_child(task: str, data: str, out: str) -> None:
+    """One loss-based measurement: `strategy:KIND:BUDGET` or `argsort|argpartition:KIND:BUDGET`."""
+    from llm_al.features import Features
+    from llm_al.strategies import run_strategy
+    from llm_al.config import parse_strategy
+
+    how, kind, budget = task.split(":")
+    budget = int(budget)
+    with np.load(data) as z:
+        loss, min_k = z["loss"], z["min_k"]
+    if how == "strategy":        # only the feature the strategy reads, as `llm-al select` would hold it
+        features = Features(ids=[f"id{i}" for i in range(len(loss))], length=np.full(len(loss), np.nan, np.float32),
+                            **({"min_k": min_k} if kind == "min_k" else {"loss": loss}))
+    base = peak_rss_mb()
+    start = time.perf_counter()
+    if how == "strategy":
+        name, params = parse_strategy(LOSS_METHODS[kind][0])
+        idx = run_strategy(name, features, budget, np.random.default_rng(SEED), **params).indices
+    else:
+        idx = baseline_picks(kind, loss, min_k, budget, how)
+    seconds = time.perf_counter() - start
+    peak = peak_rss_mb()
+    np.save(out, np.asarray(idx, dtype=np.int64))
+    print(json.dumps({"seconds": seconds, "peak_mb": peak - base, "loaded_mb": base}))
+
+
+def loss_section(tmp: str) -> list[str]:
+    """Time and memory of loss-based selection on 1M given losses vs numpy; the report lines."""
+    lines = [LOSS_HEADER]
+    data = Path(tmp) / "losses.npz"
+    write_losses(data)
+    lines.append(f"data: {LOSS_N:,} losses ~ Gamma(2, 1) float32 and a ({LOSS_N:,}, 4) Min-K% array, seed {SEED}; "
+                 f"one run each, BLAS/OpenMP on {THREADS} thread(s); peak MB = peak RSS beyond the loaded inputs")
+    lines.append(f"{'strategy':<24} {'budget':>8}  {'method':<44} {'seconds':>8} {'peak MB':>8}  result")
+    for kind, (spec, baseline) in LOSS_METHODS.items():
+        for budget in LOSS_BUDGETS:
+            r = run_child(f"strategy:{kind}:{budget}", data, Path(tmp) / "s.npy", child_fn="--loss-child")
+            picks = set(np.load(Path(tmp) / "s.npy").tolist())
+            lines.append(f"{spec:<24} {budget:>8,}  {'strategies.run_strategy':<44} {r['seconds']:>8.2f} "
+                         f"{r['peak_mb']:>8.0f}")
+            for how in ("argsort", "argpartition") if kind != "middle" else ("argsort",):
+                b = run_child(f"{how}:{kind}:{budget}", data, Path(tmp) / "b.npy", child_fn="--loss-child")
+                same = picks == set(np.load(Path(tmp) / "b.npy").tolist())
+                label = baseline if how == "argsort" else f"np.argpartition (top-{budget:,}, unordered)"
+                lines.append(f"{'':<24} {budget:>8,}  {label:<44} {b['seconds']:>8.2f} {b['peak_mb']:>8.0f}  "
+                             f"same set: {same}; strategy / this: {r['seconds'] / max(b['seconds'], 1e-9):.1f}x")
+    return lines
+
+
+def loss_only() -> None:
+    """Run only the loss-based part and put its section into the results file (the rest kept)."""
+    with tempfile.TemporaryDirectory(prefix="bench-selection-loss-") as tmp:
+        head = [f"(loss part run {time.strftime('%Y-%m-%d %H:%M')}; load average {os.getloadavg()[0]:.1f}; "
+                f"machine: {machine()})"]
+        lines = loss_section(tmp)
+    lines = lines[:1] + head + lines[1:] + [f"load average at end: {os.getloadavg()[0]:.1f} (1 min)"]
+    print("\n".join(lines))
+    old = RESULT.read_text(encoding="utf-8") if RESULT.exists() else ""
+    kept = old.split(LOSS_HEADER)[0].rstrip("\n")
+    write_text(RESULT, (kept + "\n\n" if kept else "") + "\n".join(lines) + "\n")
+    print(f"written to {RESULT}")
+
+
+def run_child(task: str, data: Path, out: Path, threads: int = THREADS, child_fn: str = "--child") -> dict:
     env = {**os.environ, **dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), str(threads))}
-    res = subprocess.run([sys.executable, __file__, "--child", task, str(data), str(out)], capture_output=True,
+    res = subprocess.run([sys.executable, __file__, child_fn, task, str(data), str(out)], capture_output=True,
                          text=True, env=env, check=False)
     if res.returncode:
         raise RuntimeError(f"{task} on {data.name} failed:\n{res.stderr[-3000:]}")
@@ -268,6 +372,10 @@ def main() -> None:
         f"~{knn * (big / n_knn) ** 2 / 3600:.1f} h at {big:,} from {knn:.0f} s at {n_knn:,}; an approximate "
         f"index such as faiss IVF would be the way there, not built here).")
     say(f"load average at end: {os.getloadavg()[0]:.1f} (1 min)")
+    say()
+    with tempfile.TemporaryDirectory(prefix="bench-selection-loss-") as tmp:   # last: --loss-only replaces it
+        for line in loss_section(tmp):
+            say(line)
     write_text(RESULT, "\n".join(lines) + "\n")
     print(f"written to {RESULT}")
 
@@ -275,5 +383,9 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         child(*sys.argv[2:5])
+    elif sys.argv[1:2] == ["--loss-child"]:
+        loss_child(*sys.argv[2:5])
+    elif sys.argv[1:2] == ["--loss-only"]:
+        loss_only()
     else:
         main()

@@ -16,16 +16,29 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from llm_al.data import Example, Pool, is_missing, read_rows
+from llm_al.data import Example, Pool, is_missing, json_loads, read_rows
 from llm_al.errors import DataError, UserError
 from llm_al.io import atomic_path
 
 COLUMNS = ("llm_al_id", "system", "prompt", "response", "draft", "notes")
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+# A CSV cell a spreadsheet would run as a formula (OWASP "CSV injection"): after any apostrophes,
+# = + - @ tab or CR. Export prefixes such cells with one apostrophe; import strips exactly that one,
+# so every text survives the round trip (a cell "'=x" is written "''=x" and read back as "'=x").
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+
+
+def csv_escape(text: str) -> str:
+    return "'" + text if _FORMULA.match(text) else text
+
+
+def csv_unescape(text: str) -> str:
+    return text[1:] if text.startswith("'") and _FORMULA.match(text, 1) else text
 
 
 @dataclass(frozen=True)
@@ -109,7 +122,7 @@ def export_for_annotation(pool: Pool, indices: Iterable[int], out: str | Path, *
         if fmt == "csv":
             writer = csv.DictWriter(fh, fieldnames=COLUMNS)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: csv_escape(v) for k, v in row.items()} for row in rows)
         else:
             fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return out_path
@@ -118,14 +131,15 @@ def export_for_annotation(pool: Pool, indices: Iterable[int], out: str | Path, *
 # ---------------------------------------------------------------- import
 
 
-def _cell(rec: dict, name: str, where: tuple[str, int]) -> str:
-    """A text cell; missing (null, empty CSV cell) reads as ''."""
+def _cell(rec: dict, name: str, where: tuple[str, int], from_csv: bool = False) -> str:
+    """A text cell; missing (null, empty CSV cell) reads as ''. From CSV, export's formula guard
+    (one leading apostrophe) is removed."""
     value = rec.get(name)
     if is_missing(value):
         return ""
     if not isinstance(value, str):
         raise DataError(f"field {name!r} must be text, got {type(value).__name__} {value!r:.60}", *where)
-    return value
+    return csv_unescape(value) if from_csv else value
 
 
 def _read(path: Path, label: str) -> list[tuple[int, dict]]:
@@ -199,6 +213,7 @@ def import_annotations(path: str | Path, pool: Pool, *, require_all: bool = True
     have a row. All rows are checked before anything is returned; nothing is written."""
     label = str(path)
     rows = _read(Path(path).expanduser(), label)
+    from_csv = _format(Path(path), label) == "csv"
     targets = {ex.prompt_id: ex for ex in pool.examples if not ex.is_labelled}
     done = {ex.prompt_id: ex for ex in pool.examples if ex.is_labelled}
     seen: dict[str, int] = {}
@@ -218,10 +233,10 @@ def import_annotations(path: str | Path, pool: Pool, *, require_all: bool = True
         if ex_id in seen:
             raise DataError(f"llm_al_id {ex_id!r} appears twice (rows {seen[ex_id]} and {n})", *where)
         seen[ex_id] = n
-        response, draft = _cell(rec, "response", where), _cell(rec, "draft", where)
+        response, draft = _cell(rec, "response", where, from_csv), _cell(rec, "draft", where, from_csv)
         if not response.strip():
             raise DataError(f"empty 'response' for llm_al_id {ex_id!r}", *where)
-        note = _cell(rec, "notes", where).strip()
+        note = _cell(rec, "notes", where, from_csv).strip()
         if note:
             notes[ex_id] = note
         if not draft.strip():
@@ -240,6 +255,21 @@ def import_annotations(path: str | Path, pool: Pool, *, require_all: bool = True
     examples = [_with_response(ex, response, pool.shape) for ex, response in answered]
     report = ImportReport(label, len(rows), len(examples), changed, unchanged, from_scratch, notes)
     return examples, report
+
+
+def read_manifest(path: str | Path) -> set[str]:
+    """The prompt ids that `annotate export` wrote beside its file (`<file>.ids.json`)."""
+    label = str(path)
+    try:
+        ids = json_loads(Path(path).read_bytes().decode("utf-8-sig"))
+    except OSError as e:
+        raise DataError(f"cannot read the export's id list ({e.strerror or e})", label) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"the export's id list is damaged ({e}); delete it to import without the completeness "
+                        "check, or export again", label) from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise DataError(f"the export's id list must be a JSON list of ids, got {type(ids).__name__}", label)
+    return set(ids)
 
 
 # ---------------------------------------------------------------- merge

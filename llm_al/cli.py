@@ -2,9 +2,11 @@
 
     llm-al demo [key=value ...]                 the main job: strategies vs random on the embedded default
     llm-al run RECIPE.yaml [key=value ...]      any experiment described by a recipe
+    llm-al run RECIPE.yaml --ray --workers N    its runs spread over Ray workers (llm_al/distributed.py)
     llm-al select POOL --strategy S --budget N --out FILE
     llm-al overlap POOL [--reference R] [--test T]   overlap with a reference corpus and a test set
     llm-al annotate export|import ...          humans in the loop: prompts out, filled responses back in
+    llm-al annotate synthesize POOL --out F --n N   new prompts written near the least-sure pool prompts
     llm-al report RESULTS_DIR                   Markdown + HTML report with plots and statistics
     llm-al list                                 strategies, orderings and metrics
     llm-al doctor                               what the environment has and lacks
@@ -28,6 +30,8 @@ log = logging.getLogger("llm_al")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from llm_al.evaluate import EvalConfig
+
     p = argparse.ArgumentParser(prog="llm-al", description="Choose the few examples worth fine-tuning an LLM on, "
                                 "and measure whether the choice beat random.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -40,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("recipe")
     run.add_argument("overrides", nargs="*", metavar="key=value")
     run.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
+    run.add_argument("--ray", action="store_true",
+                     help="score the pool and spread the runs over Ray workers (pip install 'llm-al[ray]')")
+    run.add_argument("--workers", type=int, default=None, help="with --ray: workers (default: one per GPU)")
+    run.add_argument("--ray-address", default=None,
+                     help="with --ray: a running cluster, e.g. HEAD_IP:6379 (default: $RAY_ADDRESS, else a local one)")
 
     sel = sub.add_parser("select", help="select a subset of a pool and write it in the pool's format")
     sel.add_argument("pool", help="JSONL/JSON/CSV/Parquet file, saved `datasets` folder or hub dataset id")
@@ -71,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     ov.add_argument("--n", type=int, default=8, help="word n-gram length")
     ov.add_argument("--out", default=None, help="write per-example overlap columns beside the records (pool format)")
     ov.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
+    ov.add_argument("--embedder", default=None,
+                    help="sentence-transformers model for ref_similarity (default: embedded MiniLM)")
+    ov.add_argument("--no-similarity", action="store_true",
+                    help="skip the embedding similarity to the reference (ref_similarity)")
+    ov.add_argument("--sample-passages", type=int, default=2000, help="ref_similarity: reference passages sampled")
+    ov.add_argument("--passage-words", type=int, default=64, help="ref_similarity: words per reference passage")
 
     ann = sub.add_parser("annotate", help="humans in the loop: export prompts for annotation, import the filled file")
     ann_sub = ann.add_subparsers(dest="annotate_command", required=True, metavar="STEP")
@@ -81,8 +96,26 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="the file for annotators (.jsonl or .csv)")
     exp.add_argument("--seed", type=int, default=0)
     exp.add_argument("--drafts", action="store_true", help="pre-fill draft responses with the model (--model)")
-    exp.add_argument("--model", default=None, help="causal LM for drafts (default: embedded SmolLM2)")
+    exp.add_argument("--model", default=None, help="causal LM for drafts and model-based strategies (default: embedded SmolLM2)")
+    exp.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens,
+                     help=f"longest draft in tokens (default: eval.max_new_tokens, {EvalConfig.max_new_tokens})")
     exp.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
+    syn = ann_sub.add_parser("synthesize", help="write new prompts near the ones the model is least sure about "
+                             "(an unlabelled pool file for export)")
+    syn.add_argument("pool", help="a pool (responses optional); its prompts seed the few-shot prompts")
+    syn.add_argument("--out", required=True, help="the new unlabelled pool file (.jsonl)")
+    syn.add_argument("--n", type=int, required=True, help="new prompts to keep")
+    syn.add_argument("--from-strategy", default="greedy_logprob",
+                     help="label-free strategy ranking the pool prompts to imitate (default: greedy_logprob, least sure first)")
+    syn.add_argument("--seeds-per-prompt", type=int, default=3, help="pool prompts shown in each few-shot prompt")
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--model", default=None, help="causal LM that ranks and writes (default: embedded SmolLM2)")
+    syn.add_argument("--temperature", type=float, default=1.0)
+    syn.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
+    syn.add_argument("--threshold", type=float, default=0.8,
+                     help="character 3-gram Jaccard at or above which a new prompt counts as a near-duplicate")
+    syn.add_argument("--max-rounds", type=int, default=5, help="generation rounds at most, until --n are kept")
+    syn.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
     imp = ann_sub.add_parser("import", help="validate a filled annotation file and write the pool with its responses")
     imp.add_argument("filled", help="the annotation file, filled in")
     imp.add_argument("--pool", required=True, help="the pool the prompts were exported from")
@@ -148,6 +181,24 @@ def cmd_experiment(recipe: str | None, overrides: list[str], dry_run: bool = Fal
           f"total {summary['total_seconds']:.0f} s")
 
 
+def cmd_ray(args: argparse.Namespace) -> None:
+    """`llm-al run RECIPE --ray [--workers N]`: the experiment's runs spread over Ray workers."""
+    from llm_al.config import load_config
+    from llm_al.distributed import default_workers, run_sweep_ray
+    from llm_al.report import format_table
+
+    if not args.ray:
+        raise UserError("--workers and --ray-address go with --ray (e.g. llm-al run recipe.yaml --ray --workers 4)")
+    cfg = load_config(args.recipe, args.overrides)
+    workers = args.workers if args.workers is not None else default_workers(args.ray_address)
+    summary = run_sweep_ray(cfg, workers, address=args.ray_address)
+    print(format_table(summary))
+    print(f"\nResults: {cfg.out_dir}/ (summary.json, table.md, runs/*.json); total {summary['ray_seconds']:.0f} s "
+          f"over {workers} Ray workers")
+    for w in summary["workers"]:
+        print(f"  {w['worker']}{' (final summary)' if w.get('final') else ''}: {len(w['ran'])} runs, {w['seconds']:.0f} s")
+
+
 def _fields(items: list[str]) -> dict | None:
     fields = {}
     for item in items:
@@ -183,18 +234,51 @@ def cmd_overlap(args: argparse.Namespace) -> None:
         print(f"  overlap with the {group}:")
         for key, value in values.items():
             print(f"    {key:22s} {value:.4f}" if isinstance(value, float) else f"    {key:22s} {value}")
+    similarity = None if args.no_similarity else _reference_similarity(args, pool)
     if args.out:
         per = example_overlap(index, [ex.text for ex in pool.examples])
         columns = {"llm_al_id": pool.ids, **{f"llm_al_{k}": [round(float(v), 6) for v in per[k]]
                                               for k in ("ngram_overlap", "longest_match", "vocab_seen")}}
+        if similarity is not None:
+            columns["llm_al_ref_similarity"] = [round(float(v), 6) for v in similarity]
         path = write_subset(pool, list(range(len(pool))), args.out, columns=columns)
         print(f"per-example overlap -> {path}")
+
+
+def _reference_similarity(args: argparse.Namespace, pool):
+    """Print the mean and median ref_similarity of the pool; return the (N,) scores. With the
+    default embedder unavailable (its wheel missing), say so and return None; an embedder named
+    with --embedder must load."""
+    import numpy as np
+
+    from llm_al.config import ModelConfig, OverlapConfig
+    from llm_al.overlap_probes import similarity_scores
+
+    from llm_al import models
+
+    embedder = args.embedder or ModelConfig().embedder
+    cfg = OverlapConfig(reference=args.reference, n=args.n, sample_passages=args.sample_passages,
+                        passage_words=args.passage_words)
+    try:
+        loaded = models.load_embedder(embedder)
+    except UserError as err:
+        if args.embedder:
+            raise
+        print(f"  embedding similarity to the reference: skipped, the default embedder is unavailable ({err})")
+        return None
+    scores, cost = similarity_scores([ex.text for ex in pool.examples], cfg, embedder, embedder=loaded)
+    print(f"  embedding similarity to the reference (ref_similarity: mean cosine to the {cost['neighbours']} "
+          f"nearest of {cost['passages']} sampled passages, {embedder}):")
+    print(f"    {'mean':22s} {float(np.mean(scores)):.4f}")
+    print(f"    {'median':22s} {float(np.median(scores)):.4f}")
+    return scores
 
 
 def cmd_annotate(args: argparse.Namespace) -> None:
     """Export: pick among the unlabelled prompts, optionally draft responses. Import: validate the
     filled file completely, then write the merged pool (nothing is written if any row is bad)."""
-    from llm_al.annotate import export_for_annotation, import_annotations, merge_labelled, unlabelled_indices
+    from llm_al.annotate import (export_for_annotation, import_annotations, merge_labelled, read_manifest,
+                                 unlabelled_indices)
     from llm_al.config import ModelConfig, parse_strategy
     from llm_al.data import load_pool
     from llm_al.export import write_subset
@@ -203,6 +287,18 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     from llm_al.seeds import rng
     from llm_al.strategies import run_strategy
 
+    if args.annotate_command == "synthesize":
+        from llm_al.synthesize import run_synthesis
+
+        report = run_synthesis(args.pool, args.out, args.n, strategy=args.from_strategy,
+                               seeds_per_prompt=args.seeds_per_prompt, seed=args.seed, model_name=args.model,
+                               fields=_fields(args.field), temperature=args.temperature,
+                               max_new_tokens=args.max_new_tokens, threshold=args.threshold,
+                               max_rounds=args.max_rounds)
+        print(report.summary())
+        print(f"{report.kept} new prompts -> {report.path}")
+        print(f"then: llm-al annotate export {report.path} --budget {report.kept} --out TO_ANNOTATE.csv")
+        return
     if args.annotate_command == "import":
         if Path(args.out).resolve() == Path(args.pool).resolve():
             raise UserError(f"--out {args.out!r} is the pool itself; write the merged pool to a new file")
@@ -210,7 +306,7 @@ def cmd_annotate(args: argparse.Namespace) -> None:
         manifest = Path(str(args.filled) + ".ids.json")
         asked = pool
         if manifest.exists():           # check completeness against what was exported, not the whole pool
-            exported = set(json.loads(manifest.read_text(encoding="utf-8")))
+            exported = read_manifest(manifest)
             asked = pool.subset([i for i, ex in enumerate(pool.examples) if ex.prompt_id in exported])
         new, report = import_annotations(args.filled, asked, require_all=manifest.exists() and not args.partial)
         merged = merge_labelled(pool, new)
@@ -230,6 +326,8 @@ def cmd_annotate(args: argparse.Namespace) -> None:
         raise UserError(f"{args.pool}: every example already has a response; nothing to annotate")
     candidates = pool.subset(todo)
     model_cfg = ModelConfig()
+    if args.model:                      # model-based label-free strategies (greedy_logprob) score with it too
+        model_cfg.name = args.model
     features = compute_features(candidates, needs, model_cfg)
     sel = run_strategy(name, features, args.budget, rng(args.seed, "subset"), **params)
     chosen = [todo[i] for i in sel.indices]
@@ -241,7 +339,7 @@ def cmd_annotate(args: argparse.Namespace) -> None:
 
         model, tokenizer = models.load_model(args.model or model_cfg.name)
         drafts = generate(model, tokenizer, [prompt_text(tokenizer, pool.examples[i].prompt_messages) for i in chosen],
-                          max_new_tokens=256, batch_size=16)
+                          max_new_tokens=args.max_new_tokens, batch_size=16)
     path = export_for_annotation(pool, chosen, args.out, drafts=drafts)
     write_text(str(path) + ".ids.json", json.dumps([pool.examples[i].prompt_id for i in chosen]))
     print(f"{len(chosen)} of {len(todo)} unlabelled prompts chosen with {args.strategy} -> {path}")
@@ -288,10 +386,24 @@ def cmd_select(args: argparse.Namespace) -> None:
     print(f"llm_al_score is the {sel.score_name}; llm_al_rank is the pick order")
 
 
+def _options_last(argv: list[str], options: dict[str, int]) -> list[str]:
+    """argv with the given options (name -> how many values follow it; `--name=value` too) moved
+    to the end, so they may stand among the key=value overrides."""
+    rest, moved, i = [], [], 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        take = 1 + (options[name] if name in options and "=" not in argv[i] else 0)
+        (moved if name in options else rest).extend(argv[i : i + take])
+        i += take
+    return rest + moved
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `--dry-run` may stand anywhere among the key=value overrides, which argparse cannot interleave
     dry_run = "--dry-run" in argv[1:] and argv[:1] in (["demo"], ["run"])
+    if argv[:1] == ["run"]:     # so may --ray, --workers N and --ray-address A
+        argv = _options_last(argv, {"--ray": 0, "--workers": 1, "--ray-address": 1})
     args = _parser().parse_args([a for a in argv if not (dry_run and a == "--dry-run")] + (["--dry-run"] if dry_run else []))
     _setup_logging()
     try:
@@ -305,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if healthy else 1
         elif args.command == "demo":
             cmd_experiment(None, args.overrides, args.dry_run)
+        elif args.command == "run" and (args.ray or args.workers is not None or args.ray_address) and not args.dry_run:
+            cmd_ray(args)
         elif args.command == "run":
             cmd_experiment(args.recipe, args.overrides, args.dry_run)
         elif args.command == "select":

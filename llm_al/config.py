@@ -23,7 +23,7 @@ from llm_al.errors import ConfigError, UnknownNameError, UserError
 from llm_al.evaluate import EvalConfig
 from llm_al.grid import DESIGNS
 from llm_al.loop import LoopConfig
-from llm_al.models import EMBEDDED_EMBEDDER, EMBEDDED_MODEL
+from llm_al.models import DTYPES, EMBEDDED_EMBEDDER, EMBEDDED_MODEL
 from llm_al.orderings import ORDERINGS
 from llm_al.probes import ProbeConfig, provided_names
 from llm_al.registry import did_you_mean
@@ -79,12 +79,19 @@ class ModelConfig:
     """A second, small causal LM for scorer_ifd (Superfiltering); None: not configured."""
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ..."""
+    dtype: str = "auto"
+    """Weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16."""
     trust_remote_code: bool = False
     """Run model code shipped with a checkpoint. Off unless you trust the checkpoint."""
     max_length: int = 256
     """Tokens per example (prompt + response) for scoring and training."""
     score_max_tokens: int = 4096
     """Padded tokens per scoring batch."""
+
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
 @dataclass
@@ -95,6 +102,21 @@ class OverlapConfig:
     of .txt files, or a .jsonl file with a `text` field. None: no reference overlap."""
     n: int = 8
     """Word n-gram length for overlap with the reference and with the test set."""
+    sample_passages: int = 2000
+    """ref_similarity: reference passages sampled (seeded reservoir over the streamed corpus) and
+    embedded once, then cached; fewer if the corpus has fewer passages."""
+    passage_words: int = 64
+    """ref_similarity: words (whitespace tokens) per reference passage."""
+    neighbours: int = 5
+    """ref_similarity: an example's score is its mean cosine to this many nearest passages."""
+    sample_seed: int = 0
+    """ref_similarity: seed of the passage sample."""
+
+    def __post_init__(self) -> None:
+        for key in ("n", "sample_passages", "passage_words", "neighbours"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"overlap.{key} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -145,7 +167,7 @@ class ExperimentConfig:
             STRATEGIES.get(parse_strategy(spec)[0])
         for name in self.orderings:
             ORDERINGS.get(name)
-        valid = ("loss", "entropy", "n_tokens", "min_k", "ifd", "direct_loss", "scorer_ifd", "embeddings",
+        valid = ("loss", "entropy", "n_tokens", "min_k", "min_k_plus", "ifd", "direct_loss", "scorer_ifd", "embeddings",
                  *provided_names())
         for name in self.features:
             if name not in valid:

@@ -48,6 +48,7 @@ _CHAT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant":
 _READ_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
                     ".tsv": "tsv", ".parquet": "parquet"}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 Row = tuple[str, int]  # (file label, 1-based row) for error messages
 
@@ -175,11 +176,32 @@ def _text(rec: dict, names: Sequence[str], where: Row, required: bool = True) ->
     return value
 
 
+def json_loads(text: str) -> Any:
+    """json.loads, with nesting too deep for the parser and integers over Python's 4300-digit
+    limit reported as JSONDecodeError too (they raise RecursionError / ValueError)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("arrays or objects nested too deeply", text, 0) from None
+    except ValueError as e:
+        raise json.JSONDecodeError(f"a number too long to read ({str(e).split(':')[0]})", text, 0) from None
+    escape = _SURROGATE_ESCAPE.search(text)
+    if escape:  # a \ud800-style escape decodes to a lone surrogate unless it is half of a pair
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise json.JSONDecodeError("a lone UTF-16 surrogate escape (\\uD800-\\uDFFF) is not valid Unicode text",
+                                       text, escape.start()) from None
+    return data
+
+
 def _container(value: Any, name: str, where: Row) -> Any:
     """A list/dict field, decoding a JSON string (as CSV holds it)."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            return json_loads(value)
         except json.JSONDecodeError as e:
             raise DataError(f"field {name!r} holds text that is not valid JSON ({e.msg})", *where) from None
     return value
@@ -193,7 +215,8 @@ def _chat(rec: dict, name: str, where: Row, labelled: bool = True) -> list[dict[
     if not isinstance(turns, (list, tuple)) or not turns:
         raise DataError(f"field {name!r} must be a non-empty list of messages, got {_short(turns)}", *where)
     last = turns[-1] if isinstance(turns[-1], dict) else {}
-    if (not labelled and len(turns) > 1 and _CHAT_ROLES.get(last.get("role", last.get("from"))) == "assistant"
+    last_role = last.get("role", last.get("from"))
+    if (not labelled and len(turns) > 1 and isinstance(last_role, str) and _CHAT_ROLES.get(last_role) == "assistant"
             and not str(last.get("content", last.get("value")) or "").strip()):
         turns = turns[:-1]  # an empty assistant placeholder: unlabelled
     msgs = []
@@ -202,7 +225,7 @@ def _chat(rec: dict, name: str, where: Row, labelled: bool = True) -> list[dict[
             raise DataError(f"{name}[{i}] must be an object with 'role' and 'content', got {_short(turn)}", *where)
         role = turn.get("role", turn.get("from"))
         content = turn.get("content", turn.get("value"))
-        if role not in _CHAT_ROLES:
+        if not isinstance(role, str) or role not in _CHAT_ROLES:  # a list or dict role is not hashable
             raise DataError(f"{name}[{i}] has role {role!r}; valid roles: system, user, assistant "
                             "(ShareGPT: system, human, gpt, model)", *where)
         if not isinstance(content, str) or not content.strip():
@@ -322,21 +345,21 @@ def _messages(rec: dict, plan: _Plan, template: str, where: Row) -> list[dict[st
 
 def _check_options(fields: Any, system_prompt: Any, template: Any, label: str) -> None:
     if fields is not None and not isinstance(fields, dict):
-        raise DataError(f"fields must map roles to column names, e.g. {{'prompt': 'question'}}, got {_short(fields)}")
+        raise DataError(f"fields must map roles to column names, e.g. {{'prompt': 'question'}}, got {_short(fields)}", label)
     unknown = sorted(set(fields or {}) - set(ROLES))
     if unknown:
         raise DataError(f"{label}: unknown role(s) in fields: {', '.join(map(repr, unknown))}; "
                         f"valid roles: {', '.join(ROLES)}")
     for role, col in (fields or {}).items():
         if not isinstance(col, str) or not col:
-            raise DataError(f"fields[{role!r}] must be a column name, got {_short(col)}")
+            raise DataError(f"fields[{role!r}] must be a column name, got {_short(col)}", label)
     if system_prompt is not None and not isinstance(system_prompt, str):
-        raise DataError(f"system_prompt must be text, got {_short(system_prompt)}")
+        raise DataError(f"system_prompt must be text, got {_short(system_prompt)}", label)
     try:
         template.format(source_lang="x", target_lang="y", source="z")
     except (KeyError, IndexError, ValueError, AttributeError) as e:
         raise DataError(f"translation template {_short(template)} is invalid ({type(e).__name__}: {e}); "
-                        "it may use only {source_lang}, {target_lang} and {source}") from None
+                        "it may use only {source_lang}, {target_lang} and {source}", label) from None
 
 
 def _build(rows: list[tuple[int, Any]], path: str | None, format: str, fields: dict[str, str] | None,
@@ -395,7 +418,7 @@ def _jsonl_rows(text: str, label: str) -> list[tuple[int, Any]]:
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit in a string
         if line.strip():
             try:
-                rows.append((n, json.loads(line)))
+                rows.append((n, json_loads(line)))
             except json.JSONDecodeError as e:
                 raise DataError(f"line {n} is not valid JSON: {e.msg} (column {e.colno})", label) from None
     return rows
@@ -405,7 +428,7 @@ def _read_json(text: str, label: str) -> tuple[list[tuple[int, Any]], str]:
     if not text.strip():
         return [], "json"
     try:
-        data = json.loads(text)
+        data = json_loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines saved as .json (as `Dataset.to_json` does)
             return _jsonl_rows(text, label), "jsonl"

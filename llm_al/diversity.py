@@ -28,9 +28,9 @@ SCORE_FIELDS = ("loss", "entropy", "length", "n_tokens", "ifd", "direct_loss", "
 
 def score_fields() -> list[str]:
     """Every per-example score a hybrid can use: the Features fields and each probe's scores."""
-    from llm_al.probes import provided_names
+    from llm_al.probes import matrix_names, provided_names
 
-    return [*SCORE_FIELDS, *provided_names()]
+    return [*SCORE_FIELDS, *(f for f in provided_names() if f not in matrix_names())]
 THEN = ("kcenter", "facility_location")
 
 

@@ -6,6 +6,7 @@ the end of its turn), and the text is scored against the reference. Per-example 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -14,6 +15,7 @@ from llm_al.data import Example
 from llm_al.formatting import prompt_text
 from llm_al.metrics import METRICS, score_all
 
+log = logging.getLogger("llm_al")
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
 
@@ -36,6 +38,20 @@ class EvalConfig:
             raise ConfigError("eval.max_new_tokens and eval.batch_size must be >= 1")
 
 
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int):
+    """(ids, attention mask), each (B, T) long tensors, the sequences right-aligned (left padding,
+    so generation continues every prompt from its last token)."""
+    import torch
+
+    T = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), T), dtype=torch.long)
+    for b, s in enumerate(sequences):
+        ids[b, T - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[b, T - len(s):] = 1
+    return ids, mask
+
+
 def stop_token_ids(model, tokenizer) -> list[int]:
     ids: set[int] = set()
     eos = getattr(model.generation_config, "eos_token_id", None)
@@ -48,10 +64,15 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
-             progress_bar: bool = True) -> list[str]:
-    """Greedy continuations of `prompts`, batched by length with left padding."""
+             progress_bar: bool = True, cost: dict | None = None) -> list[str]:
+    """Greedy continuations of `prompts`, batched by length with left padding. On running out of
+    accelerator memory the batch size is halved and the batch retried, down to one prompt; `cost`
+    (if given) receives the back-offs and the final batch size."""
     import torch
     from tqdm.auto import tqdm
+
+    from llm_al.errors import UserError
+    from llm_al.features import free_accelerator_memory, out_of_memory_errors
 
     device = next(model.parameters()).device
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -59,22 +80,32 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batc
     stops = stop_token_ids(model, tokenizer)
     outputs: list[str] = [""] * len(prompts)
     bar = tqdm(total=len(prompts), desc="generating", unit="ex", disable=not progress_bar)
-    for start in range(0, len(order), batch_size):
+    start, backoffs = 0, 0
+    while start < len(order):
         batch = order[start: start + batch_size]
-        T = max(len(encoded[i]) for i in batch)
-        ids = torch.full((len(batch), T), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
-        for b, i in enumerate(batch):                       # left padding
-            ids[b, T - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[b, T - len(encoded[i]):] = 1
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=max_new_tokens, eos_token_id=stops,
-                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+        ids, mask = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
+        T = ids.shape[1]
+        try:
+            with torch.inference_mode():
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                     max_new_tokens=max_new_tokens, eos_token_id=stops,
+                                     pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+        except out_of_memory_errors() as err:
+            free_accelerator_memory()
+            if batch_size == 1:
+                raise UserError(f"out of accelerator memory generating for a single prompt of {T} tokens "
+                                f"(+ {max_new_tokens} new): lower eval.max_new_tokens or model.max_length "
+                                f"({str(err).splitlines()[0][:200]})") from None
+            batch_size, backoffs = max(1, batch_size // 2), backoffs + 1
+            log.warning("out of memory while generating; retrying with batch_size=%d", batch_size)
+            continue
         for b, i in enumerate(batch):
             outputs[i] = tokenizer.decode(out[b, T:], skip_special_tokens=True).strip()
         bar.update(len(batch))
+        start += len(batch)
     bar.close()
+    if cost is not None:
+        cost.update({"generate_oom_backoffs": backoffs, "generate_batch_size": batch_size})
     return outputs
 
 
@@ -82,7 +113,8 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, pro
     """Generate for every test example and score; returns metrics, predictions and timing."""
     t0 = time.perf_counter()
     prompts = [prompt_text(tokenizer, ex.prompt_messages) for ex in examples]
-    predictions = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, progress_bar)
+    gen_cost: dict = {}
+    predictions = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, progress_bar, gen_cost)
     gen_seconds = time.perf_counter() - t0
     scores = score_all(cfg.metrics, predictions, [ex.response for ex in examples])
     return {
@@ -92,4 +124,6 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, pro
         "ids": [ex.id for ex in examples],
         "seconds": time.perf_counter() - t0,
         "generate_seconds": gen_seconds,
+        **({"generate_oom_backoffs": gen_cost["generate_oom_backoffs"],         # only when it backed off
+            "generate_batch_size": gen_cost["generate_batch_size"]} if gen_cost["generate_oom_backoffs"] else {}),
     }

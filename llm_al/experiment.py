@@ -32,11 +32,12 @@ from llm_al.errors import BudgetError, UserError
 from llm_al.evaluate import evaluate
 from llm_al.features import MIN_K_FRACTIONS
 from llm_al.formatting import tokenize
-from llm_al.io import write_json, write_text
+from llm_al.io import confined, write_json, write_text
 from llm_al.loop import run_loop
 from llm_al.orderings import run_ordering
 from llm_al.pipeline import compute_features, load_data, needed_features, reference_index, selection_overlap
 from llm_al.report import summarize, write_tables
+from llm_al.resources import check_run_resources
 from llm_al.grid import Cell, cells
 from llm_al.seeds import rng, stream_seed
 from llm_al.strategies import run_strategy
@@ -146,9 +147,11 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         raise BudgetError(max(cfg.budget_list), len(data.pool))
     specs = [(spec, *parse_strategy(spec)) for spec in cfg.strategies]
 
-    model, tokenizer = models.load_model(cfg.model.name, cfg.model.device,
+    model, tokenizer = models.load_model(cfg.model.name, cfg.model.device, dtype=cfg.model.dtype,
                                          trust_remote_code=cfg.model.trust_remote_code)
     needs = needed_features([(name, params) for _, name, params in specs], cfg.orderings) | set(cfg.features)
+    check_run_resources(cfg, model, needs, runs=len(cells(cfg, specs)), pool_size=len(data.pool),
+                        test_size=len(data.test), cache_dir=models.cache_root() / "features")
     features = compute_features(data.pool, needs, cfg.model, (model, tokenizer), cfg.progress, cfg=cfg)
     index = reference_index(cfg.overlap.reference, cfg.overlap.n) if cfg.overlap.reference else None
     pad_id = tokenizer.pad_token_id
@@ -168,7 +171,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     results = []
     busy = []
     for cell in cells(cfg, specs):
-        path = out / "runs" / f"{cell.run_id}.json"
+        path = confined(out / "runs", f"{cell.run_id}.json")
         done = _done(path, cfg_dict, cell.budget)
         if done is not None:
             log.info("%s: already done, skipping", path.name)
@@ -223,7 +226,7 @@ def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, ou
         peft_model, tr = train_lora(model, items, pad_id, cfg.train, streams["init"], progress_bar=cfg.progress)
         timings["train_seconds"] = tr.seconds
         if cfg.save_adapters:
-            save_adapter(peft_model, out / "adapters" / path.stem)
+            save_adapter(peft_model, confined(out / "adapters", path.stem))
         ev = evaluate(peft_model, tokenizer, data.test.examples, cfg.eval, cfg.progress)
         timings["eval_seconds"] = ev["seconds"]
         model, peft_model = detach_lora(peft_model), None
@@ -261,6 +264,8 @@ def _describe_subset(cfg, data, features, index, indices) -> dict:
 def _subset_means(features, indices) -> dict:
     """Subset-level features (the paper's: each a mean of per-example scores under the untrained
     model), recorded for every run so `llm-al report` can correlate them with the test metric."""
+    from llm_al.probes import matrix_names
+
     out = {}
     for name in ("loss", "entropy", "length", "n_tokens", "ifd", "direct_loss", "scorer_ifd"):
         value = getattr(features, name)
@@ -269,7 +274,15 @@ def _subset_means(features, indices) -> dict:
     if features.min_k is not None:
         for j, k in enumerate(MIN_K_FRACTIONS):
             out[f"min_k_{k}"] = float(np.mean(features.min_k[indices, j]))
+    if features.min_k_plus is not None:
+        for j, k in enumerate(MIN_K_FRACTIONS):
+            out[f"min_k_plus_{k}"] = float(np.mean(features.min_k_plus[indices, j]))
     for name, value in sorted(features.scores.items()):
+        if name in matrix_names():      # n-gram counts: the subset's vocabulary size, not a mean
+            from llm_al.lexical import vocabulary_size
+
+            out[f"{name}_vocabulary"] = float(vocabulary_size(value, indices))
+            continue
         out[name] = float(np.mean(value[indices]))
     if features.embeddings is not None:
         x = features.embeddings[indices]                                 # (B, D)

@@ -1,8 +1,10 @@
 """Per-example features, computed once and cached on disk.
 
 - `loss`: mean negative log-likelihood (nats/token) of the response tokens given the prompt, under
-  the base model; `entropy`: mean predictive entropy at those positions; `n_tokens`: their count.
-  Batched, sorted by length (little padding), with the LM head applied at response positions only.
+  the base model; `entropy`: mean predictive entropy at those positions; `n_tokens`: their count;
+  `min_k` / `min_k_plus`: Min-K% Prob and Min-K%++ membership scores, from the same pass. The
+  shared prompt prefix runs once, the rest is packed with no padding, and the LM head runs at
+  response positions only (see response_token_stats).
 - `embeddings`: L2-normalised sentence embeddings of each example's text.
 - `length`: response length in words (needs no model).
 
@@ -14,7 +16,9 @@ pool that shares examples with an old one scores only the new ones.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,17 +26,21 @@ from typing import Callable, Sequence
 import numpy as np
 
 from llm_al.data import Example
-from llm_al.errors import FeatureUnavailableError
-from llm_al.formatting import Tokenized, pack, response_logits, tokenize
+from llm_al.errors import FeatureUnavailableError, UserError
+from llm_al.formatting import (PackedBatch, Tokenized, head_logits, pack_suffixes, plan_rows,
+                               shared_prefix_length, tokenize)
 from llm_al.io import atomic_path
 
+log = logging.getLogger("llm_al")
 FEATURE_NAMES = ("loss", "entropy", "n_tokens", "length", "embeddings")
 
 
 MIN_K_FRACTIONS = (0.1, 0.2, 0.3, 0.5)
-STAT_COLUMNS = ("nll_sum", "entropy_sum", "n_tokens", *(f"min_k_{k}" for k in MIN_K_FRACTIONS))
+STAT_COLUMNS = ("nll_sum", "entropy_sum", "n_tokens", *(f"min_k_{k}" for k in MIN_K_FRACTIONS),
+                *(f"min_k_plus_{k}" for k in MIN_K_FRACTIONS))
 _NEEDS_HINT = {"loss": "a model (model.name)", "entropy": "a model (model.name)", "n_tokens": "a model",
-               "min_k": "a model (model.name)", "ifd": "a model (model.name)", "direct_loss": "a model",
+               "min_k": "a model (model.name)", "min_k_plus": "a model (model.name)",
+               "ifd": "a model (model.name)", "direct_loss": "a model",
                "scorer_ifd": "a second, small scorer model (model.scorer=..., e.g. a GPT-2-size model)",
                "embeddings": "an embedder (model.embedder)"}
 
@@ -47,6 +55,7 @@ class Features:
     entropy: np.ndarray | None = None          # (N,) mean predictive entropy at response positions, nats
     n_tokens: np.ndarray | None = None         # (N,) response tokens scored
     min_k: np.ndarray | None = None            # (N, len(MIN_K_FRACTIONS)) mean of the lowest k% token log-probs
+    min_k_plus: np.ndarray | None = None       # (N, len(MIN_K_FRACTIONS)) mean of the lowest k% Min-K%++ scores
     direct_loss: np.ndarray | None = None      # (N,) mean response NLL with no prompt (IFD's denominator)
     scorer_ifd: np.ndarray | None = None       # (N,) IFD under a separate small scorer model (Superfiltering)
     embeddings: np.ndarray | None = None       # (N, D) unit-norm
@@ -112,40 +121,149 @@ def length_sorted_batches(lengths: Sequence[int], max_tokens: int, max_batch: in
 
 
 # ---------------------------------------------------------------------------- the loss pass
-def response_token_stats(model, items: Sequence[Tokenized], pad_id: int, max_tokens: int = 4096,
-                         max_batch: int = 64, progress: Callable | None = None) -> np.ndarray:
-    """(N, len(STAT_COLUMNS)) array per item: summed response NLL, summed predictive entropy,
-    response-token count, and for each k in MIN_K_FRACTIONS the mean of the lowest k% of the
-    response-token log-probs (Min-K% Prob).
+ROW_TOKENS = 256
+"""Default row length the suffixes are packed into (longer rows: fewer, but attention over more
+masked-out keys)."""
+CPU_BATCH_TOKENS = 2048
+"""On CPU, forward batches hold at most this many row tokens: 1-2k token batches ran 3-7% faster
+than 4k ones on the 2-core machine (activations stay closer to the cache), see bench_scoring."""
+HEAD_CHUNK = 1024
+"""Response positions per LM-head chunk: bounds the (chunk, vocab) float32 temporaries."""
 
-    One forward pass of the decoder per batch; the LM head runs only on the hidden states that
-    predict response tokens, so prompt positions cost no vocabulary projection.
+
+def response_token_stats(model, items: Sequence[Tokenized], pad_id: int, max_tokens: int = 4096,
+                         max_batch: int = 64, progress: Callable | None = None,
+                         row_tokens: int = ROW_TOKENS, share_prefix: bool = True) -> np.ndarray:
+    """(N, len(STAT_COLUMNS)) array per item: summed response NLL, summed predictive entropy,
+    response-token count, for each k in MIN_K_FRACTIONS the mean of the lowest k% of the
+    response-token log-probs (Min-K% Prob), then the mean of the lowest k% of the Min-K%++ scores.
+
+    The work that does not change the answer is skipped: the prompt prefix every item shares (the
+    chat template's system turn) runs once and its KV cache is reused by every batch; the rest of
+    each item (its suffix) is packed back to back into rows of `row_tokens` (best-fit decreasing),
+    each token attending to the prefix and its own item (a block-diagonal causal mask, position ids
+    restarting after the prefix), so there is almost no padding; and the LM head runs only on the
+    hidden states that predict response tokens. Batches hold up to `max_tokens` row tokens and
+    `max_batch` rows. Models whose attention cannot take such a mask (e.g. flash-attention, or a
+    sliding window shorter than a row) get one item per right-padded row instead, same answer.
     """
     import torch
 
     device = next(model.parameters()).device
     out = np.zeros((len(items), len(STAT_COLUMNS)), dtype=np.float64)
-    batches = length_sorted_batches([t.length for t in items], max_tokens, max_batch)
+    if not items:
+        return out
+    if device.type == "cpu":
+        max_tokens = min(max_tokens, CPU_BATCH_TOKENS)
+    P = shared_prefix_length(items) if share_prefix else 0
+    row_span = P + max(max(t.length for t in items) - P, min(row_tokens, max_tokens))   # longest key span
+    four_d = _takes_block_masks(model, row_span)
+    P, batches = plan_batches(items, max_tokens, max_batch, row_tokens, packed=four_d, share_prefix=share_prefix)
+    decoder = model.get_decoder()
+    # additive masks in the hidden states' dtype: eager adds them to the scores, sdpa takes them too
+    # (and ran a little faster with them than with bool masks on CPU)
+    mask_dtype = model.get_input_embeddings().weight.dtype
     with torch.inference_mode():
-        for batch in batches:
-            ids, mask, rows, pos, targets = (t.to(device) for t in pack([items[i] for i in batch], pad_id))
-            logits = response_logits(model, ids, mask, rows, pos)          # (M, V)
-            logp = torch.log_softmax(logits, dim=-1)
-            token_lp = logp.gather(1, targets[:, None])[:, 0]              # (M,)
-            ent = -(logp.exp() * logp).sum(-1)                            # (M,)
-            sums = torch.zeros((len(batch), 2), dtype=torch.float64, device=device)
-            sums.index_add_(0, rows, torch.stack([-token_lp, ent], 1).double())
-            counts = torch.bincount(rows, minlength=len(batch))            # (B,)
-            out[batch, :2] = sums.cpu().numpy()
-            out[batch, 2] = counts.cpu().numpy()
-            out[batch, 3:] = _min_k_means(token_lp.double(), rows, counts).cpu().numpy()
+        prefix_kv = None
+        if P:
+            cache = decoder(input_ids=torch.tensor([items[0].prompt_ids[:P]], device=device), use_cache=True)
+            prefix_kv = [(k, v) for k, v, *_ in cache.past_key_values]      # per layer (1, kv heads, P, d)
+        for rows in batches:
+            batch = pack_suffixes(items, rows, P, pad_id).to(device)
+            hidden = _decode(model, decoder, batch, prefix_kv, four_d, mask_dtype)          # (B, T, H)
+            h = hidden[batch.rows, batch.pos]                                               # (M, H)
+            chunks = [token_scores(head_logits(model, h[c:c + HEAD_CHUNK]), batch.targets[c:c + HEAD_CHUNK])
+                      for c in range(0, len(h), HEAD_CHUNK)]
+            lp, ent, z = (torch.cat(x).double() for x in zip(*chunks))                      # (M,) each
+            n_mem = len(batch.members)
+            sums = torch.zeros((n_mem, 2), dtype=torch.float64, device=device)
+            sums.index_add_(0, batch.member, torch.stack([-lp, ent], 1))
+            counts = torch.bincount(batch.member, minlength=n_mem)                          # (n_mem,)
+            block = torch.cat([sums, counts[:, None].double(), _min_k_means(lp, batch.member, counts),
+                               _min_k_means(z, batch.member, counts)], 1)
+            out[batch.members] = block.cpu().numpy()
             if progress:
-                progress(len(batch))
+                progress(n_mem)
     return out
 
 
+_BLOCK_MASK_ATTENTION = ("sdpa", "eager")
+
+
+def plan_batches(items: Sequence[Tokenized], max_tokens: int, max_batch: int, row_tokens: int = ROW_TOKENS,
+                 packed: bool = True, share_prefix: bool = True) -> tuple[int, list[list[list[int]]]]:
+    """(prefix_len, batches) of a scoring call: the prefix every item shares (0 if `share_prefix` is
+    off), and batches of rows of item indices. Suffixes are packed into rows of `row_tokens` (or the
+    longest suffix, if longer; one item per row if not `packed`), fullest rows first; a batch holds
+    up to `max_batch` rows and `max_tokens` row tokens (rows x its longest row)."""
+    P = shared_prefix_length(items) if share_prefix else 0
+    suffix_len = [t.length - P for t in items]
+    capacity = max(max(suffix_len), min(row_tokens, max_tokens)) if packed else 0
+    rows = plan_rows(suffix_len, capacity)
+    fill = [sum(suffix_len[i] for i in r) for r in rows]
+    order = sorted(range(len(rows)), key=lambda j: -fill[j])
+    batches, start = [], 0
+    while start < len(order):
+        n = max(1, min(max_batch, max_tokens // fill[order[start]]))
+        batches.append([rows[j] for j in order[start:start + n]])
+        start += n
+    return P, batches
+
+
+def _attn_implementation(model) -> str:
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
+def _takes_block_masks(model, span: int) -> bool:
+    """Whether the model's attention takes a custom 4D mask (sdpa, eager) that covers it fully: no
+    sliding window shorter than `span`, the most keys a query may see (the custom mask replaces the
+    model's own window mask)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    return _attn_implementation(model) in _BLOCK_MASK_ATTENTION and not (window and window < span)
+
+
+def _decode(model, decoder, batch: PackedBatch, prefix_kv, four_d: bool, mask_dtype):
+    """(B, T, H) last hidden states of a packed batch, reusing the prefix's KV cache."""
+    cache = None
+    if prefix_kv is not None:
+        from transformers import DynamicCache
+
+        B = batch.ids.shape[0]
+        cache = DynamicCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix_kv],
+                             config=model.config)
+    mask = batch.attention_mask(four_d, mask_dtype)
+    return decoder(input_ids=batch.ids, attention_mask=mask, position_ids=batch.position_ids,
+                   past_key_values=cache, use_cache=cache is not None).last_hidden_state
+
+
+def token_scores(logits, targets):
+    """(M,) each, from (M, V) logits and (M,) target ids: the target's log-prob log p(x_t), the
+    predictive entropy H_t, and the Min-K%++ score z_t = (log p(x_t) - mu_t) / sigma_t, where
+    mu_t = sum_v p(v) log p(v) = -H_t and sigma_t^2 = sum_v p(v) (log p(v) - mu_t)^2 (Zhang et al.,
+    ICLR 2025). Works on x = logits - max (log p = x - logsumexp(x): the variance is the same) in
+    place, one (M, V) temporary besides p; the variance is taken centred, not as E[x^2] - E[x]^2,
+    which in float32 loses digits to cancellation."""
+    import torch
+
+    x = logits.float()
+    x = x - x.amax(-1, keepdim=True)                                         # (M, V), <= 0
+    x_t = x.gather(1, targets[:, None])[:, 0]                                # (M,)
+    p = x.exp()
+    norm = p.sum(-1)                                                         # (M,)
+    p.div_(norm[:, None])                                                    # softmax
+    tmp = p * x
+    mean_x = tmp.sum(-1)                                                     # (M,) E_p[x]
+    var = torch.mul(p, x.sub_(mean_x[:, None]).square_(), out=tmp).sum(-1)   # (M,) Var_p[x] = Var_p[log p]
+    lse = norm.log()
+    lp, mu = x_t - lse, mean_x - lse
+    z = (lp - mu) / var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+    return lp, -mu, z
+
+
 def _min_k_means(token_lp, rows, counts):
-    """(B, len(MIN_K_FRACTIONS)): mean of the ceil(k * R_b) lowest log-probs of each row b."""
+    """(B, len(MIN_K_FRACTIONS)): mean of the ceil(k * R_b) lowest values (log-probs, or Min-K%++
+    scores) of each row b; `token_lp` (M,) holds the rows' values grouped by row, in row order."""
     import torch
 
     B, R = len(counts), int(counts.max())
@@ -178,8 +296,12 @@ class RowCache:
         self.path = path
         self.rows: dict[str, np.ndarray] = {}
         if path.exists():
-            with np.load(path) as z:
-                self.rows = dict(zip(z["keys"].tolist(), z["values"]))
+            try:                                   # never allow_pickle: a cache file is data only
+                with np.load(path) as z:
+                    self.rows = dict(zip(z["keys"].tolist(), z["values"]))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+                raise UserError(f"feature cache {str(path)!r} cannot be read ({type(err).__name__}: "
+                                f"{str(err)[:200]}); delete it to recompute those features") from None
 
     def missing(self, keys: Sequence[str]) -> list[int]:
         return [i for i, k in enumerate(keys) if k not in self.rows]
@@ -201,7 +323,7 @@ def loss_cache_plan(tokenizer, examples: Sequence[Example], cache_dir: Path, mod
     `--dry-run` uses to count what is still to score)."""
     kind = "direct" if direct else "loss"
     dtype = dtype.replace("torch.", "")
-    cache = RowCache(cache_dir / f"{kind}-v2-{_text_key(model_key, dtype, str(max_length))}.npz")
+    cache = RowCache(cache_dir / f"{kind}-v3-{_text_key(model_key, dtype, str(max_length))}.npz")
     items = tokenize(tokenizer, examples, max_length)
     if direct:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -210,27 +332,80 @@ def loss_cache_plan(tokenizer, examples: Sequence[Example], cache_dir: Path, mod
     return cache, items, keys
 
 
+SCORE_CHUNK = 256
+"""Examples scored between two cache writes: a killed scoring run loses at most one chunk."""
+
+
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    """The exception types torch raises when an accelerator runs out of memory."""
+    import torch
+
+    return tuple({getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)} - {None})
+
+
+def free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _stats_backing_off(model, items: Sequence[Tokenized], pad_id: int, state: dict, bar) -> np.ndarray:
+    """response_token_stats of `items`; on out-of-memory, halve state["max_tokens"] (kept for later
+    chunks) and retry, until every batch holds a single example; then raise a UserError."""
+    while True:
+        done = bar.n
+        try:
+            return response_token_stats(model, items, pad_id, state["max_tokens"], progress=bar.update)
+        except out_of_memory_errors() as err:
+            free_accelerator_memory()
+            lengths = [t.length for t in items]
+            if all(len(b) == 1 for b in length_sorted_batches(lengths, state["max_tokens"], 64)):
+                raise UserError(
+                    f"out of accelerator memory scoring a single example of {max(lengths)} tokens "
+                    f"(max_tokens backed off {state['oom_backoffs']} times to {state['max_tokens']}): lower "
+                    f"model.max_length or use a device with more memory ({str(err).splitlines()[0][:200]})") from None
+            state["max_tokens"] = max(1, state["max_tokens"] // 2)
+            state["oom_backoffs"] += 1
+            log.warning("out of memory while scoring; retrying with max_tokens=%d", state["max_tokens"])
+            bar.n = done
+            bar.refresh()
+
+
 def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_dir: Path, model_key: str,
                           max_length: int, max_tokens: int = 4096, progress_bar: bool = True,
-                          direct: bool = False) -> tuple[np.ndarray, dict]:
+                          direct: bool = False, chunk_size: int = SCORE_CHUNK,
+                          on_chunk: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
     """(N, len(STAT_COLUMNS)) token statistics for `examples` (see response_token_stats), reusing the
-    cache; and what it cost. `direct=True` scores the responses without their prompts."""
+    cache; and what it cost. `direct=True` scores the responses without their prompts.
+
+    The examples still to score go longest first in chunks of `chunk_size`; each chunk is added to
+    the cache (atomically) as soon as it is scored, so a killed run resumes at the chunk it was in.
+    `on_chunk(n)` runs after each chunk is saved, with the examples scored so far. On running out of
+    accelerator memory the token budget per batch is halved and the chunk retried (see cost)."""
     from tqdm.auto import tqdm
 
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     kind = "direct" if direct else "loss"
     cache, items, keys = loss_cache_plan(tokenizer, examples, cache_dir, model_key,
                                          str(next(model.parameters()).dtype), max_length, direct)
-    todo = cache.missing(keys)
+    todo = sorted(cache.missing(keys), key=lambda i: -items[i].length)
+    state = {"max_tokens": max_tokens, "oom_backoffs": 0}
     t0 = time.perf_counter()
     if todo:
         bar = tqdm(total=len(todo), desc=f"scoring {kind}", unit="ex", disable=not progress_bar)
-        stats = response_token_stats(model, [items[i] for i in todo], tokenizer.pad_token_id, max_tokens,
-                                     progress=bar.update)
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start: start + chunk_size]
+            stats = _stats_backing_off(model, [items[i] for i in chunk], tokenizer.pad_token_id, state, bar)
+            cache.add([keys[i] for i in chunk], stats)
+            if on_chunk:
+                on_chunk(start + len(chunk))
         bar.close()
-        cache.add([keys[i] for i in todo], stats)
     cost = {f"{kind}_seconds": time.perf_counter() - t0, f"{kind}_examples_scored": len(todo),
             f"{kind}_tokens_scored": int(sum(items[i].length for i in todo)),
             f"{kind}_tokens_needed": int(sum(t.length for t in items)),       # cached or not
+            f"{kind}_oom_backoffs": state["oom_backoffs"], f"{kind}_max_tokens": state["max_tokens"],
             "truncated": int(sum(t.truncated for t in items))}
     return cache.get(keys), cost
 
@@ -259,7 +434,9 @@ def build_features(examples: Sequence[Example], ids: list[str], *, loss_stats: n
         f.loss = (loss_stats[:, 0] / n).astype(np.float32)
         f.entropy = (loss_stats[:, 1] / n).astype(np.float32)
         f.n_tokens = loss_stats[:, 2].astype(np.int64)
-        f.min_k = loss_stats[:, 3:].astype(np.float32)
+        K = len(MIN_K_FRACTIONS)
+        f.min_k = loss_stats[:, 3:3 + K].astype(np.float32)
+        f.min_k_plus = loss_stats[:, 3 + K:3 + 2 * K].astype(np.float32)
     if direct_stats is not None:
         f.direct_loss = (direct_stats[:, 0] / np.maximum(direct_stats[:, 2], 1)).astype(np.float32)
     return f

@@ -4,10 +4,16 @@ that losses and training see the response only."""
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
 
 from llm_al.data import Example
+
+if TYPE_CHECKING:
+    import torch
 
 PLAIN_HEADERS = {"system": "### System:\n", "user": "### User:\n", "assistant": "### Assistant:\n"}
 
@@ -90,9 +96,136 @@ def pack(items: Sequence[Tokenized], pad_id: int):
 def response_logits(model, ids, mask, rows, pos):
     """(M, V) float32 logits at the response positions only: one decoder pass, and the LM head
     applied to the M hidden states that predict response tokens (none wasted on the prompt)."""
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state   # (B, T, H)
+    return head_logits(model, hidden[rows, pos])                                         # (M, V)
+
+
+def head_logits(model, hidden):
+    """(M, V) float32 logits of the LM head over (M, H) hidden states (with the model's final-logit
+    soft-capping, if it has one)."""
     import torch
 
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state   # (B, T, H)
-    logits = model.get_output_embeddings()(hidden[rows, pos]).float()                    # (M, V)
+    logits = model.get_output_embeddings()(hidden).float()                               # (M, V)
     cap = getattr(model.config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+# ---------------------------------------------------------------------------- packing after a shared prefix
+def shared_prefix_length(items: Sequence[Tokenized]) -> int:
+    """Tokens every item's prompt starts with (e.g. the system turn), short of each prompt's last
+    token: the hidden state there predicts the first response token, so it stays in the suffix."""
+    if not items:
+        return 0
+    first = np.asarray(items[0].prompt_ids, dtype=np.int64)
+    n = min(len(t.prompt_ids) for t in items) - 1
+    for t in items:
+        if n <= 0:
+            return 0
+        differ = np.flatnonzero(np.asarray(t.prompt_ids[:n], dtype=np.int64) != first[:n])
+        if differ.size:
+            n = int(differ[0])
+    return max(n, 0)
+
+
+def plan_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into rows of at most `capacity` tokens, longest first, each into the fullest
+    row that still has room (best-fit decreasing); an item longer than `capacity` gets a row of its
+    own, so `capacity=0` means one item per row."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []                 # (room left, row), sorted
+    for i in order:
+        n = lengths[i]
+        j = bisect.bisect_left(free, (n, -1))
+        if j < len(free):
+            room, r = free.pop(j)
+            rows[r].append(i)
+        else:
+            room, r = capacity, len(rows)
+            rows.append([i])
+        if room - n > 0:
+            bisect.insort(free, (room - n, r))
+    return rows
+
+
+@dataclass
+class PackedBatch:
+    """The suffixes (tokens after a shared prefix of `prefix_len`) of several items, packed into
+    rows back to back with no padding between them.
+
+    ids, position_ids, segment: (B, T); segment says which member a column holds (-1 for the
+    padding at a row's end); position ids restart at `prefix_len` for each member. rows, pos,
+    targets, member: (M,) for the M response tokens, grouped by member in order: the hidden state at
+    [rows[m], pos[m]] predicts targets[m], a token of member[m]. `members` are the item indices."""
+
+    ids: "torch.Tensor"
+    position_ids: "torch.Tensor"
+    segment: "torch.Tensor"
+    rows: "torch.Tensor"
+    pos: "torch.Tensor"
+    targets: "torch.Tensor"
+    member: "torch.Tensor"
+    members: list[int]
+    prefix_len: int
+
+    def to(self, device) -> "PackedBatch":
+        moved = {k: v.to(device) for k, v in vars(self).items() if hasattr(v, "to")}
+        return PackedBatch(**{**vars(self), **moved})
+
+    def attention_mask(self, four_d: bool, dtype=None):
+        """The mask over [prefix, suffix] keys. 2D (B, P + T), 1 = real token, when each row holds
+        one member (the model builds the causal mask); else 4D (B, 1, T, P + T): every query sees the
+        whole prefix and the earlier tokens of its own member; bool, or additive in `dtype` (0 or
+        the dtype's min) for attention implementations that add the mask to the scores.
+        Padding columns attend to padding, so no softmax row is empty."""
+        import torch
+
+        B, T = self.ids.shape
+        P = self.prefix_len
+        if not four_d:
+            return torch.cat([torch.ones((B, P), dtype=torch.long, device=self.ids.device),
+                              (self.segment >= 0).long()], 1)
+        causal = torch.ones((T, T), dtype=torch.bool, device=self.ids.device).tril()
+        suffix = (self.segment[:, :, None] == self.segment[:, None, :]) & causal          # (B, T, T)
+        mask = torch.cat([suffix.new_ones((B, T, P)), suffix], 2)[:, None]               # (B, 1, T, P+T)
+        if dtype is None:
+            return mask
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def pack_suffixes(items: Sequence[Tokenized], rows: Sequence[Sequence[int]], prefix_len: int,
+                  pad_id: int) -> PackedBatch:
+    """One PackedBatch of `rows` (lists of item indices, as plan_rows gives), dropping the first
+    `prefix_len` tokens of every item (they must be shared; see shared_prefix_length)."""
+    import torch
+
+    P = prefix_len
+    members = [i for row in rows for i in row]
+    suffixes = [items[i].prompt_ids[P:] + items[i].response_ids for i in members]
+    L = np.array([len(s) for s in suffixes], dtype=np.int64)                          # (n,)
+    plen = np.array([len(items[i].prompt_ids) - P for i in members], dtype=np.int64)  # (n,) >= 1
+    R = L - plen                                                                        # (n,)
+    assert plen.min() >= 1, f"prefix of {P} tokens leaves a prompt empty"
+    row_of = np.repeat(np.arange(len(rows)), [len(r) for r in rows])                  # (n,)
+    start = np.cumsum(L) - L                                                            # (n,) flat offsets
+    first = np.cumsum([0] + [len(r) for r in rows[:-1]])                                # first member of each row
+    off = start - start[first][row_of]                                                  # (n,) column in its row
+    fill = np.bincount(row_of, weights=L, minlength=len(rows)).astype(np.int64)         # (B,)
+    B, T = len(rows), int(fill.max())
+    flat = np.fromiter((tok for s in suffixes for tok in s), dtype=np.int64, count=int(L.sum()))
+    tok_member = np.repeat(np.arange(len(members)), L)                                  # (S,)
+    within = np.arange(len(flat)) - start[tok_member]                                   # (S,)
+    r_, c_ = row_of[tok_member], off[tok_member] + within
+    ids = np.full((B, T), pad_id, dtype=np.int64)
+    ids[r_, c_] = flat
+    position_ids = np.full((B, T), P, dtype=np.int64)
+    position_ids[r_, c_] = P + within
+    segment = np.full((B, T), -1, dtype=np.int64)
+    segment[r_, c_] = tok_member
+    member = np.repeat(np.arange(len(members)), R)                                      # (M,)
+    k = np.arange(int(R.sum())) - (np.cumsum(R) - R)[member]                            # (M,) index in response
+    pos = off[member] + plen[member] - 1 + k             # the hidden state before each response token
+    targets = flat[start[member] + plen[member] + k]
+    t = torch.from_numpy
+    return PackedBatch(t(ids), t(position_ids), t(segment), t(row_of[member]), t(pos), t(targets), t(member),
+                       members, P)

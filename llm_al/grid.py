@@ -18,11 +18,13 @@ the grid designs: more order seeds would only repeat the same run.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from llm_al.orderings import ORDERINGS
 
+_UNSAFE = re.compile(r"[/\\\x00-\x1f]|\.\.")
 DESIGNS = ("paired", "grid", "grid_tied")
 
 
@@ -47,6 +49,7 @@ class Cell:
         slug = self.strategy.replace(":", "-").replace(",", "-").replace("=", "").replace(" ", "")
         for ch in "{}[]":
             slug = slug.replace(ch, "")
+        slug = _UNSAFE.sub("_", slug)       # parameter values may hold "/" or "..": keep the id one file name
         suffix = "" if self.budget == self.default_budget else f"-b{self.budget}"
         return f"{slug}-{self.ordering}-s{self.subset_seed}o{self.order_seed}i{self.init_seed}{suffix}"
 

@@ -27,6 +27,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def confined(root: str | os.PathLike, *parts: str) -> Path:
+    """root / parts, refused (UserError) unless it lies inside `root`: names built from user input
+    (strategy specs, run ids) must not write elsewhere through "..", "/" or a symlinked name."""
+    from llm_al.errors import UserError
+
+    root = Path(root)
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()) or path.resolve() == root.resolve():
+        raise UserError(f"refusing to write {str(path)!r}: the name {'/'.join(parts)!r} leads outside {str(root)!r}")
+    return path
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -54,7 +54,7 @@ class LoopConfig:
         STRATEGIES.get(self.seed_strategy)
 
 
-MODEL_FEATURES = {"loss", "entropy", "min_k", "ifd", "n_tokens", "direct_loss"}
+MODEL_FEATURES = {"loss", "entropy", "min_k", "min_k_plus", "ifd", "n_tokens", "direct_loss"}
 
 
 def rescore(model, tokenizer, base: Features, examples, indices: np.ndarray, needs: set[str], cfg,

@@ -84,6 +84,54 @@ def cluster_round_robin(indices: np.ndarray, features: Features, rng: np.random.
     return np.array(out, dtype=indices.dtype)
 
 
+# Reverses. easy/hard, short/long and low/high IFD come in pairs, and so do familiar/novel below.
+# as_selected and shuffled have no direction to reverse. Read backwards, cluster_round_robin is
+# still one example per cluster in turn (the same kind of order, only the cluster sizes per round
+# change), so its meaningful opposite is not its reverse but the blocked order, cluster_blocks.
+@ORDERINGS.register("cluster_blocks",
+                    "k-means the subset (k = sqrt(n)), then whole clusters one after another, so neighbours are "
+                    "alike (the blocked opposite of cluster_round_robin)", needs=("embeddings",), seeded=True)
+def cluster_blocks(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    """Blocked practice: clusters in a seeded random order, members in seeded random order."""
+    from llm_al.diversity import kmeans
+
+    indices = np.asarray(indices)
+    k = max(1, int(round(np.sqrt(len(indices)))))
+    _, labels = kmeans(features.require("embeddings")[indices], k, rng)
+    return np.concatenate([rng.permutation(indices[labels == c]) for c in rng.permutation(k)]).astype(indices.dtype)
+
+
+def by_familiarity(indices: np.ndarray, features: Features, rng: np.random.Generator, familiar: bool) -> np.ndarray:
+    """Sort by ref_overlap (n-gram overlap with the reference), ties by ref_vocab (share of words
+    the reference has), remaining ties at random; most familiar first when `familiar`. Both come
+    from the one `reference_overlap` probe (llm_al/overlap_probes.py). Raises when both are
+    constant over the subset: the order would be a disguised shuffle."""
+    from llm_al.errors import FeatureUnavailableError
+
+    indices = np.asarray(indices)
+    overlap = features.require("ref_overlap")[indices].astype(np.float64)
+    vocab = features.require("ref_vocab")[indices].astype(np.float64)
+    if len(indices) > 1 and np.ptp(overlap) == 0 and np.ptp(vocab) == 0:
+        raise FeatureUnavailableError(
+            f"{'familiar' if familiar else 'novel'}_first: ref_overlap ({overlap[0]:g}) and ref_vocab "
+            f"({vocab[0]:g}) are the same for all {len(indices)} examples, so the order would be a shuffle; "
+            "use a reference closer to the data (overlap.reference) or a smaller overlap.n")
+    sign = -1.0 if familiar else 1.0
+    return indices[np.lexsort((rng.random(len(indices)), sign * vocab, sign * overlap))]
+
+
+@ORDERINGS.register("familiar_first", "descending overlap with the reference corpus (ref_overlap, ties by "
+                    "ref_vocab): what pre-training-like text covers first", needs=("ref_overlap", "ref_vocab"))
+def familiar_first(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    return by_familiarity(indices, features, rng, familiar=True)
+
+
+@ORDERINGS.register("novel_first", "ascending overlap with the reference corpus (ref_overlap, ties by "
+                    "ref_vocab): what the reference lacks first", needs=("ref_overlap", "ref_vocab"))
+def novel_first(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
+    return by_familiarity(indices, features, rng, familiar=False)
+
+
 def run_ordering(name: str, indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
     entry = ORDERINGS.get(name)
     for need in entry.meta.get("needs", ()):

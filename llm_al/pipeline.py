@@ -27,7 +27,7 @@ from llm_al.seeds import rng
 from llm_al.strategies import STRATEGIES
 
 log = logging.getLogger("llm_al")
-LOSS_FEATURES = {"loss", "entropy", "n_tokens", "min_k", "ifd"}   # the pass with the prompt
+LOSS_FEATURES = {"loss", "entropy", "n_tokens", "min_k", "min_k_plus", "ifd"}   # the pass with the prompt
 DIRECT_FEATURES = {"direct_loss", "ifd"}                            # the pass without it
 
 
@@ -103,11 +103,15 @@ def compute_features(pool: Pool, needs: set[str], model_cfg, model_and_tokenizer
     `cfg` (an ExperimentConfig) supplies the probe, train and eval settings probes use; defaults
     when None."""
     cache_dir = models.cache_root() / "features"
+    if needs - {"length"}:                  # every other feature is cached: fail now, not after scoring
+        from llm_al.resources import check_writable
+
+        check_writable(cache_dir, "the feature cache (set LLM_AL_CACHE to a writable folder)")
     stats: dict[str, np.ndarray] = {}
     cost: dict = {}
     probe_needs = needs & set(probes.provided_names())
     if probe_needs and probes.needs_model(probe_needs) and model_and_tokenizer is None:
-        model_and_tokenizer = models.load_model(model_cfg.name, model_cfg.device,
+        model_and_tokenizer = models.load_model(model_cfg.name, model_cfg.device, dtype=model_cfg.dtype,
                                                 trust_remote_code=model_cfg.trust_remote_code)
 
     def passes(name: str, model, tokenizer, which: set[bool], prefix: str = "") -> None:
@@ -122,14 +126,14 @@ def compute_features(pool: Pool, needs: set[str], model_cfg, model_and_tokenizer
     which = {d for d, group in ((False, LOSS_FEATURES), (True, DIRECT_FEATURES)) if needs & group}
     if which:
         model, tokenizer = model_and_tokenizer or models.load_model(
-            model_cfg.name, model_cfg.device, trust_remote_code=model_cfg.trust_remote_code)
+            model_cfg.name, model_cfg.device, dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code)
         passes(model_cfg.name, model, tokenizer, which)
     scorer_ifd = None
     if "scorer_ifd" in needs:
         if not model_cfg.scorer:
             raise FeatureUnavailableError("scorer_ifd (Superfiltering) needs a second, small scorer model: "
                                           "set model.scorer to a hub id or local folder (e.g. a GPT-2-size model)")
-        scorer, scorer_tok = models.load_model(model_cfg.scorer, model_cfg.device,
+        scorer, scorer_tok = models.load_model(model_cfg.scorer, model_cfg.device, dtype=model_cfg.dtype,
                                                trust_remote_code=model_cfg.trust_remote_code)
         passes(model_cfg.scorer, scorer, scorer_tok, {False, True}, prefix="scorer_")
         scorer_ifd = ifd_from_stats(stats["scorer_loss"], stats["scorer_direct"])
@@ -145,7 +149,8 @@ def compute_features(pool: Pool, needs: set[str], model_cfg, model_and_tokenizer
     if probe_needs:
         model, tokenizer = model_and_tokenizer or (None, None)
         ctx = probe_context(pool.examples, model, tokenizer, model_cfg, cfg, progress,
-                            cache_dir=cache_dir, model_key=models.fingerprint(model_cfg.name))
+                            cache_dir=cache_dir,   # model-free probes: no fingerprint (it may convert a model)
+                            model_key=models.fingerprint(model_cfg.name) if probes.needs_model(probe_needs) else "")
         scores, probe_cost = probes.run_probes(probe_needs, ctx)
         features.scores.update(scores)
         features.cost.update({f"probe_{k}": v for k, v in probe_cost.items()})
@@ -155,6 +160,7 @@ def compute_features(pool: Pool, needs: set[str], model_cfg, model_and_tokenizer
 def probe_context(examples, model, tokenizer, model_cfg, cfg, progress: bool, *, labelled=None,
                   cache_dir=None, model_key: str = "") -> probes.ProbeContext:
     """The ProbeContext for `examples`, with the probe/train/eval settings of `cfg` (or defaults)."""
+    from llm_al.config import OverlapConfig
     from llm_al.evaluate import EvalConfig
     from llm_al.train import TrainConfig
 
@@ -163,6 +169,7 @@ def probe_context(examples, model, tokenizer, model_cfg, cfg, progress: bool, *,
         probe_cfg=cfg.probe if cfg is not None else probes.ProbeConfig(),
         train_cfg=cfg.train if cfg is not None else TrainConfig(),
         eval_cfg=cfg.eval if cfg is not None else EvalConfig(),
+        overlap_cfg=cfg.overlap if cfg is not None else OverlapConfig(),
         labelled=labelled, cache_dir=cache_dir, model_key=model_key, progress=progress)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from scipy import sparse
 
 from llm_al.errors import FeatureUnavailableError
 from llm_al.registry import Registry
@@ -33,6 +34,18 @@ class ProbeConfig:
 
     seed: int = 0
     """Seed of every random draw a probe makes (dropout masks, sampled generations, bootstraps)."""
+    mc_passes: int = 8
+    """Stochastic passes K of the `mc_dropout` probe (bald, mc_disagreement); >= 2."""
+    mc_dropout: float = 0.1
+    """Dropout p the `mc_dropout` probe applies to the decoder's Linear inputs during its passes; in (0, 1)."""
+    committee_size: int = 3
+    """LoRA adapters in the `committee` probe (qbc), each trained on a bootstrap of the labelled set; >= 2."""
+    ngram_max: int = 2
+    """Longest word n-gram the `ngrams` probe counts (n = 1..ngram_max; llm_al.lexical)."""
+    gen_samples: int = 4
+    """Sampled answers per prompt for the `sampled` probe (gen_disagreement, bleu_variance); >= 2."""
+    gen_temperature: float = 1.0
+    """Sampling temperature of the `sampled` probe (no top-k / top-p truncation)."""
 
 
 @dataclass
@@ -46,6 +59,7 @@ class ProbeContext:
     probe_cfg: ProbeConfig = field(default_factory=ProbeConfig)
     train_cfg: Any = None                   # train.TrainConfig (adapters a probe trains or attaches)
     eval_cfg: Any = None                    # evaluate.EvalConfig (generation length, metric)
+    overlap_cfg: Any = None                 # config.OverlapConfig (reference corpus, n, passage sample)
     labelled: Sequence[Any] | None = None   # examples labelled so far (loop rounds), else None
     cache_dir: Path | None = None           # per-example caches; None in loop rounds (the adapter changes)
     model_key: str = ""                     # fingerprint of the model, part of every cache key
@@ -67,6 +81,12 @@ def provider(feature: str):
 
 def provided_names() -> list[str]:
     return sorted(f for name in PROBES.names() for f in PROBES.get(name).meta.get("provides", ()))
+
+
+def matrix_names() -> list[str]:
+    """Provided names that are (N, D) matrices (e.g. sparse n-gram counts; a probe lists them in
+    its `matrices` meta), not per-example scores: no strategy may rank or average them as one."""
+    return sorted(f for name in PROBES.names() for f in PROBES.get(name).meta.get("matrices", ()))
 
 
 def needs_model(features: set[str]) -> bool:
@@ -98,8 +118,10 @@ def run_probes(features: set[str], ctx: ProbeContext) -> tuple[dict[str, np.ndar
         missing = set(entry.meta.get("provides", ())) - set(out)
         assert not missing, f"probe {name} did not return {sorted(missing)}"
         for key, value in out.items():
-            value = np.asarray(value)
-            assert len(value) == len(ctx.examples), f"probe {name}: {key} has {len(value)} rows, pool {len(ctx.examples)}"
+            if not sparse.issparse(value):          # scipy.sparse matrices (n-gram counts) stay sparse
+                value = np.asarray(value)
+            assert value.shape[0] == len(ctx.examples), \
+                f"probe {name}: {key} has {value.shape[0]} rows, pool {len(ctx.examples)}"
             scores[key] = value
         cost[name] = c
     return scores, cost

@@ -25,6 +25,7 @@ def strategy_cost(spec: str, feature_cost: dict) -> dict:
     examples embedded, with the seconds they took when computed in this run."""
     from llm_al.config import parse_strategy
     from llm_al.pipeline import DIRECT_FEATURES, LOSS_FEATURES, strategy_needs
+    from llm_al.probes import provider
 
     needs = strategy_needs(*parse_strategy(spec))
     tokens = seconds = 0.0
@@ -38,7 +39,13 @@ def strategy_cost(spec: str, feature_cost: dict) -> dict:
     embedded = feature_cost.get("embed_examples_needed", 0) if "embeddings" in needs else 0
     if embedded:
         seconds += feature_cost.get("embed_seconds", 0.0)
-    return {"scored_tokens": int(tokens), "embedded_examples": int(embedded), "feature_seconds": seconds}
+    probe_tokens = 0
+    for name in sorted({p.name for p in map(provider, needs) if p is not None}):
+        c = feature_cost.get(f"probe_{name}", {})       # as computed in this run: 0 where cached
+        probe_tokens += int(c.get("tokens_scored", 0)) + int(c.get("generated_tokens", 0))
+        seconds += float(c.get("seconds", 0.0))
+    return {"scored_tokens": int(tokens), "embedded_examples": int(embedded), "probe_tokens": probe_tokens,
+            "feature_seconds": seconds}
 
 
 def summarize(results: list[dict], floor: dict, cfg, feature_cost: dict | None = None) -> dict:
@@ -188,13 +195,15 @@ def table_rows(summary: dict) -> list[list[str]]:
 
 
 def _cost(cost: dict | None) -> str:
-    if not cost or not (cost["scored_tokens"] or cost["embedded_examples"]):
+    if not cost or not (cost["scored_tokens"] or cost["embedded_examples"] or cost.get("probe_tokens")):
         return "none"
     parts = []
     if cost["scored_tokens"]:
         parts.append(f"{cost['scored_tokens'] / 1000:.0f}k tok")
     if cost["embedded_examples"]:
         parts.append(f"{cost['embedded_examples']} emb")
+    if cost.get("probe_tokens"):
+        parts.append(f"{cost['probe_tokens'] / 1000:.0f}k probe tok")
     return " + ".join(parts)
 
 
@@ -216,7 +225,9 @@ def format_table(summary: dict) -> str:
              for r in summary["strategies"] if all(m in r for m in others)]
     floor = ", ".join(f"{m} {summary['untrained'][m]:.2f}" for m in others if m in summary["untrained"])
     notes = ["scoring cost: model tokens scored (forward passes over the pool) and examples embedded to compute "
-             "the strategy's features, beyond the training every strategy pays; random needs none.",
+             "the strategy's features, beyond the training every strategy pays; random needs none. probe tok: "
+             "tokens a probe ran through the model (all MC-dropout passes, generated tokens) in this run; 0 "
+             "when its results came from the cache.",
              "Overlap columns: share of the subset's word n-grams found in the reference corpus, share of its "
              "words seen there, and share of the test references' words present in the subset's responses."]
     if any("vs_shuffled" in r for r in summary["strategies"]):

@@ -41,7 +41,12 @@ def top_k(scores: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarr
     check_budget(budget, len(scores))
     if np.isnan(scores).any():
         raise ValueError(f"{int(np.isnan(scores).sum())} scores are NaN; a strategy must not select on them")
-    order = np.lexsort((rng.random(len(scores)), -scores))   # last key is primary
+    tie = rng.random(len(scores))
+    if budget < len(scores) // 2:                            # sort only what can make the cut: same result
+        cut = np.partition(scores, len(scores) - budget)[len(scores) - budget]
+        cand = np.flatnonzero(scores >= cut)
+        return cand[np.lexsort((tie[cand], -scores[cand]))][:budget]
+    order = np.lexsort((tie, -scores))                       # last key is primary
     return order[:budget]
 
 
@@ -140,3 +145,7 @@ def kcenter(features: Features, budget: int, rng: np.random.Generator) -> Select
 
 # Strategy families in their own modules register on import.
 from llm_al import diversity, uncertainty  # noqa: E402,F401
+from llm_al import mc_probes  # noqa: E402,F401
+from llm_al import lexical, stream  # noqa: E402,F401
+from llm_al import gen_probes  # noqa: E402,F401
+from llm_al import overlap_probes  # noqa: E402,F401

@@ -28,13 +28,37 @@ def min_k_prob(features: Features, budget: int, rng: np.random.Generator, k: flo
     """Min-K% Prob (Shi et al., ICLR 2024), a membership score: a high mean of the k% least likely
     tokens suggests text seen in pre-training. `prefer=unfamiliar` picks the lowest (novel) ones,
     `familiar` the highest."""
+    return _membership(features, "min_k", k, prefer, budget, rng, f"mean log-prob of the lowest {k:.0%} tokens")
+
+
+def _membership(features: Features, name: str, k: float, prefer: str, budget: int, rng: np.random.Generator,
+                label: str) -> Selection:
+    """Pick by one column (fraction k) of a Min-K%-style membership score: lowest first when
+    prefer=unfamiliar, highest when familiar."""
     if k not in MIN_K_FRACTIONS:
-        raise ConfigError(f"min_k: k must be one of {MIN_K_FRACTIONS} (computed in the scoring pass), got {k!r}")
+        raise ConfigError(f"{name}: k must be one of {MIN_K_FRACTIONS} (computed in the scoring pass), got {k!r}")
     if prefer not in ("unfamiliar", "familiar"):
-        raise ConfigError(f"min_k: prefer must be 'unfamiliar' or 'familiar', got {prefer!r}")
-    value = features.require("min_k")[:, MIN_K_FRACTIONS.index(k)].astype(np.float64)
+        raise ConfigError(f"{name}: prefer must be 'unfamiliar' or 'familiar', got {prefer!r}")
+    value = features.require(name)[:, MIN_K_FRACTIONS.index(k)].astype(np.float64)
     idx = top_k(-value if prefer == "unfamiliar" else value, budget, rng)
-    return Selection(idx, value[idx], f"mean log-prob of the lowest {int(k * 100)}% tokens", value)
+    return Selection(idx, value[idx], label, value)
+
+
+@STRATEGIES.register(
+    "min_k_plus",
+    "Min-K%++: mean of the lowest k% standardised response-token log-probs; prefer=unfamiliar (default) or familiar",
+    needs=("min_k_plus",),
+)
+def min_k_plus(features: Features, budget: int, rng: np.random.Generator, k: float = 0.2,
+               prefer: str = "unfamiliar") -> Selection:
+    """Min-K%++ (Zhang et al., "Min-K%++: Improved baseline for detecting pre-training data from
+    large language models", ICLR 2025): each response token's log-prob standardised against the
+    model's next-token distribution, z_t = (log p(x_t) - mu_t) / sigma_t with mu_t the expected
+    log-prob and sigma_t its standard deviation under that distribution, then the mean of the
+    lowest k% of z_t. A high score (tokens at local maxima of the likelihood) suggests text seen in
+    pre-training. `prefer=unfamiliar` picks the lowest, `familiar` the highest."""
+    return _membership(features, "min_k_plus", k, prefer, budget, rng,
+                       f"mean Min-K%++ score of the lowest {k:.0%} tokens")
 
 
 def _ifd_select(ifd: np.ndarray, budget: int, rng: np.random.Generator, max_ifd: float | None, name: str) -> Selection:

@@ -101,8 +101,17 @@ def synthetic_features(n: int = 40, dim: int = 8, seed: int = 0):
 
     loss = rng.gamma(2.0, 1.0, n).astype(np.float32)
     scores = {name: rng.gamma(2.0, 1.0, n).astype(np.float32) for name in provided_names()}
+    from scipy import sparse
+
+    from llm_al.probes import matrix_names
+
+    for name in matrix_names():        # (N, D) count matrices (n-grams), not scores: random sparse counts
+        m_rng = np.random.default_rng(seed + 1)
+        scores[name] = sparse.random(n, 64, density=0.15, format="csr", random_state=m_rng,
+                                     data_rvs=lambda k: m_rng.integers(1, 4, k).astype(np.float64)).astype(np.int32)
     return Features(scores=scores, ids=[f"id{i}" for i in range(n)], length=rng.integers(1, 30, n).astype(np.float32),
                     loss=loss, entropy=rng.gamma(2.0, 1.0, n).astype(np.float32), n_tokens=rng.integers(1, 30, n),
                     min_k=-np.sort(rng.gamma(2.0, 1.0, (n, len(MIN_K_FRACTIONS))), axis=1)[:, ::-1].astype(np.float32),
+                    min_k_plus=np.sort(rng.normal(-1.0, 1.0, (n, len(MIN_K_FRACTIONS))), axis=1).astype(np.float32),
                     direct_loss=(loss * rng.uniform(0.5, 1.5, n)).astype(np.float32),
                     scorer_ifd=rng.uniform(0.3, 1.3, n).astype(np.float32), embeddings=emb)

@@ -63,7 +63,7 @@ def test_run_recipe_end_to_end_and_resume(tiny_recipe, tmp_path, cache_dir, caps
     kc = next(r for r in summary["strategies"] if r["strategy"] == "kcenter")
     assert kc["vs_random"]["n"] == 2 and len(kc["chrf"]["values"]) == 2
     costs = {r["strategy"]: r["cost"] for r in summary["strategies"]}
-    assert costs["random"] == {"scored_tokens": 0, "embedded_examples": 0, "feature_seconds": 0.0}
+    assert costs["random"] == {"scored_tokens": 0, "embedded_examples": 0, "probe_tokens": 0, "feature_seconds": 0.0}
     assert costs["kcenter"]["embedded_examples"] == 24 and costs["kcenter"]["scored_tokens"] == 0
     assert costs["perplexity"]["scored_tokens"] > 24 and costs["perplexity"]["embedded_examples"] == 0
     # the two random runs use different subsets; perplexity (deterministic) the same one

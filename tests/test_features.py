@@ -82,3 +82,12 @@ def test_cache_means_no_second_forward_pass(tiny_model, pool, cache_dir, monkeyp
     _, cost3 = compute_loss_features(model, tok, bigger.examples, cache_dir, "tiny", 128, progress_bar=False)
     assert cost3["loss_examples_scored"] == 1
     assert not list(cache_dir.glob("*.tmp"))
+
+
+def test_cache_rows_hold_every_stat_column_in_a_v3_file(tiny_model, pool, cache_dir):
+    from llm_al.features import STAT_COLUMNS
+
+    model, tok = tiny_model
+    stats, _ = compute_loss_features(model, tok, pool.examples[:3], cache_dir, "tiny", 128, progress_bar=False)
+    assert stats.shape == (3, len(STAT_COLUMNS)) and "min_k_plus_0.2" in STAT_COLUMNS
+    assert [p.name.split("-")[:2] for p in cache_dir.glob("loss-*.npz")] == [["loss", "v3"]]

@@ -78,3 +78,43 @@ def test_cluster_round_robin_alternates_clusters():
     clusters = (out // 3).tolist()
     assert all(a != b for a, b in zip(clusters, clusters[1:]))     # neighbours always from different clusters
     assert sorted(clusters[:3]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name, familiar", [("familiar_first", True), ("novel_first", False)])
+def test_familiarity_orderings_sort_by_overlap_then_vocab(name, familiar):
+    f = synthetic_features(30)
+    f.scores["ref_overlap"][:] = np.repeat([0.0, 0.2, 0.6], 10)     # ties: ref_vocab orders within them
+    out = run_ordering(name, np.arange(0, 30, 2), f, np.random.default_rng(0))
+    key = np.stack([f.scores["ref_overlap"][out], f.scores["ref_vocab"][out]], 1)
+    sign = -1 if familiar else 1
+    steps = np.diff(sign * key, axis=0)
+    assert np.all(steps[:, 0] >= 0)                                   # ref_overlap monotone
+    assert np.all(steps[steps[:, 0] == 0, 1] >= 0)                    # ref_vocab monotone within ties
+    back = run_ordering("novel_first" if familiar else "familiar_first", np.arange(0, 30, 2), f,
+                        np.random.default_rng(0))
+    assert back.tolist() == out[::-1].tolist()                        # no exact ties left: the reverse
+
+
+def test_familiarity_ordering_refuses_a_constant_key():
+    f = synthetic_features(10)
+    f.scores["ref_overlap"][:] = 0.0
+    f.scores["ref_vocab"][:] = 0.5
+    with pytest.raises(FeatureUnavailableError, match="same for all 10 examples"):
+        run_ordering("novel_first", np.arange(10), f, np.random.default_rng(0))
+
+
+def test_ordering_needs_reach_compute_features():
+    from llm_al.pipeline import needed_features
+
+    assert {"ref_overlap", "ref_vocab"} <= needed_features([("random", {})], ["familiar_first", "shuffled"])
+
+
+def test_cluster_blocks_keeps_clusters_together():
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8) * 10
+    f = synthetic_features(9, 8)
+    f.embeddings = np.concatenate([c + rng.normal(scale=0.05, size=(3, 8)) for c in centres]).astype(np.float32)
+    clusters = (run_ordering("cluster_blocks", np.arange(9), f, np.random.default_rng(1)) // 3).tolist()
+    assert sum(a != b for a, b in zip(clusters, clusters[1:])) == 2     # three blocks, two boundaries
+    orders = {tuple(run_ordering("cluster_blocks", np.arange(9), f, np.random.default_rng(s))) for s in range(4)}
+    assert len(orders) > 1                                            # seeded: block and member order vary

@@ -90,3 +90,17 @@ def test_budgets_axis_gives_one_row_per_budget_paired_within_the_budget():
     assert rows[("kcenter", 100)]["vs_random"]["mean_diff"] == pytest.approx(-5.0)
     assert rows[("kcenter", 50)]["label"] == "kcenter @50" and summary["budget"] == [50, 100]
     assert "budget 50/100 of 500" in format_table(summary)
+
+
+def test_probe_cost_is_charged_to_the_strategies_that_need_it():
+    from llm_al.report import _cost, strategy_cost
+
+    cost = {"loss_tokens_needed": 1000, "loss_seconds": 2.0,
+            "probe_mc_dropout": {"seconds": 30.0, "tokens_scored": 8000},
+            "probe_sampled": {"seconds": 50.0, "generated_tokens": 4000}}
+    bald = strategy_cost("bald", cost)
+    assert bald["probe_tokens"] == 8000 and bald["feature_seconds"] == 30.0 and bald["scored_tokens"] == 0
+    gen = strategy_cost("gen_disagreement", cost)
+    assert gen["probe_tokens"] == 4000 and gen["feature_seconds"] == 50.0
+    assert strategy_cost("perplexity", cost)["probe_tokens"] == 0
+    assert _cost(bald) == "8k probe tok"

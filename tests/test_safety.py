@@ -79,3 +79,44 @@ def test_the_same_seeds_give_the_same_results(tiny_model_dir, pool_file, tmp_pat
         assert a["eval"]["predictions"] == b["eval"]["predictions"]
         assert a["eval"]["metrics"] == b["eval"]["metrics"]
         assert a["versions"] == b["versions"]
+
+
+def test_load_model_asks_for_safetensors_and_no_remote_code(tiny_model_dir, monkeypatch):
+    """What load_model hands to transformers: use_safetensors=True and trust_remote_code=False."""
+    import transformers
+
+    seen = {}
+    for cls in (transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+        real = cls.from_pretrained
+
+        def spy(*args, _real=real, _name=cls.__name__, **kwargs):
+            seen[_name] = kwargs
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", spy)
+    load_model(str(tiny_model_dir), device="cpu")
+    assert seen["AutoModelForCausalLM"]["use_safetensors"] is True
+    assert seen["AutoModelForCausalLM"]["trust_remote_code"] is False
+    assert seen["AutoTokenizer"]["trust_remote_code"] is False
+
+
+def test_nothing_in_the_package_turns_remote_code_or_network_on():
+    """No literal trust_remote_code=True, and no code that clears the HF offline switches."""
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
+                assert not (isinstance(node.value, ast.Constant) and node.value.value is True), path
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+            assert f'environ["{var}"] =' not in text and f"environ.pop(\"{var}\"" not in text, (path, var)
+
+
+def test_offline_hub_id_fails_cleanly_without_opening_a_connection(monkeypatch):
+    import socket
+
+    connects = []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: connects.append(addr))
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE"):
+        load_model("no-such-org/no-such-model", device="cpu")
+    assert connects == []

@@ -127,3 +127,14 @@ def test_kcenter_greedy_matches_a_brute_force_loop():
         d[chosen] = -1
         chosen.append(int(np.argmax(d)))
     assert idx.tolist() == chosen
+
+
+@pytest.mark.parametrize("n, budget", [(1000, 10), (1000, 499), (1000, 600), (50, 50)])
+def test_top_k_partition_path_equals_the_full_sort(n, budget):
+    """top_k sorts only the candidates that can make the cut; the picks (and their order) must be
+    exactly those of the full lexsort, ties included, for the same generator state."""
+    scores = np.random.default_rng(1).integers(0, 20, n).astype(np.float64)      # many ties
+    got = top_k(scores, budget, np.random.default_rng(7))
+    tie = np.random.default_rng(7).random(n)
+    want = np.lexsort((tie, -scores))[:budget]
+    np.testing.assert_array_equal(got, want)
