@@ -112,20 +112,30 @@ def band(random_values, level: float = 0.95) -> tuple[float, float]:
 
 
 def verdict(percentile: float, ci_low: float, ci_high: float, higher_is_better: bool = True,
-            level: float = 95.0) -> str:
+            level: float = 95.0, n_baseline: int | None = None) -> str:
     """Plain-language verdict. The CI is of the raw difference strategy - random.
 
     better: the CI excludes 0 on the good side (ci_low > 0, or ci_high < 0 when lower is better) AND
             percentile >= level;
     worse:  the CI excludes 0 on the bad side AND percentile <= 100 - level;
     else:   "inside the noise of random" (including a CI that excludes 0 while the percentile does
-            not clear the bar: a real but small shift that many random subsets match)."""
+            not clear the bar: a real but small shift that many random subsets match).
+    With `n_baseline` random results fewer than 100 / (100 - level) (20 at 95%), a percentile
+    cannot reach the level's resolution: the verdict then says "better/worse than all N" and that
+    N is too few for the level, rather than claim it."""
     if any(np.isnan(v) for v in (percentile, ci_low, ci_high)):
         raise ValueError(f"verdict needs finite inputs, got percentile={percentile}, CI=({ci_low}, {ci_high})")
     if ci_low > ci_high:
         raise ValueError(f"CI low {ci_low} is above CI high {ci_high}")
     good_side = ci_low > 0 if higher_is_better else ci_high < 0
     bad_side = ci_high < 0 if higher_is_better else ci_low > 0
+    if n_baseline is not None and n_baseline < int(np.ceil(100 / (100 - level))):
+        few = f"all {n_baseline} random subsets (too few to claim {level:g}%)"
+        if good_side and percentile >= 100:
+            return f"better than {few}"
+        if bad_side and percentile <= 0:
+            return f"worse than {few}"
+        return "inside the noise of random"
     if good_side and percentile >= level:
         return f"better than {level:g}% of random subsets"
     if bad_side and percentile <= 100 - level:
@@ -185,7 +195,7 @@ def strategy_vs_random(strategy_runs, random_runs, rng: np.random.Generator, hig
     b_lo, b_hi = band(r)
     return StrategyVsRandom(is_paired, int(s.size), int(r.size), float(s.mean()), float(r.mean()),
                             float(s.mean() - r.mean()), float(lo), float(hi), float(p), test, float(win_rate),
-                            pct, b_lo, b_hi, verdict(pct, lo, hi, higher_is_better), note)
+                            pct, b_lo, b_hi, verdict(pct, lo, hi, higher_is_better, n_baseline=int(r.size)), note)
 
 
 # ---------------------------------------------------------------- feature correlation and OLS

@@ -295,3 +295,12 @@ def test_learning_curve_groups_and_sorts():
         learning_curve(recs + [recs[0]], np.random.default_rng(0))
     with pytest.raises(ValueError, match="budget or round"):
         learning_curve([{"strategy": "s", "seed": 0, "value": 1.0}], np.random.default_rng(0))
+
+
+def test_verdict_does_not_claim_a_level_its_baseline_cannot_resolve():
+    from llm_al.analysis import verdict
+
+    assert verdict(0.0, -9.0, -5.0, n_baseline=5) == "worse than all 5 random subsets (too few to claim 95%)"
+    assert verdict(100.0, 1.0, 3.0, n_baseline=19) == "better than all 19 random subsets (too few to claim 95%)"
+    assert verdict(90.0, 1.0, 3.0, n_baseline=10) == "inside the noise of random"
+    assert verdict(96.0, 1.0, 3.0, n_baseline=20) == "better than 95% of random subsets"
