@@ -47,6 +47,18 @@ class ProbeConfig:
     gen_temperature: float = 1.0
     """Sampling temperature of the `sampled` probe (no top-k / top-p truncation)."""
 
+    def __post_init__(self) -> None:
+        from llm_al.errors import ConfigError
+
+        for name, lo in (("mc_passes", 2), ("committee_size", 2), ("ngram_max", 1), ("gen_samples", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ConfigError(f"probe.{name} must be an integer >= {lo}, got {value!r}")
+        if not 0 <= self.mc_dropout < 1:
+            raise ConfigError(f"probe.mc_dropout must be in [0, 1), got {self.mc_dropout!r}")
+        if not self.gen_temperature > 0:
+            raise ConfigError(f"probe.gen_temperature must be > 0, got {self.gen_temperature!r}")
+
 
 @dataclass
 class ProbeContext:

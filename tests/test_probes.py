@@ -73,3 +73,15 @@ def test_loop_rescore_recomputes_probe_scores_for_the_remaining_pool(tiny_model)
     sub = rescore(model, tokenizer, base, pool.examples, np.array([3, 1]), {"test_chars"}, ExperimentConfig(), [0])
     np.testing.assert_array_equal(sub.require("test_chars"), [4, 2])
     assert sub.ids == [pool.ids[3], pool.ids[1]]
+
+
+@pytest.mark.parametrize("override, match", [("probe.mc_passes=1", "mc_passes"), ("probe.mc_dropout=1.0", "mc_dropout"),
+                                             ("probe.gen_samples=1", "gen_samples"),
+                                             ("probe.gen_temperature=0", "gen_temperature"),
+                                             ("probe.committee_size=1", "committee_size")])
+def test_bad_probe_settings_fail_at_config_load(override, match):
+    from llm_al.config import load_config
+    from llm_al.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
