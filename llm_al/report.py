@@ -93,7 +93,7 @@ def summarize(results: list[dict], floor: dict, cfg, feature_cost: dict | None =
                                         higher_is_better=higher)
                 row["vs_random"] = {"n": cmp.n, "mean_diff": cmp.mean_diff, "ci": [cmp.ci_low, cmp.ci_high],
                                     "wins": cmp.wins, "ties": cmp.ties,
-                                    "verdict": paired_verdict(cmp.ci_low, cmp.ci_high, higher)}
+                                    "verdict": paired_verdict(cmp.ci_low, cmp.ci_high, higher, cmp.n)}
             shuffled = groups.get((spec, "shuffled", budget), {})
             if ordering != "shuffled" and len(shuffled) > 1:
                 mine = np.array([value(r) for r in runs.values()])
@@ -152,9 +152,16 @@ def _mean_overlap(runs: list[dict]) -> dict:
     return out
 
 
-def paired_verdict(lo: float, hi: float, higher_is_better: bool) -> str:
+MIN_PAIRS = 3
+"""Paired seeds below which no verdict is given: a bootstrap CI of one or two differences is
+degenerate (one pair: a single point), so it cannot tell a gain from seed noise."""
+
+
+def paired_verdict(lo: float, hi: float, higher_is_better: bool, n: int | None = None) -> str:
     """From the paired CI alone (few seeds; with many random subsets, analysis.verdict also asks
-    for the percentile among them)."""
+    for the percentile among them). With fewer than MIN_PAIRS pairs, no verdict."""
+    if n is not None and n < MIN_PAIRS:
+        return f"too few seeds for a verdict (n={n})"
     if lo <= 0 <= hi:
         return "inside the noise of random"
     better = lo > 0 if higher_is_better else hi < 0

@@ -436,12 +436,18 @@ def _correlations(doc: _Doc, c: _Ctx) -> None:
 
 def _curves(doc: _Doc, c: _Ctx) -> None:
     doc.add("h", "6. Learning curves")
-    if len(c.budgets) < 2 and all(r.round is None for r in c.runs):
+    loops = [r for r in c.runs if r.rec.get("rounds")]
+    if loops:       # active-learning loops: the metric after each round, by examples labelled so far
+        xkey = "labelled"
+        recs = [{"strategy": c.label(r.strategy, r.ordering), "budget": e["labelled"], "seed": r.seeds,
+                 "value": float(e["metrics"][c.primary])} for r in loops for e in r.rec["rounds"]]
+    elif len(c.budgets) < 2 and all(r.round is None for r in c.runs):
         doc.absent(f"needs runs at >= 2 budgets (or rounds), has budget {', '.join(map(str, c.budgets)) or 'none'}")
         return
-    xkey = "budget" if len(c.budgets) > 1 else "round"
-    recs = [{"strategy": c.label(r.strategy, r.ordering), xkey: getattr(r, xkey), "seed": r.seeds, "value": r.value}
-            for r in c.runs if getattr(r, xkey) is not None]
+    else:
+        xkey = "budget" if len(c.budgets) > 1 else "round"
+        recs = [{"strategy": c.label(r.strategy, r.ordering), xkey: getattr(r, xkey), "seed": r.seeds,
+                 "value": r.value} for r in c.runs if getattr(r, xkey) is not None]
     pts = analysis.learning_curve(recs, c.rng)
     doc.add("table", ["strategy", xkey, "n", "mean", "sd", "95% CI"],
             [[p.strategy, str(p.x), str(p.n), _f(p.mean), _f(p.sd), f"[{_f(p.ci_low)}, {_f(p.ci_high)}]"] for p in pts])

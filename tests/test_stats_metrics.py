@@ -69,3 +69,9 @@ def test_score_all_keeps_per_example():
     out = score_all(["chrf", "bleu"], ["a b c", "d"], ["a b c", "e"])
     assert set(out) == {"chrf", "bleu"} and len(out["chrf"]["per_example"]) == 2
     assert out["chrf"]["per_example"][0] == pytest.approx(100.0)
+
+
+def test_paired_verdict_refuses_one_or_two_seeds():
+    assert verdict(-6.9, -6.9, True, n=1) == "too few seeds for a verdict (n=1)"
+    assert verdict(1.0, 2.0, True, n=2) == "too few seeds for a verdict (n=2)"
+    assert verdict(1.0, 2.0, True, n=3) == "better than random"

@@ -231,3 +231,20 @@ def test_unbalanced_variance_uses_the_largest_balanced_block(tmp_path):
     expected = analysis.variance_decomposition(matrix[:3], np.random.default_rng(0))
     assert float(row["share_within"]) == pytest.approx(expected.share_within)
     assert "largest balanced block" in row["note"]
+
+
+def test_loop_runs_give_a_learning_curve_by_labelled_examples(tmp_path):
+    cfg = _cfg(strategies=["random", "kcenter"], seeds=[0, 1])
+    for k in (0, 1):
+        for strategy, gain in (("random", 0.0), ("kcenter", 4.0)):
+            _write(tmp_path, strategy, "shuffled", k, k, k, 30.0 + gain, cfg)
+            path = tmp_path / "runs" / f"{strategy}-shuffled-s{k}o{k}i{k}-b100.json"
+            rec = json.loads(path.read_text())
+            rec["rounds"] = [{"round": r, "labelled": 20 + 40 * r,
+                              "metrics": {"chrf": 20.0 + 5 * r + (gain if r else 0.0) + k}} for r in range(3)]
+            path.write_text(json.dumps(rec))
+    _floor(tmp_path, cfg)
+    md = write_report(tmp_path, tmp_path / "wr")["report.md"].read_text(encoding="utf-8")
+    section = md[md.index("## 6."):md.index("## 7.")]
+    assert "| kcenter | 100 | 2 | 34.50 |" in section and "| random | 20 | 2 | 20.50 |" in section
+    assert "learning_curves.png" in section
