@@ -20,8 +20,8 @@ What each part does:
   actors. Each actor loads each model once and keeps it for every later shard, and scores its
   shard with the single-process functions themselves (features.compute_loss_features,
   compute_embeddings) into a throwaway cache. The driver keeps the real on-disk caches
-  (features.RowCache, the same files and keys as compute_features), sends the actors only the
-  rows still missing, dealt so that each gets a like mix of long and short ones, and builds the
+  (llm_al.cache.ShardedCache, the same folders and keys as compute_features), sends the actors only
+  the rows still missing, dealt so that each gets a like mix of long and short ones, and builds the
   Features with `features.build_features`. The result equals compute_features' up to float
   rounding from different batch composition (tests/test_distributed.py: allclose 1e-5, same ids
   and order, same selections).
@@ -55,8 +55,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from llm_al import models, probes
+from llm_al.cache import ShardedCache
 from llm_al.errors import ConfigError, FeatureUnavailableError, UserError
-from llm_al.features import (Features, RowCache, build_features, ifd_from_stats, loss_cache_plan,
+from llm_al.features import (Features, build_features, ifd_from_stats, loss_cache_plan,
                              _text_key)  # _text_key: the embedding cache's row key, as compute_embeddings makes it
 
 log = logging.getLogger("llm_al")
@@ -241,7 +242,7 @@ def score_pool_ray(pool, needs: set[str], model_cfg, num_workers: int, *, actors
     embeddings = None
     if "embeddings" in needs:
         texts = [ex.text for ex in pool.examples]
-        cache = RowCache(cache_dir / f"emb-{_text_key(models.fingerprint(model_cfg.embedder))}.npz")
+        cache = ShardedCache(cache_dir / f"emb-{_text_key(models.fingerprint(model_cfg.embedder))}")
         keys = [_text_key(t) for t in texts]
         todo = cache.missing(keys)
         t0 = time.perf_counter()

@@ -8,9 +8,10 @@
 - `embeddings`: L2-normalised sentence embeddings of each example's text.
 - `length`: response length in words (needs no model).
 
-The caches hold one row per example text, keyed by a hash of the exact formatted text, in a file
-per (model fingerprint, settings): a second run does no forward pass it has done before, and a new
-pool that shares examples with an old one scores only the new ones.
+The caches hold one row per example text, keyed by a hash of the exact formatted text, in a folder
+of append-only shards per (model fingerprint, settings) (llm_al.cache): a second run does no
+forward pass it has done before, a new pool that shares examples with an old one scores only the
+new ones, and a killed run resumes at the chunk it was in.
 """
 
 from __future__ import annotations
@@ -18,18 +19,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from llm_al.cache import ShardedCache
 from llm_al.data import Example
 from llm_al.errors import FeatureUnavailableError, UserError
 from llm_al.formatting import (PackedBatch, Tokenized, head_logits, pack_suffixes, plan_rows,
                                shared_prefix_length, tokenize)
-from llm_al.io import atomic_path
 
 log = logging.getLogger("llm_al")
 FEATURE_NAMES = ("loss", "entropy", "n_tokens", "length", "embeddings")
@@ -166,8 +166,9 @@ def response_token_stats(model, items: Sequence[Tokenized], pad_id: int, max_tok
     with torch.inference_mode():
         prefix_kv = None
         if P:
-            cache = decoder(input_ids=torch.tensor([items[0].prompt_ids[:P]], device=device), use_cache=True)
-            prefix_kv = [(k, v) for k, v, *_ in cache.past_key_values]      # per layer (1, kv heads, P, d)
+            done = decoder(input_ids=torch.tensor([items[0].prompt_ids[:P]], device=device), use_cache=True)
+            kv = getattr(done, "cache", None) or done.past_key_values        # transformers >= 5.24: `cache`
+            prefix_kv = [(k, v) for k, v, *_ in kv]                          # per layer (1, kv heads, P, d)
         for rows in batches:
             batch = pack_suffixes(items, rows, P, pad_id).to(device)
             hidden = _decode(model, decoder, batch, prefix_kv, four_d, mask_dtype)          # (B, T, H)
@@ -234,7 +235,15 @@ def _decode(model, decoder, batch: PackedBatch, prefix_kv, four_d: bool, mask_dt
                              config=model.config)
     mask = batch.attention_mask(four_d, mask_dtype)
     return decoder(input_ids=batch.ids, attention_mask=mask, position_ids=batch.position_ids,
-                   past_key_values=cache, use_cache=cache is not None).last_hidden_state
+                   **{_cache_kwarg(decoder): cache}, use_cache=cache is not None).last_hidden_state
+
+
+def _cache_kwarg(decoder) -> str:
+    """The decoder's name for a KV cache argument: `cache` from transformers 5.24, `past_key_values`
+    before (still accepted there, with a deprecation warning)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 def token_scores(logits, targets):
@@ -289,41 +298,13 @@ def _text_key(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
 
-class RowCache:
-    """A file of rows keyed by text hash: load, find the missing keys, add rows, save atomically."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: dict[str, np.ndarray] = {}
-        if path.exists():
-            try:                                   # never allow_pickle: a cache file is data only
-                with np.load(path) as z:
-                    self.rows = dict(zip(z["keys"].tolist(), z["values"]))
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-                raise UserError(f"feature cache {str(path)!r} cannot be read ({type(err).__name__}: "
-                                f"{str(err)[:200]}); delete it to recompute those features") from None
-
-    def missing(self, keys: Sequence[str]) -> list[int]:
-        return [i for i, k in enumerate(keys) if k not in self.rows]
-
-    def add(self, keys: Sequence[str], values: np.ndarray) -> None:
-        self.rows.update(zip(keys, values))
-        keys_all = np.array(list(self.rows), dtype=object).astype(str)
-        with atomic_path(self.path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, keys=keys_all, values=np.stack([self.rows[k] for k in self.rows]))
-
-    def get(self, keys: Sequence[str]) -> np.ndarray:
-        return np.stack([self.rows[k] for k in keys])
-
-
 def loss_cache_plan(tokenizer, examples: Sequence[Example], cache_dir: Path, model_key: str, dtype: str,
-                    max_length: int, direct: bool) -> tuple[RowCache, list[Tokenized], list[str]]:
-    """The cache file, the token items and their cache keys of one scoring pass (also what
+                    max_length: int, direct: bool) -> tuple[ShardedCache, list[Tokenized], list[str]]:
+    """The cache, the token items and their cache keys of one scoring pass (also what
     `--dry-run` uses to count what is still to score)."""
     kind = "direct" if direct else "loss"
     dtype = dtype.replace("torch.", "")
-    cache = RowCache(cache_dir / f"{kind}-v3-{_text_key(model_key, dtype, str(max_length))}.npz")
+    cache = ShardedCache(cache_dir / f"{kind}-v3-{_text_key(model_key, dtype, str(max_length))}")
     items = tokenize(tokenizer, examples, max_length)
     if direct:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -412,7 +393,7 @@ def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_d
 
 def compute_embeddings(embedder, texts: Sequence[str], cache_dir: Path, embedder_key: str,
                        batch_size: int = 64, progress_bar: bool = True) -> tuple[np.ndarray, dict]:
-    cache = RowCache(cache_dir / f"emb-{_text_key(embedder_key)}.npz")
+    cache = ShardedCache(cache_dir / f"emb-{_text_key(embedder_key)}")
     keys = [_text_key(t) for t in texts]
     todo = cache.missing(keys)
     t0 = time.perf_counter()

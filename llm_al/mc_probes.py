@@ -28,7 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from llm_al.errors import ConfigError, FeatureUnavailableError
-from llm_al.features import RowCache, _text_key, length_sorted_batches, response_token_stats
+from llm_al.cache import ShardedCache
+from llm_al.features import _text_key, length_sorted_batches, response_token_stats
 from llm_al.formatting import Tokenized, pack, response_logits, tokenize
 from llm_al.probes import PROBES, ProbeContext
 from llm_al.strategies import STRATEGIES, Selection, from_scores
@@ -128,11 +129,11 @@ def _row_keys(items: Sequence[Tokenized]) -> list[str]:
 
 
 def _cached_rows(ctx: ProbeContext, kind: str, settings: Sequence, items, keys, compute):
-    """Rows for `items` from `compute(positions) -> (len, C) array`, through a RowCache when
-    ctx.cache_dir is set (file per model key + settings, row per exact token ids)."""
+    """Rows for `items` from `compute(positions) -> (len, C) array`, through a ShardedCache when
+    ctx.cache_dir is set (folder per model key + settings, row per exact token ids)."""
     if ctx.cache_dir is None:
         return compute(list(range(len(items)))), len(items)
-    cache = RowCache(ctx.cache_dir / f"{kind}-v1-{_text_key(ctx.model_key, *map(str, settings))}.npz")
+    cache = ShardedCache(ctx.cache_dir / f"{kind}-v1-{_text_key(ctx.model_key, *map(str, settings))}")
     todo = cache.missing(keys)
     if todo:
         cache.add([keys[i] for i in todo], compute(todo))

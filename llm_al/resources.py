@@ -4,8 +4,9 @@ disk space its files need.
 The space estimate is rough and errs high: per run a result JSON (predictions, per-example
 metrics, the selection), the adapter when `save_adapters` is on (r x (in + out) parameters of
 every targeted linear layer, 4 bytes each), and per pool example one cache row per scoring pass
-(twice: a cache is rewritten through a temporary copy). A run is refused only when the free space
-(shutil.disk_usage) is below that estimate, i.e. when it is clearly insufficient.
+(twice: a merge of cache shards writes the merged shard before it deletes its inputs). A run is
+refused only when the free space (shutil.disk_usage) is below that estimate, i.e. when it is
+clearly insufficient.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from llm_al.errors import UserError
 
 RESULT_BASE_BYTES = 16_000          # config, versions, timings of one result JSON
 SUMMARY_BYTES = 200_000             # summary.json, tables, config.yaml
-CACHE_ROW_BYTES = 160               # one loss/direct row: 7 float64 + a 24-char key
+CACHE_ROW_BYTES = 184               # one loss/direct row: 11 float64 + a 24-char unicode key (4 bytes a char)
 KEY_BYTES = 100
 
 

@@ -81,7 +81,9 @@ def test_cache_means_no_second_forward_pass(tiny_model, pool, cache_dir, monkeyp
                              system_prompt="Translate English to French.")
     _, cost3 = compute_loss_features(model, tok, bigger.examples, cache_dir, "tiny", 128, progress_bar=False)
     assert cost3["loss_examples_scored"] == 1
-    assert not list(cache_dir.glob("*.tmp"))
+    assert not [p for p in cache_dir.rglob("*") if p.name.endswith(".tmp")]
+    (folder,) = cache_dir.glob("loss-v3-*")
+    assert len(list(folder.glob("*.npz"))) == 2                          # the first run's shard + the new row's
 
 
 def test_cache_rows_hold_every_stat_column_in_a_v3_file(tiny_model, pool, cache_dir):
@@ -90,4 +92,4 @@ def test_cache_rows_hold_every_stat_column_in_a_v3_file(tiny_model, pool, cache_
     model, tok = tiny_model
     stats, _ = compute_loss_features(model, tok, pool.examples[:3], cache_dir, "tiny", 128, progress_bar=False)
     assert stats.shape == (3, len(STAT_COLUMNS)) and "min_k_plus_0.2" in STAT_COLUMNS
-    assert [p.name.split("-")[:2] for p in cache_dir.glob("loss-*.npz")] == [["loss", "v3"]]
+    assert [p.name.split("-")[:2] for p in cache_dir.glob("loss-*") if p.is_dir()] == [["loss", "v3"]]

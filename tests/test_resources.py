@@ -25,7 +25,8 @@ from llm_al.annotate import csv_escape, csv_unescape, export_for_annotation, imp
 from llm_al.data import load_pool, records_to_pool
 from llm_al.errors import UserError
 from llm_al.evaluate import generate
-from llm_al.features import RowCache, compute_loss_features
+from llm_al.cache import ShardedCache
+from llm_al.features import compute_loss_features
 from llm_al.grid import Cell
 from llm_al.io import confined
 
@@ -61,7 +62,7 @@ def test_scoring_interrupted_after_a_chunk_resumes_with_the_rest(tiny_model, tmp
 
     with pytest.raises(Stop):
         _score(model, tok, examples, tmp_path / "cut", chunk_size=5, on_chunk=stop_after_first)
-    saved = len(RowCache(next((tmp_path / "cut").glob("loss-*.npz"))).rows)
+    saved = len(ShardedCache(next((tmp_path / "cut").glob("loss-*"))))
     assert saved == 5                                                    # the first chunk reached the disk
     seen = _count_scored(monkeypatch)
     stats, cost = _score(model, tok, examples, tmp_path / "cut", chunk_size=5)
@@ -96,9 +97,10 @@ def test_scoring_killed_with_sigkill_resumes(tiny_model, tiny_model_dir, tmp_pat
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    files = list((tmp_path / "cache").glob("*"))
-    assert [f.suffix for f in files] == [".npz"], files                  # no temporary file left behind
-    assert len(RowCache(files[0]).rows) == 7
+    (folder,) = (tmp_path / "cache").glob("*")
+    files = [f.name for f in folder.iterdir()]
+    assert len(files) == 1 and files[0].endswith(".npz"), files          # one shard, no temporary file left
+    assert len(ShardedCache(folder)) == 7
     model, tok = tiny_model
     examples = load_pool(str(pool)).examples
     stats, cost = _score(model, tok, examples, tmp_path / "cache", chunk_size=7)
@@ -108,13 +110,13 @@ def test_scoring_killed_with_sigkill_resumes(tiny_model, tiny_model_dir, tmp_pat
 
 
 def test_an_unreadable_cache_is_a_clear_error_and_never_unpickled(tmp_path):
-    path = tmp_path / "loss-x.npz"
+    path = tmp_path / "loss-x.npz"                                       # a single-file cache of earlier versions
     np.savez(path, keys=np.array([{"a": 1}], dtype=object), values=np.zeros((1, 2)))   # needs pickle to load
     with pytest.raises(UserError, match="delete it to recompute"):
-        RowCache(path)
+        ShardedCache(tmp_path / "loss-x")
     path.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(UserError, match="cannot be read"):
-        RowCache(path)
+        ShardedCache(tmp_path / "loss-x")
 
 
 # ---------------------------------------------------------------- out-of-memory back-off
@@ -157,7 +159,7 @@ def test_scoring_out_of_memory_on_one_example_is_a_clear_error(tiny_model, tmp_p
     with pytest.raises(UserError, match="single example of .* tokens.*model.max_length"):
         _score(model, tok, examples, tmp_path / "oom", max_tokens=4096)
     assert 2 <= len(state["calls"]) <= 14                                # it backed off, and gave up
-    assert not list((tmp_path / "oom").glob("*.npz"))
+    assert not list((tmp_path / "oom").rglob("*.npz"))                 # no cache shard written
 
 
 def test_generation_halves_batch_size_on_out_of_memory(tiny_model, monkeypatch):
