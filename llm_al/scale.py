@@ -1,22 +1,21 @@
-"""Selection at 10^5-10^6 examples: k-center, k-means, kNN graph and facility location.
+"""Selection at 10^5-10^6 examples: k-center (numpy and torch) and k-means.
 
     .venv/bin/python -m pytest -q tests/test_scale.py        # a few seconds
-    .venv/bin/python eval/bench_selection.py                 # ~5 min: 10k / 100k / 1M x 384
+    .venv/bin/python eval/bench_selection.py                 # 10k / 100k / 1M x 384 (see its docstring)
 
 Stand-ins for the small-pool code in strategies.py and diversity.py with bounded extra memory
 (blocks of rows; never an N x N or a float64 (N, k) matrix): kcenter_fast makes the greedy loop's
 picks (see its docstring for what "the same" means in floating point) while reading a small part
-of x per pick; kmeans_large fits on a sample and assigns in blocks; knn_graph +
-facility_location_sparse replace the dense similarity by an exact k-nearest-neighbour graph.
-`x` may be any (N, D) array, an np.memmap included; rows are read a block at a time and cast to
-float32, as kcenter_greedy casts. Imports only numpy and llm_al.errors (faiss and threadpoolctl
-when installed), so strategies.py can import it.
+of x per pick; kcenter_torch runs the plain greedy loop with torch, on a GPU when there is one;
+kmeans_large fits on a sample and assigns in blocks. The kNN graphs and sparse facility location
+are in knn.py. `x` may be any (N, D) array, an np.memmap included; rows are read a block at a
+time and cast to float32, as kcenter_greedy casts. Imports only numpy and llm_al.errors (faiss,
+threadpoolctl and torch inside the functions that use them), so strategies.py can import it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import importlib.util
 
 import numpy as np
@@ -244,6 +243,64 @@ def kcenter_lazy(x: np.ndarray, budget: int, first: int, block: int, hot: int | 
     return chosen, dist_at_pick
 
 
+def kcenter_torch(x: np.ndarray, budget: int, first: int, device: str = "cpu",
+                  block: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy k-center with torch, for a GPU: strategies.kcenter_greedy's loop and contract
+    (indices in pick order, distance to the chosen set at each pick; NaN for the first), with x
+    copied to `device` once as float32 (N D 4 bytes there: 1.5 GB at 1M x 384; on the CPU a
+    writable C-contiguous float32 x is read in place, never written) and the distance update
+    done `block` rows at a time (extra device memory: two (N,) vectors, a few (block,)
+    temporaries, one (65536, D) while the squared norms are computed). Each pick is one pass
+    over x on the device; picks stay there until the end, so the loop never waits for the host.
+
+    Same expression as kcenter_greedy in float32, max((|x|^2 + |c|^2) - 2 x.c, 0), only summed in
+    another order (torch's kernels, not numpy's), and torch.argmax takes the first of tied maxima
+    as np.argmax does: the picks are kcenter_greedy's on data without near-ties (two distances
+    within float32 rounding, ~1e-7 relative, may be ordered either way). float32, not float16:
+    a pick reads x once, so float16 would at most halve a pass that is already short on a GPU
+    (1.5 GB at 1M x 384: ~0.3-0.5 ms at 3-5 TB/s, an estimate, not measured here), while
+    rounding the embeddings to float16 (2^-11 relative a coordinate) changes which far point
+    wins within a few dozen picks (eval/bench_selection.py: kcenter_fast on float16-rounded rows).
+    Tested on CPU torch only (no GPU in this project's test runs)."""
+    import torch
+
+    n, dim = x.shape
+    if not isinstance(budget, (int, np.integer)) or not 0 < budget <= n:
+        raise BudgetError(int(budget), n)
+    if not 0 <= first < n:
+        raise ConfigError(f"kcenter_torch: first={first} is not a row of x (N={n})")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"kcenter_torch: device={device!r} but torch.cuda.is_available() is False")
+    shared = (dev.type == "cpu" and type(x) is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous
+              and x.flags.writeable)                          # CPU torch can read x in place
+    xt = torch.from_numpy(x) if shared else torch.empty((n, dim), dtype=torch.float32, device=dev)   # (N, D)
+    sq = torch.empty(n, dtype=torch.float32, device=dev)          # (N,)
+    step = min(block, 65536)                                      # (step, D) temporaries here
+    for s in range(0, n, step):
+        xb = xt[s : s + step]
+        if not shared:
+            xb.copy_(torch.from_numpy(np.array(x[s : s + step], dtype=np.float32)))   # a writable copy
+        sq[s : s + step] = (xb * xb).sum(dim=1)
+    min_d = torch.full((n,), float("inf"), dtype=torch.float32, device=dev)   # (N,) to the chosen set
+    chosen = torch.empty(budget, dtype=torch.int64, device=dev)
+    at_pick = torch.full((budget,), float("nan"), dtype=torch.float32, device=dev)   # squared
+    c = torch.tensor([first], dtype=torch.int64, device=dev)          # (1,)
+    for k in range(budget):
+        chosen[k : k + 1] = c
+        xc, sqc = xt.index_select(0, c)[0], sq.index_select(0, c)    # (D,), (1,)
+        for s in range(0, n, block):
+            d = (sq[s : s + block] + sqc) - 2.0 * (xt[s : s + block] @ xc)   # (b,)
+            mb = min_d[s : s + block]
+            torch.minimum(mb, d.clamp_(min=0.0), out=mb)
+        min_d.index_fill_(0, c, float("-inf"))                       # never pick a centre twice
+        if k + 1 < budget:
+            c = torch.argmax(min_d).view(1)                           # first of tied maxima
+            at_pick[k + 1 : k + 2] = min_d.index_select(0, c)
+    dist = np.sqrt(np.maximum(at_pick.cpu().numpy().astype(np.float64), 0.0))   # NaN stays NaN
+    return chosen.cpu().numpy(), dist
+
+
 # ---------------------------------------------------------------------------- k-means
 def have_faiss() -> bool:
     return importlib.util.find_spec("faiss") is not None
@@ -335,107 +392,3 @@ def kmeans_large(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: int 
             filled = np.flatnonzero(counts)
             c[filled] = sums[filled] / counts[filled, None]
     return c, assign(x, c, block)
-
-
-# ---------------------------------------------------------------------------- kNN graph + facility location
-def unit_f32(x: np.ndarray) -> np.ndarray:
-    """(b, D) rows scaled to unit norm in float64 then cast, exactly as diversity.dense_similarity."""
-    x = np.asarray(x, dtype=np.float64)
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def knn_graph(x: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours by cosine similarity, self excluded: (indices (N, k) int64,
-    cosine similarities (N, k) float32), each row by decreasing similarity, ties to the lower
-    index (which of several rows tied at the k-th place is kept is arbitrary in the first tile).
-    Brute force over (block x block) tiles of U U^T (U the unit rows), upper triangle only, each
-    tile merged into the running top-k of its rows and, transposed, of its columns; after a row's
-    first tile only entries above its current k-th similarity are merged. N^2 D flops; memory:
-    a float32 unit copy of x, the (N, k) result and one tile."""
-    n, dim = x.shape
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= n - 1:
-        raise ConfigError(f"knn_graph: k={k} must be an integer in [1, N-1={n - 1}]")
-    u = np.empty((n, dim), dtype=np.float32)                 # (N, D) unit rows
-    for s in range(0, n, block):
-        u[s : s + block] = unit_f32(x[s : s + block])
-    top_i = np.zeros((n, k), dtype=np.int64)
-    top_s = np.full((n, k), -np.inf, dtype=np.float32)      # -inf: not filled yet
-    for qs in range(0, n, block):
-        for ds in range(qs, n, block):
-            sim = u[qs : qs + block] @ u[ds : ds + block].T  # (bq, bd)
-            if qs == ds:
-                np.fill_diagonal(sim, -np.inf)               # a row is not its own neighbour
-            merge_top(top_i, top_s, qs, sim, ds)
-            if ds != qs:
-                merge_top(top_i, top_s, ds, sim, qs, axis=0)
-    order = np.lexsort((top_i, -top_s), axis=1)              # by similarity, then index
-    return np.take_along_axis(top_i, order, axis=1), np.take_along_axis(top_s, order, axis=1)
-
-
-def merge_top(top_i: np.ndarray, top_s: np.ndarray, r0: int, sim: np.ndarray, c0: int, axis: int = 1) -> None:
-    """Merge a tile into the running top-k, in place: with axis=1 the rows of sim (b, m) are rows
-    r0.. and its columns are neighbours c0..; with axis=0 the roles swap (sim.T, without a copy)."""
-    b, m, k = (*sim.shape, top_i.shape[1]) if axis == 1 else (*sim.shape[::-1], top_i.shape[1])
-    cur_s, cur_i = top_s[r0 : r0 + b], top_i[r0 : r0 + b]   # (b, k) views
-    thr = cur_s.min(axis=1)                                  # (b,) current k-th similarity
-    if np.isneginf(thr).any():                               # a row's first tiles: partial sort
-        cat_s = np.concatenate([cur_s, sim if axis == 1 else sim.T], axis=1)   # (b, k + m)
-        keep = np.argpartition(cat_s, m, axis=1)[:, -k:]     # positions < k: old entries, else c0 + pos - k
-        cur_i[:] = np.where(keep < k, np.take_along_axis(cur_i, np.minimum(keep, k - 1), axis=1), c0 + keep - k)
-        cur_s[:] = np.take_along_axis(cat_s, keep, axis=1)
-        return
-    if axis == 1:
-        rr, cc = np.nonzero(sim > thr[:, None])              # the few entries that enter a top-k
-        new_s = sim[rr, cc]
-    else:
-        cc, rr = np.nonzero(sim > thr[None, :])
-        new_s = sim[cc, rr]
-    if not len(rr):
-        return
-    rows = np.unique(rr)                                     # (t,)
-    r = np.concatenate([np.repeat(rows, k), rr])
-    v = np.concatenate([cur_s[rows].ravel(), new_s])
-    i = np.concatenate([cur_i[rows].ravel(), cc + c0])
-    order = np.lexsort((i, -v, r))                           # by row, then similarity, then index
-    rank = np.arange(len(r)) - np.searchsorted(r[order], r[order])   # position within its row
-    keep = order[rank < k]                                   # exactly k per row, rows ascending
-    cur_s[rows] = v[keep].reshape(-1, k)
-    cur_i[rows] = i[keep].reshape(-1, k)
-
-
-def facility_location_sparse(knn: tuple[np.ndarray, np.ndarray], budget: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lazy-greedy facility location (Minoux 1978) on a kNN graph: maximise
-    f(S) = sum_i max_{j in S} sim(i, j), sim = (1 + cos) / 2 as in diversity.facility_location,
-    where sim(i, j) counts only when j is among i's neighbours or j = i (sim(i, i) = 1, unit rows);
-    the sparse facility location of Wei et al. ("Submodularity in data subset selection and
-    active learning", ICML 2015) and of submodlib. The gain of j is 1 - cover_j (clipped at 0)
-    plus, over the rows i listing j, max(0, sim(i, j) - cover_i). With k = N - 1 (the full graph)
-    this is diversity.facility_location_greedy on the dense matrix, ties to the lower index.
-    Returns (indices in pick order, gain at each pick)."""
-    nbr, cos = knn                                           # (N, k), (N, k)
-    n, k = nbr.shape
-    if not isinstance(budget, (int, np.integer)) or not 0 < budget <= n:
-        raise BudgetError(int(budget), n)
-    order = np.argsort(nbr.ravel(), kind="stable")           # in-edges of each j, grouped by j
-    src = (order // k).astype(np.int64)                      # (N k,) the row i that lists j
-    w = ((1.0 + cos.ravel()[order].astype(np.float64)) * 0.5)   # (N k,) sim(i, j)
-    ptr = np.r_[0, np.cumsum(np.bincount(nbr.ravel(), minlength=n))]   # (N + 1,)
-    cover = np.zeros(n, dtype=np.float64)                    # (N,) max similarity to the chosen set
-    gains0 = 1.0 + np.add.reduceat(np.r_[w, 0.0], ptr[:-1]) * (np.diff(ptr) > 0)
-    heap = [(-float(g), j, 0) for j, g in enumerate(gains0)]
-    heapq.heapify(heap)
-    chosen = np.empty(budget, dtype=np.int64)
-    gains = np.empty(budget, dtype=np.float64)
-    for step in range(budget):
-        while True:
-            neg, j, fresh_at = heapq.heappop(heap)
-            if fresh_at == step:
-                break
-            i, wj = src[ptr[j] : ptr[j + 1]], w[ptr[j] : ptr[j + 1]]
-            g = max(0.0, 1.0 - cover[j]) + float(np.maximum(wj - cover[i], 0.0).sum())
-            heapq.heappush(heap, (-g, j, step))
-        chosen[step], gains[step] = j, -neg
-        i, wj = src[ptr[j] : ptr[j + 1]], w[ptr[j] : ptr[j + 1]]
-        cover[i] = np.maximum(cover[i], wj)
-        cover[j] = max(cover[j], 1.0)
-    return chosen, gains

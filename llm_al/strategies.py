@@ -130,11 +130,35 @@ def kcenter_greedy(x: np.ndarray, budget: int, first: int) -> tuple[np.ndarray, 
 
 @STRATEGIES.register("kcenter", "greedy k-center (core-set) over sentence embeddings: covers the pool evenly",
                      needs=("embeddings",))
-def kcenter(features: Features, budget: int, rng: np.random.Generator) -> Selection:
-    """Core-set selection (Sener & Savarese, ICLR 2018) with a seeded random first centre."""
+def kcenter(features: Features, budget: int, rng: np.random.Generator, device: str = "auto") -> Selection:
+    """Core-set selection (Sener & Savarese, ICLR 2018) with a seeded random first centre.
+    device="cpu": numpy, the plain greedy loop up to 20,000 examples and scale.kcenter_fast above
+    (the same picks, fewer passes over a large pool; tests/test_scale.py); "cuda" (or "cuda:N"):
+    scale.kcenter_torch on that GPU (the same loop in float32 torch: kcenter_greedy's picks on
+    data without float32 near-ties; tested on CPU torch only, never on a GPU here); "auto": cuda
+    when torch sees a GPU and the pool is above 20,000, else cpu."""
+    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise ConfigError(f"strategy 'kcenter': device={device!r} is invalid; must be one of auto, cpu, cuda "
+                          f"(or cuda:N)")
+
+    def cuda_available() -> bool:
+        import torch
+
+        return bool(torch.cuda.is_available())
+
     x = features.require("embeddings")
     first = int(rng.integers(len(x)))
-    if len(x) > 20_000:    # same picks (tests/test_scale.py), fewer passes over a large pool
+    big = len(x) > 20_000            # above this: kcenter_fast on cpu, kcenter_torch under auto with a GPU
+    if device == "auto":
+        device = "cuda" if big and cuda_available() else "cpu"
+    if device != "cpu":
+        if not cuda_available():
+            raise ConfigError(f"strategy 'kcenter': device={device!r} but torch sees no CUDA GPU "
+                              f"(torch.cuda.is_available() is False); use device=auto or cpu")
+        from llm_al.scale import kcenter_torch
+
+        idx, dist = kcenter_torch(x, budget, first, device=device)
+    elif big:
         from llm_al.scale import kcenter_fast
 
         idx, dist = kcenter_fast(np.asarray(x, dtype=np.float32), budget, first=first)
@@ -149,3 +173,4 @@ from llm_al import mc_probes  # noqa: E402,F401
 from llm_al import lexical, stream  # noqa: E402,F401
 from llm_al import gen_probes  # noqa: E402,F401
 from llm_al import overlap_probes  # noqa: E402,F401
+from llm_al import windows  # noqa: E402,F401

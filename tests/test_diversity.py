@@ -16,7 +16,9 @@ from llm_al.strategies import STRATEGIES, run_strategy, top_k
 
 NAMES = ["kmeans", "facility_location", "deita", "idds", "score_then_diversify", "cluster_stratified", "weighted"]
 CASES = [pytest.param(n, {}, id=n) for n in NAMES] + [
-    pytest.param("weighted", {"weights": {"loss": 1.0}}, id="weighted-loss")]
+    pytest.param("weighted", {"weights": {"loss": 1.0}}, id="weighted-loss"),
+    pytest.param("facility_location", {"max_dense": 5, "approx": False}, id="facility_location-knn"),
+    pytest.param("facility_location", {"max_dense": 5, "approx": True, "knn": 4}, id="facility_location-ivf")]
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -160,9 +162,39 @@ def test_facility_location_covers_each_cluster_first():
     assert labels[sel.indices[0]] == 0                       # the biggest cluster covers most
 
 
-def test_facility_location_refuses_pools_above_max_dense():
-    with pytest.raises(ConfigError, match="30 examples is above max_dense=10.*not built yet"):
-        run_strategy("facility_location", synthetic_features(30), 5, rng(0), max_dense=10)
+def dense_objective(x: np.ndarray, picks: np.ndarray) -> float:
+    """sum_i max_{j in picks} (1 + cos(i, j)) / 2: the dense facility-location value of a pick set."""
+    return float(dense_similarity(x, len(x), "test")[:, picks].max(axis=1).sum(dtype=np.float64))
+
+
+@pytest.mark.parametrize("approx", [False, True])
+def test_facility_location_above_max_dense_with_a_complete_graph_is_the_dense_greedy(approx):
+    """knn >= N - 1: every example lists every other, so the sparse objective is the dense one
+    (an IVF search of a complete graph still visits every list until it has N - 1)."""
+    f = synthetic_features(60, 6, seed=3)
+    dense = run_strategy("facility_location", f, 15, rng(0))
+    sparse = run_strategy("facility_location", f, 15, rng(0), max_dense=10, knn=100, approx=approx)
+    assert sparse.indices.tolist() == dense.indices.tolist()
+    np.testing.assert_allclose(sparse.scores, dense.scores, atol=1e-5)
+    assert "59 nearest neighbours" in sparse.score_name and "neighbours" not in dense.score_name
+
+
+@pytest.mark.parametrize("approx", [False, True])
+def test_facility_location_above_max_dense_nearly_matches_the_dense_objective(approx):
+    """A 10-NN graph on 600 examples in 6 clusters: budget unique picks covering every cluster,
+    whose dense objective is within 1% of the dense greedy's. (Not one pick per cluster first, as
+    dense does: a pick's sparse gain counts only the <= 10 rows listing it, so a fresh corner of
+    a big cluster can outbid a small cluster.)"""
+    f, labels = clustered([150, 120, 100, 90, 80, 60], dim=24, spread=0.3, seed=4)
+    dense = run_strategy("facility_location", f, 30, rng(0))
+    sparse = run_strategy("facility_location", f, 30, rng(0), max_dense=100, knn=10, approx=approx)
+    assert len(set(sparse.indices.tolist())) == 30
+    assert set(labels[sparse.indices].tolist()) == set(range(6))        # every cluster covered
+    ratio = dense_objective(f.embeddings, sparse.indices) / dense_objective(f.embeddings, dense.indices)
+    assert 0.99 < ratio < 1.01, ratio                      # 0.9989 exact graph, 0.9986 IVF (measured)
+    assert ("approximate" in sparse.score_name) == approx
+    again = run_strategy("facility_location", f, 30, rng(0), max_dense=100, knn=10, approx=approx)
+    np.testing.assert_array_equal(again.indices, sparse.indices)
 
 
 # ---------------------------------------------------------------------------- deita
@@ -286,6 +318,8 @@ def test_weighted_negative_length_prefers_short_examples():
 BAD = [
     ("kmeans", {"max_iter": 0}, "max_iter=0"),
     ("facility_location", {"max_dense": -5}, "max_dense=-5"),
+    ("facility_location", {"knn": 0}, "knn=0"),
+    ("facility_location", {"approx": "yes"}, "approx='yes'.*auto, true or false"),
     ("deita", {"threshold": -2.0}, "threshold=-2.0"),
     ("deita", {"by": "perplexity"}, "by='perplexity'.*loss, entropy, length, n_tokens"),
     ("idds", {"lam": 1.5}, r"lam=1.5.*\[0, 1\]"),

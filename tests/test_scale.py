@@ -1,6 +1,8 @@
-"""llm_al.scale against the small-pool code it stands in for: kcenter_fast picks what the plain
-greedy loop picks, knn_graph is brute force, facility_location_sparse on the full graph is the
-dense lazy greedy, kmeans_large finds the clusters diversity.kmeans finds. A few seconds."""
+"""llm_al.scale and llm_al.knn against the small-pool code they stand in for: kcenter_fast and
+kcenter_torch pick what the plain greedy loop picks, knn_graph is brute force, knn_ivf and
+knn_faiss find most of it (all of it when every list is searched), facility_location_sparse on
+the full graph is the dense lazy greedy, kmeans_large finds the clusters diversity.kmeans finds.
+A few seconds."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import pytest
 
 from llm_al.diversity import dense_similarity, facility_location_greedy, kmeans, unit
 from llm_al.errors import BudgetError, ConfigError
-from llm_al.scale import facility_location_sparse, have_faiss, kcenter_fast, kmeans_large, knn_graph
-from llm_al.strategies import kcenter_greedy
+from llm_al.features import Features
+from llm_al.knn import facility_location_sparse, knn_faiss, knn_graph, knn_ivf, knn_recall, knn_rows
+from llm_al.scale import have_faiss, kcenter_fast, kcenter_torch, kmeans_large
+from llm_al.strategies import kcenter_greedy, run_strategy
 
 SMALL = {"hot": 40, "candidates": 8, "block": 64, "chunk": 3}   # every path: epochs, refreshes, compaction
 
@@ -123,6 +127,59 @@ def test_kcenter_fast_checks_its_arguments():
     assert idx.tolist() == [4] and np.isnan(dist).all()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_kcenter_torch_matches_kcenter_greedy(seed):
+    """CPU torch, small blocks: kcenter_greedy's picks on data without near-ties (checked as in
+    test_kcenter_fast_matches_kcenter_greedy), distances to 1e-5. The CUDA path is the same code
+    on another device and is not run here (no GPU)."""
+    g = np.random.default_rng(100 + seed)
+    n, dim, budget = int(g.integers(200, 1500)), int(g.choice([8, 32, 96])), int(g.integers(20, 120))
+    x = blobs(n, dim, int(g.integers(3, 30)), 100 + seed, spread=float(g.uniform(0.1, 1.0)))
+    first = int(g.integers(n))
+    assert greedy64(x, budget, first)[2] > 1e-5, "test data has a near-tie; pick another seed"
+    want_idx, want_dist = kcenter_greedy(x, budget, first)
+    idx, dist = kcenter_torch(x, budget, first, device="cpu", block=97)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(dist, want_dist, rtol=0, atol=1e-5)
+    assert np.isnan(dist[0])
+
+
+def test_kcenter_torch_duplicates_budget_n_and_arguments():
+    base = blobs(60, 5, 4, seed=3)
+    x = np.concatenate([base, base])                         # row i and row i + 60 are equal
+    idx, dist = kcenter_torch(x, 120, 0, block=50)
+    assert sorted(idx.tolist()) == list(range(120))
+    assert len(set((idx[:60] % 60).tolist())) == 60          # each point once before any copy ...
+    assert (dist[60:] < 1e-3).all()                          # ... then the copies (which copy first is float32 noise)
+    with pytest.raises(BudgetError, match="budget of 121"):
+        kcenter_torch(x, 121, 0)
+    with pytest.raises(ConfigError, match="first=120"):
+        kcenter_torch(x, 3, 120)
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device='cuda'.*is_available"):
+            kcenter_torch(x, 3, 0, device="cuda")
+
+
+def test_kcenter_strategy_device():
+    x = blobs(300, 8, 5, seed=1)
+    f = Features(ids=[f"i{i}" for i in range(300)], length=np.ones(300, np.float32), embeddings=x)
+    cpu = run_strategy("kcenter", f, 20, np.random.default_rng(0), device="cpu")
+    auto = run_strategy("kcenter", f, 20, np.random.default_rng(0))   # below 20,000: numpy either way
+    np.testing.assert_array_equal(cpu.indices, auto.indices)
+    with pytest.raises(ConfigError, match="device='gpu'.*auto, cpu, cuda"):
+        run_strategy("kcenter", f, 5, np.random.default_rng(0), device="gpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device='cuda' but torch sees no CUDA GPU"):
+            run_strategy("kcenter", f, 5, np.random.default_rng(0), device="cuda")
+    else:                                                     # pragma: no cover (no GPU here)
+        gpu = run_strategy("kcenter", f, 20, np.random.default_rng(0), device="cuda")
+        np.testing.assert_array_equal(gpu.indices, cpu.indices)
+
+
 # ---------------------------------------------------------------------------- kNN graph, facility location
 @pytest.mark.parametrize("n,k,block", [(300, 7, 64), (257, 256, 100), (500, 32, 1000)])
 def test_knn_graph_is_brute_force(n, k, block):
@@ -144,6 +201,94 @@ def test_knn_graph_is_brute_force(n, k, block):
 def test_knn_graph_checks_k():
     with pytest.raises(ConfigError, match=r"k=5 must be an integer in \[1, N-1=4\]"):
         knn_graph(np.eye(5, dtype=np.float32), 5)
+
+
+def assert_valid_graph(x: np.ndarray, graph: tuple[np.ndarray, np.ndarray], k: int) -> None:
+    """(N, k) neighbours: never the row itself, no repeats, the similarities true and sorted."""
+    idx, sim = graph
+    n = len(x)
+    assert idx.shape == (n, k) and sim.shape == (n, k) and idx.dtype == np.int64 and sim.dtype == np.float32
+    assert (idx != np.arange(n)[:, None]).all() and (idx >= 0).all() and (idx < n).all()
+    assert all(len(set(row)) == k for row in idx.tolist())
+    u = unit(x)
+    np.testing.assert_allclose(sim, np.einsum("nd,nkd->nk", u, u[idx]), atol=1e-5)
+    assert (np.diff(sim, axis=1) <= 0).all()
+
+
+def test_knn_ivf_searching_every_list_is_the_exact_graph():
+    x = blobs(600, 16, 12, seed=4, unit_norm=False)
+    want = knn_graph(x, 9)
+    got = knn_ivf(x, 9, np.random.default_rng(0), nlist=20, nprobe=20, block=64)
+    assert_valid_graph(x, got, 9)
+    assert knn_recall(got[0], want[0]) > 0.999               # only float32 near-ties may differ
+    np.testing.assert_allclose(got[1], want[1], atol=1e-6)
+
+
+def test_knn_ivf_recall_on_clustered_data():
+    """4 of 32 lists searched on 40 overlapping clusters (spread 1.0: one list alone holds ~89% of
+    the true neighbours, measured): most true neighbours are found, more than with one list."""
+    x = blobs(4000, 32, 40, seed=8, spread=1.0)
+    exact = knn_graph(x, 16)
+    got = knn_ivf(x, 16, np.random.default_rng(0), nlist=32, nprobe=4)
+    assert_valid_graph(x, got, 16)
+    recall = knn_recall(got[0], exact[0])
+    assert recall > 0.95, recall                             # 0.981 measured
+    one = knn_recall(knn_ivf(x, 16, np.random.default_rng(0), nlist=32, nprobe=1)[0], exact[0])
+    assert one < recall - 0.05, (one, recall)                # probing more lists finds more
+    again = knn_ivf(x, 16, np.random.default_rng(0), nlist=32, nprobe=4)
+    np.testing.assert_array_equal(again[0], got[0])          # deterministic under rng
+
+
+def test_knn_ivf_rows_in_tiny_lists_search_on_until_they_have_k():
+    x = blobs(300, 8, 5, seed=2)
+    got = knn_ivf(x, 10, np.random.default_rng(3), nlist=100, nprobe=1, block=16)   # ~3 rows a list
+    assert_valid_graph(x, got, 10)
+
+
+def test_knn_ivf_with_duplicate_rows():
+    x = np.repeat(blobs(20, 6, 3, seed=1), 5, axis=0)       # every row 5 times
+    got = knn_ivf(x, 4, np.random.default_rng(0), nlist=5, nprobe=2)
+    assert_valid_graph(x, got, 4)
+    np.testing.assert_allclose(got[1], 1.0, atol=1e-6)       # its 4 copies are its nearest
+
+
+@pytest.mark.skipif(not have_faiss(), reason="faiss not installed")
+def test_knn_faiss_ivf_searches_what_knn_ivf_searches_and_hnsw_finds_most():
+    x = blobs(3000, 24, 30, seed=6, spread=0.4)
+    exact = knn_graph(x, 12)
+    ivf = knn_ivf(x, 12, np.random.default_rng(1), nlist=30, nprobe=3)
+    fivf = knn_faiss(x, 12, np.random.default_rng(1), index="ivf", nlist=30, nprobe=3)
+    for g in (ivf, fivf):
+        assert_valid_graph(x, g, 12)
+    assert knn_recall(fivf[0], ivf[0]) > 0.99                # same lists, same candidates
+    full = knn_faiss(x, 12, np.random.default_rng(1), index="ivf", nlist=30, nprobe=30)
+    assert knn_recall(full[0], exact[0]) > 0.999
+    hnsw = knn_faiss(x, 12, np.random.default_rng(1), index="hnsw")
+    assert_valid_graph(x, hnsw, 12)
+    assert knn_recall(hnsw[0], exact[0]) > 0.95
+
+
+def test_knn_rows_are_the_exact_graph_rows_and_recall_counts_overlap():
+    x = blobs(500, 12, 8, seed=9)
+    want = knn_graph(x, 7)
+    rows = np.array([0, 3, 250, 499])
+    got = knn_rows(x, rows, 7, block=64)
+    np.testing.assert_array_equal(got[0], want[0][rows])
+    np.testing.assert_allclose(got[1], want[1][rows], atol=1e-6)
+    assert knn_recall(np.array([[1, 2], [5, 6]]), np.array([[2, 9], [7, 8]])) == 0.25
+
+
+def test_approximate_graphs_check_their_arguments():
+    x = blobs(50, 4, 3, seed=0)
+    with pytest.raises(ConfigError, match="nlist=51"):
+        knn_ivf(x, 3, np.random.default_rng(0), nlist=51)
+    with pytest.raises(ConfigError, match=r"nprobe=6 must be an integer in \[1, 5\]"):
+        knn_ivf(x, 3, np.random.default_rng(0), nlist=5, nprobe=6)
+    with pytest.raises(ConfigError, match="k=50"):
+        knn_ivf(x, 50, np.random.default_rng(0))
+    if have_faiss():
+        with pytest.raises(ConfigError, match="index='flat'"):
+            knn_faiss(x, 3, np.random.default_rng(0), index="flat")
 
 
 @pytest.mark.parametrize("seed", range(3))
