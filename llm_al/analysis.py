@@ -240,6 +240,28 @@ def feature_correlations(features: Mapping[str, np.ndarray], metric, alpha: floa
     return rows
 
 
+def partial_spearman(x, y, z) -> tuple[float, float]:
+    """(rho, p): Spearman correlation of x with y holding z fixed, i.e. the Pearson correlation of
+    the residuals of rank(x) and rank(y) each regressed linearly on rank(z) (with intercept); p
+    from Student's t with n - 3 degrees of freedom. What a score says about the metric beyond a
+    confound (a difficulty window's loss beyond its length). NaN when a residual is constant."""
+    x, y, z = (_as_1d(v, name) for v, name in ((x, "x"), (y, "y"), (z, "z")))
+    if not x.size == y.size == z.size:
+        raise ValueError(f"x, y, z must have the same length, got {x.size}, {y.size}, {z.size}")
+    n = x.size
+    if n < 4:
+        raise ValueError(f"a partial correlation needs at least 4 observations, got {n}")
+    A = np.column_stack([np.ones(n), sps.rankdata(z)])
+    res = [r - A @ np.linalg.lstsq(A, r, rcond=None)[0] for r in (sps.rankdata(x), sps.rankdata(y))]
+    if any(np.ptp(r) < 1e-12 * n for r in res):
+        return float("nan"), float("nan")
+    rho = float(np.clip(np.corrcoef(res[0], res[1])[0, 1], -1.0, 1.0))
+    if abs(rho) == 1.0:
+        return rho, 0.0
+    t = rho * np.sqrt((n - 3) / (1.0 - rho**2))
+    return rho, float(2 * sps.t.sf(abs(t), n - 3))
+
+
 @dataclass(frozen=True)
 class OLSFit(_Result):
     n: int                # G observations

@@ -6,7 +6,8 @@ PNG files and the tables as CSV, from `runs/*.json` (plus summary.json's feature
 Sections, each shown only when the data supports it (otherwise one line says why): setup; each
 (strategy, ordering, budget) against the random runs of the same ordering and budget (paired by seeds
 when the seed keys match); cost; the within-subset variance share; subset-level features vs the
-metric over random subsets; learning curves; overlap vs the metric; orderings vs shuffled. Every
+metric over random subsets; learning curves; overlap vs the metric; orderings vs shuffled; difficulty
+windows (llm_al/windows.py). Every
 statistic comes from llm_al.analysis; this module groups runs, formats and draws.
 """
 
@@ -557,7 +558,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     elif len({r.value for r in c.runs}) == 1:
         doc.findings.append(f"every run scored {c.runs[0].value:g} {primary}: no variation to analyse.")
     _setup(doc, c, failed, floor)
-    for section in (_vs_random, _cost, _variance, _correlations, _curves, _overlap, _orderings):
+    from llm_al.windows import report_section as _windows
+
+    for section in (_vs_random, _cost, _variance, _correlations, _curves, _overlap, _orderings, _windows):
         section(doc, c)
     title = f"llm-al report: {cfg.get('name', results.name)} ({results})"
     write_text(out / "report.md", doc.markdown(title))
