@@ -98,8 +98,14 @@ class ModelConfig:
 class OverlapConfig:
     reference: str | None = "pydoc"
     """Pre-training-like reference corpus for overlap columns: "pydoc" (the standard library's
-    Python reference prose, a small stand-in for a real pre-training sample), a text file, a folder
-    of .txt files, or a .jsonl file with a `text` field. None: no reference overlap."""
+    Python reference prose, a small stand-in for a real pre-training sample), a text file, JSON
+    Lines, any of those gzip-compressed, a .parquet file, a datasets save_to_disk folder, a folder of
+    such shards, or a hub dataset id (streamed; online only); see llm_al/reference.py. None: no
+    reference overlap."""
+    reference_field: str = "text"
+    """The text field (column) of a row-format reference: JSON Lines, Parquet, datasets, hub."""
+    reference_split: str = "train"
+    """The split of a reference saved as a DatasetDict, or of a hub dataset."""
     n: int = 8
     """Word n-gram length for overlap with the reference and with the test set."""
     sample_passages: int = 2000

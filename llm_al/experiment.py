@@ -75,14 +75,19 @@ def _done(path: Path, cfg_dict: dict, budget: int | None = None) -> dict | None:
     if result.get("status") != "ok":
         return None
     old = result.get("config", {})
-    defaults = to_dict(ExperimentConfig())      # a section added since that run was written had its default
-    changed = [k for k in RESULT_KEYS if old.get(k, defaults[k]) != cfg_dict[k]]
+    defaults = to_dict(ExperimentConfig())      # a section or key added since that run was written had its default
+    changed = [k for k in RESULT_KEYS if _with_defaults(old.get(k, defaults[k]), defaults[k]) != cfg_dict[k]]
     if budget is not None and result.get("budget", old.get("budget")) != budget:
         changed.append("budget")
     if changed:
         raise UserError(f"{path} was produced with a different config ({', '.join(changed)} differ); "
                         "use a new out_dir, or delete the old results to recompute them")
     return result
+
+
+def _with_defaults(section, default):
+    """A config section as written by an older version, with the keys added since at their defaults."""
+    return {**default, **section} if isinstance(section, dict) and isinstance(default, dict) else section
 
 
 @contextmanager
@@ -153,7 +158,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     check_run_resources(cfg, model, needs, runs=len(cells(cfg, specs)), pool_size=len(data.pool),
                         test_size=len(data.test), cache_dir=models.cache_root() / "features")
     features = compute_features(data.pool, needs, cfg.model, (model, tokenizer), cfg.progress, cfg=cfg)
-    index = reference_index(cfg.overlap.reference, cfg.overlap.n) if cfg.overlap.reference else None
+    index = (reference_index(cfg.overlap.reference, cfg.overlap.n, cfg.overlap.reference_field,
+                             cfg.overlap.reference_split) if cfg.overlap.reference else None)
     pad_id = tokenizer.pad_token_id
     cfg_dict = to_dict(cfg)
     common = {"config": cfg_dict, "versions": versions(), "pool_size": len(data.pool),

@@ -5,7 +5,7 @@ subset's overlap with pre-training-like text may explain its score. Measured thr
 n-gram overlap against an on-disk index (like lm-evaluation-harness's decontamination), vocabulary
 overlap, and DSIR's hashed-n-gram KL divergence (Xie et al. 2023).
 
-    index = build_index("pydoc", "cache/pydoc-8gram")       # a path, "pydoc", or any iterable of texts
+    index = build_index("pydoc", "cache/pydoc-8gram")       # a reference spec or any iterable of texts
     per_example = example_overlap(index, [ex.text for ex in pool.examples])  # dict of (N,) arrays
 
 Hashes: each word once with blake2b-64 (stable across processes and machines; never `hash()`); an
@@ -13,7 +13,8 @@ n-gram is sum_j w[i+j] * P^(n-1-j) mod 2^64 then the splitmix64 finaliser, for e
 batch in n vectorised steps; n-grams never cross documents. An index is a folder of `ngrams.npy`
 (sorted unique n-gram hashes), `vocab.npy` (sorted unique word hashes) and `meta.json`, built in
 bounded memory (sorted runs of `chunk_tokens` n-grams, then a k-way block merge) in a temporary
-folder renamed into place, and queried by binary search on memory maps.
+folder renamed into place, and queried by binary search on memory maps. Reference corpora (files,
+folders of shards, Parquet, saved datasets, hub ids; all streamed) are read by llm_al/reference.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,6 +37,7 @@ import numpy as np
 
 from llm_al.errors import ConfigError, DataError, UserError
 from llm_al.io import write_json
+from llm_al.reference import fingerprint_files, reference_texts  # noqa: F401 (re-exported: read corpora here)
 from llm_al.registry import Registry
 
 INDEX_FORMAT, INDEX_VERSION = "llm_al.ngram_index", 1
@@ -134,101 +135,6 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
-# ---------------------------------------------------------------- reference corpora
-
-
-def reference_texts(spec: str | os.PathLike, field: str = "text") -> Iterator[str]:
-    """Stream the documents of a reference corpus.
-
-    `spec` is "pydoc" (the standard library's `pydoc_data.topics`, one document per topic: the
-    embedded default), a `.jsonl`/`.ndjson` file (field `field` of each row), a folder (each
-    `.txt` file in it, recursively, in sorted order, read as below) or a text file (one document
-    per blank-line-separated paragraph). Problems raise `DataError` naming the file (and line)."""
-    if str(spec) == "pydoc":
-        from pydoc_data.topics import topics
-
-        return iter([topics[k] for k in sorted(topics)])
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise DataError("the folder holds no .txt files", str(spec))
-        return chain.from_iterable(_paragraphs(f) for f in files)
-    if not path.is_file():
-        raise DataError("no such file or folder (a reference is a text file, a folder of .txt files, "
-                        "a .jsonl file or 'pydoc')", str(spec))
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        return _jsonl_texts(path, field)
-    return _paragraphs(path)
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) of a UTF-8 file, streamed; decoded per line to name a bad one."""
-    try:
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                except UnicodeDecodeError:
-                    raise DataError(f"line {lineno} is not valid UTF-8 text; save the file as UTF-8",
-                                    str(path)) from None
-    except OSError as e:
-        raise DataError(f"cannot read the file ({e.strerror or e})", str(path)) from None
-
-
-def _paragraphs(path: Path) -> Iterator[str]:
-    para: list[str] = []
-    for _, line in _lines(path):
-        if line.strip():
-            para.append(line)
-        elif para:
-            yield "".join(para)
-            para = []
-    if para:
-        yield "".join(para)
-
-
-def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
-    for lineno, line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"line {lineno} is not valid JSON: {e.msg}", str(path)) from None
-        if not isinstance(rec, dict) or field not in rec:
-            found = ", ".join(map(str, rec)) if isinstance(rec, dict) else type(rec).__name__
-            raise DataError(f"line {lineno} has no field {field!r} (found: {found or 'none'}); "
-                            f"choose the text field with field=...", str(path))
-        if not isinstance(rec[field], str):
-            raise DataError(f"line {lineno}: field {field!r} must be text, got {type(rec[field]).__name__}",
-                            str(path))
-        yield rec[field]
-
-
-def fingerprint_files(paths: Iterable[str | os.PathLike]) -> str:
-    """A short hash of the paths, sizes and modification times of the files (folders: every file
-    under them; "pydoc": the module file and the Python version). Cheap: reads no contents."""
-    h = hashlib.sha256()
-    for spec in paths:
-        if str(spec) == "pydoc":
-            from pydoc_data import topics
-
-            h.update(f"pydoc\0{sys.version}\n".encode())
-            spec = topics.__file__
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file())
-        elif path.is_file():
-            files = [path]
-        else:
-            raise DataError("no such file or folder", str(spec))
-        for f in files:
-            st = f.stat()
-            h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
 # ---------------------------------------------------------------- the index
 
 
@@ -288,11 +194,12 @@ def _batches(texts: Iterable[str]) -> Iterator[list[str]]:
 
 def build_index(texts: Iterable[str] | str | os.PathLike, out_dir: str | os.PathLike, n: int = 8,
                 chunk_tokens: int = 5_000_000, *, tokenizer: str = "words", fingerprint: str | None = None,
-                field: str = "text") -> NgramIndex:
+                field: str = "text", split: str = "train") -> NgramIndex:
     """Build (or reuse) the n-gram index of a reference corpus in `out_dir`.
 
-    `texts` is any iterable of documents, or a spec for `reference_texts` (a path or "pydoc"; then
-    `fingerprint` defaults to `fingerprint_files([spec])`). With a `fingerprint`, an index already
+    `texts` is any iterable of documents, or a spec for `reference_texts` (a path, a hub id or
+    "pydoc", read with `field` and `split`; then `fingerprint` defaults to
+    `fingerprint_files([spec], field, split=split)`). With a `fingerprint`, an index already
     in `out_dir` built from the same fingerprint, `n` and tokenizer is reused as it is; without
     one, the index is always rebuilt. Peak memory is about 2 x 8 bytes x `chunk_tokens` (80 MB by
     default) plus the vocabulary and the merge buffers (~50 MB), whatever the corpus size."""
@@ -301,15 +208,20 @@ def build_index(texts: Iterable[str] | str | os.PathLike, out_dir: str | os.Path
     label = "the reference texts"
     if isinstance(texts, (str, os.PathLike)):
         label = str(texts)
-        fingerprint = fingerprint if fingerprint is not None else fingerprint_files([texts])
-        texts = reference_texts(texts, field)
+        fingerprint = fingerprint if fingerprint is not None else fingerprint_files([texts], field, split=split)
+        texts = reference_texts(texts, field, split=split)
     out = Path(out_dir)
     want = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "n": n, "tokenizer": tokenizer,
             "fingerprint": fingerprint}
-    meta = _read_meta(out)
-    if fingerprint is not None and meta is not None and all(meta.get(k) == v for k, v in want.items()):
+
+    def reusable() -> bool:
+        meta = _read_meta(out)
+        return fingerprint is not None and meta is not None and all(meta.get(k) == v for k, v in want.items())
+
+    if reusable():
         return NgramIndex.load(out)
-    if out.exists() and not (out.is_dir() and (meta is not None or not any(out.iterdir()))):
+    # meta read again: another process (a sweep worker) may have just moved its build into place
+    if out.exists() and not (out.is_dir() and (_read_meta(out) is not None or not any(out.iterdir()))):
         raise UserError(f"{out} exists and is not an n-gram index; refusing to overwrite it")
 
     start = time.perf_counter()
@@ -348,7 +260,12 @@ def build_index(texts: Iterable[str] | str | os.PathLike, out_dir: str | os.Path
             "documents": docs, "tokens": tokens, "ngram_occurrences": occurrences, "ngrams": distinct,
             "vocab": len(vocab), "content_sha256": content.hexdigest(), "runs": len(runs),
             "chunk_tokens": chunk_tokens, "build_seconds": round(time.perf_counter() - start, 3)})
-        _replace_dir(tmp, out)
+        if not reusable():                  # else another process built the same index meanwhile: keep it
+            try:
+                _replace_dir(tmp, out)
+            except OSError:
+                if not reusable():          # two renames raced; only an equal index may stand in for ours
+                    raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -62,7 +62,7 @@ def require_reference(cfg, score: str) -> str:
     if not cfg.reference:
         raise FeatureUnavailableError(
             f"{score} measures overlap with a reference corpus, but none is configured: set overlap.reference "
-            f"(\"pydoc\", a text file, a folder of .txt files or a .jsonl file with a 'text' field)")
+            f"(\"pydoc\", a text file, .jsonl, .parquet, a datasets folder, a folder of shards or a hub id)")
     return str(cfg.reference)
 
 
@@ -80,7 +80,7 @@ def reference_overlap(ctx: ProbeContext) -> tuple[dict[str, np.ndarray], dict]:
     cfg = overlap_settings(ctx)
     spec = require_reference(cfg, "ref_overlap")
     t0 = time.perf_counter()
-    index = reference_index(spec, cfg.n)
+    index = reference_index(spec, cfg.n, cfg.reference_field, cfg.reference_split)
     per = example_overlap(index, [ex.text for ex in ctx.examples])
     scores = {"ref_overlap": per["ngram_overlap"].astype(np.float32),      # (N,) in [0, 1]
               "ref_span": per["longest_match"].astype(np.float32),         # (N,) words
@@ -142,7 +142,8 @@ def reference_sample(cfg, embedder, embedder_key: str, progress: bool = False) -
     """(passages, (P, D) unit embeddings, cost) of the seeded passage sample of cfg.reference.
     Cached in <cache>/overlap/ by the corpus fingerprint, the embedder key and the sample settings."""
     spec = require_reference(cfg, "ref_similarity")
-    key = _text_key("passages-v1", fingerprint_files([spec]), embedder_key, str(cfg.sample_passages),
+    key = _text_key("passages-v1", fingerprint_files([spec], cfg.reference_field, split=cfg.reference_split),
+                    embedder_key, str(cfg.sample_passages),
                     str(cfg.passage_words), str(cfg.sample_seed))   # bump v1 when `passages` changes
     path = models.cache_root() / "overlap" / f"sample-{key}.npz"
     if path.exists():
@@ -150,7 +151,8 @@ def reference_sample(cfg, embedder, embedder_key: str, progress: bool = False) -
             return z["passages"].tolist(), z["embeddings"], {"passages": len(z["passages"]), "passages_embedded": 0,
                                                              "passages_in_reference": int(z["total"])}
     t0 = time.perf_counter()
-    sample, total = reservoir_sample(passages(reference_texts(spec), cfg.passage_words), cfg.sample_passages,
+    texts = reference_texts(spec, cfg.reference_field, split=cfg.reference_split)
+    sample, total = reservoir_sample(passages(texts, cfg.passage_words), cfg.sample_passages,
                                      np.random.default_rng(cfg.sample_seed))
     if not sample:
         raise UserError(f"the reference {spec} has no words, so no passages to compare with")

@@ -174,12 +174,20 @@ def probe_context(examples, model, tokenizer, model_cfg, cfg, progress: bool, *,
 
 
 # ---------------------------------------------------------------------------- overlap
-def reference_index(spec: str, n: int):
-    """The n-gram index of a reference corpus, built once and cached by the corpus fingerprint."""
-    from llm_al.overlap import build_index, fingerprint_files
+def reference_index_dir(spec: str, n: int, field: str = "text", split: str = "train"):
+    """Where the n-gram index of a reference corpus is cached: named by the corpus fingerprint."""
+    from llm_al.overlap import fingerprint_files
 
-    fp = fingerprint_files([spec])
-    return build_index(spec, models.cache_root() / "overlap" / f"{fp}-n{n}", n=n, fingerprint=fp)
+    return models.cache_root() / "overlap" / f"{fingerprint_files([spec], field, split=split)}-n{n}"
+
+
+def reference_index(spec: str, n: int, field: str = "text", split: str = "train"):
+    """The n-gram index of a reference corpus, built once and cached by the corpus fingerprint."""
+    from llm_al.overlap import build_index
+
+    out = reference_index_dir(spec, n, field, split)
+    fingerprint = out.name[: -len(f"-n{n}")]
+    return build_index(spec, out, n=n, fingerprint=fingerprint, field=field, split=split)
 
 
 def selection_overlap(index, examples: list, test_examples: list | None, n: int) -> dict:

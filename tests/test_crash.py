@@ -81,7 +81,7 @@ def test_two_workers_split_a_sweep(tmp_path, tiny_model_dir, pool_file, cache_di
     env = {**os.environ, "LLM_AL_CACHE": str(cache_dir)}
     workers = [_start(recipe, env, stderr=subprocess.PIPE) for _ in range(2)]
     logs = [w.communicate(timeout=300)[1] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0]
+    assert [w.returncode for w in workers] == [0, 0], [log[-3000:] for log in logs]
     _check_complete(out)
     ran = [line.split()[-1] for log in logs for line in log.splitlines() if line.startswith("running ")]
     assert sorted(ran) == sorted(set(ran)) and len(ran) == 6          # every cell trained exactly once

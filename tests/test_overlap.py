@@ -285,7 +285,8 @@ def test_missing_and_empty_references_name_the_path(tmp_path):
     with pytest.raises(UserError, match="no document of at least n=8 words"):
         build_index(["a few words only"], tmp_path / "idx")
     (tmp_path / "nodocs").mkdir()
-    with pytest.raises(UserError, match="no .txt files"):
+    with pytest.raises(UserError, match=r"nodocs: the folder holds no file a reference can be read from "
+                                        r"\(found: no files\)"):
         reference_texts(tmp_path / "nodocs")
     assert not (tmp_path / "idx").exists()
 
@@ -343,3 +344,31 @@ def test_importance_kl_prefers_reference_like_subsets():
     assert out["kl_reduction"] == pytest.approx(out["kl_pool"] - out["kl_subset"])
     weights = log_importance(like + unrelated, reference, unrelated, buckets=2048)
     assert weights.shape == (40,) and weights[:20].mean() > weights[20:].mean()
+
+
+def test_an_index_another_process_finishes_first_is_kept_not_clobbered(tmp_path, monkeypatch):
+    """Two sweep workers index the same corpus at once: the one that finishes second keeps the
+    first one's index (which the first may be reading) instead of moving it aside, and a worker
+    that looked before the other's rename does not take the index for a foreign folder."""
+    from llm_al import overlap
+
+    out = tmp_path / "idx"
+    docs = ["the quick brown fox jumps over the lazy dog"] * 3
+
+    def racing():               # the other worker completes the same index while this one reads
+        overlap.build_index(iter(docs), out, n=3, fingerprint="fp")
+        yield from docs
+
+    overlap.build_index(racing(), out, n=3, fingerprint="fp")
+    first = json.loads((out / "meta.json").read_text())
+    assert first["ngrams"] == 7 and list(tmp_path.iterdir()) == [out]         # nothing left aside
+    calls = []
+    real = overlap._read_meta
+
+    def late(path):             # the first look happens before the other worker's rename lands
+        calls.append(path)
+        return None if len(calls) == 1 else real(path)
+
+    monkeypatch.setattr(overlap, "_read_meta", late)
+    overlap.build_index(iter(docs), out, n=3, fingerprint="fp")
+    assert json.loads((out / "meta.json").read_text()) == first

@@ -74,6 +74,12 @@ def test_results_from_before_a_config_section_existed_are_reused(tmp_path):
     changed = {**cfg, "loop": {**cfg["loop"], "rounds": 2}}
     with pytest.raises(UserError, match="loop differ"):
         _done(path, changed)
+    # a key added to a section since (overlap.reference_field) also counts as its default
+    old = {**cfg, "overlap": {k: v for k, v in cfg["overlap"].items() if k != "reference_field"}}
+    path.write_text(json.dumps({"status": "ok", "config": old}))
+    assert _done(path, cfg)["status"] == "ok"
+    with pytest.raises(UserError, match="overlap differ"):
+        _done(path, {**cfg, "overlap": {**cfg["overlap"], "reference_field": "content"}})
 
 
 def test_budgets_axis_gives_one_row_per_budget_paired_within_the_budget():
