@@ -3,7 +3,7 @@
     llm-al demo [key=value ...]                 the main job: strategies vs random on the embedded default
     llm-al run RECIPE.yaml [key=value ...]      any experiment described by a recipe
     llm-al run RECIPE.yaml --ray --workers N    its runs spread over Ray workers (llm_al/distributed.py)
-    llm-al select POOL --strategy S --budget N --out FILE
+    llm-al select POOL --strategy S --budget N --out FILE [--dry-run]
     llm-al overlap POOL [--reference R] [--test T]   overlap with a reference corpus and a test set
     llm-al annotate export|import ...          humans in the loop: prompts out, filled responses back in
     llm-al annotate synthesize POOL --out F --n N   new prompts written near the least-sure pool prompts
@@ -71,11 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--device", default="auto")
     sel.add_argument("--max-length", type=int, default=512, help="tokens per example for loss scoring")
     sel.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model (off by default)")
+    sel.add_argument("--dry-run", action="store_true",
+                     help="print what would be scored and its estimated time; load no model, write nothing")
 
     ov = sub.add_parser("overlap", help="overlap of a pool (or a selection) with a reference corpus and a test set")
     ov.add_argument("pool", help="pool or selection file (any format `select` reads)")
     ov.add_argument("--reference", default="pydoc",
-                    help="reference corpus: 'pydoc' (built in), a text file, a folder of .txt, or .jsonl (field 'text')")
+                    help="reference corpus, streamed: 'pydoc' (built in), a text file (.txt/.md), .jsonl/.json (JSON "
+                         "Lines), any of those as .gz, .parquet, a datasets save_to_disk folder, a folder of such "
+                         "shards, or a hub dataset id (online)")
+    ov.add_argument("--reference-field", default="text",
+                    help="the text field/column of a .jsonl/.parquet/datasets/hub reference (default: text)")
+    ov.add_argument("--reference-split", default="train",
+                    help="the split of a DatasetDict folder or hub dataset reference (default: train)")
     ov.add_argument("--test", default=None, help="a test set to measure overlap with (any pool format)")
     ov.add_argument("--n", type=int, default=8, help="word n-gram length")
     ov.add_argument("--out", default=None, help="write per-example overlap columns beside the records (pool format)")
@@ -100,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens,
                      help=f"longest draft in tokens (default: eval.max_new_tokens, {EvalConfig.max_new_tokens})")
     exp.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
+    exp.add_argument("--dry-run", action="store_true",
+                     help="print what would be scored or drafted and its estimated time; load no model, write nothing")
     syn = ann_sub.add_parser("synthesize", help="write new prompts near the ones the model is least sure about "
                              "(an unlabelled pool file for export)")
     syn.add_argument("pool", help="a pool (responses optional); its prompts seed the few-shot prompts")
@@ -215,7 +225,7 @@ def cmd_overlap(args: argparse.Namespace) -> None:
     from llm_al.config import DataConfig
     from llm_al.demo_data import EMBEDDED_POOL
     from llm_al.overlap import example_overlap
-    from llm_al.pipeline import load_data, reference_index, selection_overlap
+    from llm_al.pipeline import load_data, reference_index, reference_index_dir, selection_overlap
 
     if args.pool == EMBEDDED_POOL:          # the demo pool, with its fixed test set unless one is given
         data = load_data(DataConfig(pool=args.pool), need_test=True)
@@ -224,16 +234,29 @@ def cmd_overlap(args: argparse.Namespace) -> None:
         pool, test = load_pool(args.pool, fields=_fields(args.field)), None
     if args.test:
         test = load_pool(args.test, fields=_fields(args.field))
-    index = reference_index(args.reference, args.n)
+    ref = (args.reference, args.n, args.reference_field, args.reference_split)
+    folder = reference_index_dir(*ref)
+    cached = (folder / "meta.json").exists()
+    if not cached:
+        print(f"indexing the reference {args.reference} ({args.n}-grams, streamed; later runs reuse the index in "
+              f"{folder}) ...", flush=True)
+    index = reference_index(*ref)
     report = selection_overlap(index, pool.examples, test.examples if test else None, args.n)
     meta = index.meta
-    print(f"reference {args.reference}: {meta['documents']} documents, {meta['tokens']} words, "
-          f"{meta['ngrams']} distinct {args.n}-grams")
-    print(f"{args.pool}: {len(pool)} examples")
+    how = "index reused" if cached else f"index built in {meta['build_seconds']:.1f} s"
+    print(f"reference {args.reference}: {meta['documents']:,} documents, {meta['tokens']:,} words, "
+          f"{meta['ngrams']:,} distinct {args.n}-grams ({how})")
+    for label, part in ((args.pool, pool), (f"test set {args.test or '(embedded)'}", test)):
+        if part is not None:
+            dropped = f" ({len(part.duplicates)} exact duplicates dropped)" if part.duplicates else ""
+            print(f"{label}: {len(part)} examples{dropped}")
     for group, values in report.items():
         print(f"  overlap with the {group}:")
         for key, value in values.items():
             print(f"    {key:22s} {value:.4f}" if isinstance(value, float) else f"    {key:22s} {value}")
+        if group == "reference" and values["n_short"]:
+            print(f"    ({values['n_short']} examples have fewer than {args.n} words, so no {args.n}-grams: they count "
+                  f"as 0 in ngram_overlap and longest_match, not in pooled_ngram_overlap; try a smaller --n)")
     similarity = None if args.no_similarity else _reference_similarity(args, pool)
     if args.out:
         per = example_overlap(index, [ex.text for ex in pool.examples])
@@ -257,7 +280,8 @@ def _reference_similarity(args: argparse.Namespace, pool):
     from llm_al import models
 
     embedder = args.embedder or ModelConfig().embedder
-    cfg = OverlapConfig(reference=args.reference, n=args.n, sample_passages=args.sample_passages,
+    cfg = OverlapConfig(reference=args.reference, reference_field=args.reference_field,
+                        reference_split=args.reference_split, n=args.n, sample_passages=args.sample_passages,
                         passage_words=args.passage_words)
     try:
         loaded = models.load_embedder(embedder)
@@ -266,6 +290,8 @@ def _reference_similarity(args: argparse.Namespace, pool):
             raise
         print(f"  embedding similarity to the reference: skipped, the default embedder is unavailable ({err})")
         return None
+    print(f"  embedding similarity: embedding the pool and (first run only, then cached) up to "
+          f"{cfg.sample_passages} reference passages; minutes on a CPU, --no-similarity skips it ...", flush=True)
     scores, cost = similarity_scores([ex.text for ex in pool.examples], cfg, embedder, embedder=loaded)
     print(f"  embedding similarity to the reference (ref_similarity: mean cosine to the {cost['neighbours']} "
           f"nearest of {cost['passages']} sampled passages, {embedder}):")
@@ -277,6 +303,7 @@ def _reference_similarity(args: argparse.Namespace, pool):
 def cmd_annotate(args: argparse.Namespace) -> None:
     """Export: pick among the unlabelled prompts, optionally draft responses. Import: validate the
     filled file completely, then write the merged pool (nothing is written if any row is bad)."""
+    from llm_al.annotate import _format as _annotation_format
     from llm_al.annotate import (export_for_annotation, import_annotations, merge_labelled, read_manifest,
                                  unlabelled_indices)
     from llm_al.config import ModelConfig, parse_strategy
@@ -328,6 +355,14 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     model_cfg = ModelConfig()
     if args.model:                      # model-based label-free strategies (greedy_logprob) score with it too
         model_cfg.name = args.model
+    _check_strategy_call(name, params, args.budget, len(candidates))
+    _annotation_format(Path(args.out), args.out)
+    if args.dry_run:
+        from llm_al.plan import plan_annotate_export
+
+        print(plan_annotate_export(pool, candidates, args.strategy, needs, model_cfg, args.budget, args.out,
+                                   args.drafts, args.max_new_tokens))
+        return
     features = compute_features(candidates, needs, model_cfg)
     sel = run_strategy(name, features, args.budget, rng(args.seed, "subset"), **params)
     chosen = [todo[i] for i in sel.indices]
@@ -352,7 +387,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     import numpy as np
 
     from llm_al.config import DataConfig, ModelConfig, parse_strategy
-    from llm_al.export import write_subset
+    from llm_al.export import _output_format, write_subset
     from llm_al.pipeline import compute_features, load_data, needed_features
     from llm_al.seeds import rng
     from llm_al.strategies import run_strategy
@@ -370,6 +405,13 @@ def cmd_select(args: argparse.Namespace) -> None:
         model_cfg.embedder = args.embedder
     model_cfg.scorer = args.scorer
     pool = load_data(data_cfg, seed=args.seed, need_test=False).pool
+    _check_strategy_call(name, params, args.budget, len(pool))        # before any scoring
+    output_format = _output_format(Path(args.out).expanduser(), None, pool.format)
+    if args.dry_run:
+        from llm_al.plan import plan_select
+
+        print(plan_select(pool, args.strategy, needs, model_cfg, args.budget, args.out, output_format))
+        return
     features = compute_features(pool, needs, model_cfg)
     sel = run_strategy(name, features, args.budget, rng(args.seed, "subset"), **params)
     columns = {
@@ -384,6 +426,22 @@ def cmd_select(args: argparse.Namespace) -> None:
     path = write_subset(pool, sel.indices.tolist(), args.out, columns=columns, shape=args.export_shape)
     print(f"selected {len(sel.indices)} of {len(pool)} examples with {args.strategy} (seed {args.seed}) -> {path}")
     print(f"llm_al_score is the {sel.score_name}; llm_al_rank is the pick order")
+
+
+def _check_strategy_call(name: str, params: dict, budget: int, pool_size: int) -> None:
+    """The checks `run_strategy` makes that need no features (the budget fits the pool, the
+    parameters are the strategy's), made before any scoring, and by --dry-run."""
+    import inspect
+
+    from llm_al.errors import ConfigError
+    from llm_al.strategies import STRATEGIES, check_budget
+
+    fn = STRATEGIES.get(name).fn
+    check_budget(budget, pool_size)
+    try:
+        inspect.signature(fn).bind(None, budget, None, **params)
+    except TypeError as err:
+        raise ConfigError(f"strategy {name!r}: {err}") from None
 
 
 def _options_last(argv: list[str], options: dict[str, int]) -> list[str]:

@@ -101,7 +101,8 @@ def run_loop(cfg, cell, data, features: Features, model, tokenizer, progress: bo
         try:
             ev = evaluate(peft_model, tokenizer, data.test.examples, cfg.eval, progress)
             entry = {"round": r, "labelled": len(labelled), "metrics": ev["metrics"],
-                     "train_seconds": tr.seconds, "eval_seconds": ev["seconds"]}
+                     "train_seconds": tr.seconds, "eval_seconds": ev["seconds"],
+                     "train_oom_backoffs": tr.oom_backoffs, "train_micro_batch_size": tr.micro_batch_size}
             if r < cfg.loop.rounds:
                 t1 = time.perf_counter()
                 remaining = np.setdiff1d(np.arange(len(data.pool)), labelled)

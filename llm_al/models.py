@@ -74,13 +74,16 @@ def _embedded_gguf() -> Path:
     return path
 
 
-def embedded_model_dir() -> Path:
-    """The converted transformers folder of the embedded model, converting it on first use (~20 s)."""
+def embedded_model_dir(convert: bool = True) -> Path | None:
+    """The converted transformers folder of the embedded model, converting it on first use (~20 s);
+    with convert=False, None when it has not been converted yet (`--dry-run` loads no weights)."""
     gguf = _embedded_gguf()
     key = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
     out = cache_root() / "models" / f"smollm2-135m-instruct-{key}"
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
+    if not convert:
+        return None
     _convert_gguf(gguf, out)
     return out
 

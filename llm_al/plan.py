@@ -1,4 +1,8 @@
-"""`--dry-run`: the plan of an experiment and its estimated cost, without running it.
+"""`--dry-run`: the plan of a command and its estimated cost, without loading a model or writing.
+
+    llm-al demo --dry-run                         the experiment: runs, scoring, training, evaluation
+    llm-al select POOL --strategy S --budget N --out F --dry-run
+    llm-al annotate export POOL --budget N --out F [--drafts] --dry-run
 
 Counts the runs, the examples still to score (the feature caches are consulted), and the tokens
 each step processes; converts them to floating-point operations with the usual 2 x params per
@@ -6,22 +10,34 @@ token for a forward pass and 6 x params for a training step; and divides by this
 rate, measured on the spot, times an efficiency per step. The efficiencies were measured on the
 2-core CPU demo (eval/results/demo-cpu.md): scoring ran at ~0.9 of the matmul rate, LoRA training
 at ~0.65, greedy generation at ~0.35. On other hardware treat the times as rough.
+
+Only configs and tokenizers are read: parameters are counted on the meta device, and the embedded
+model, if it has not been converted yet, is sized from its GGUF header (its token counts are then
+estimated at CHARS_PER_TOKEN).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
-from llm_al import models
+from llm_al import models, probes
 from llm_al.config import ExperimentConfig, parse_strategy
+from llm_al.errors import FeatureUnavailableError, UserError
 from llm_al.features import loss_cache_plan
 from llm_al.grid import cells
 from llm_al.pipeline import DIRECT_FEATURES, LOSS_FEATURES, load_data, needed_features
 
 EFFICIENCY = {"score": 0.9, "train": 0.65, "generate": 0.35}
+CHARS_PER_TOKEN = 4
+"""Token estimate for a model whose tokenizer cannot be read without converting it."""
+TEMPLATE_TOKENS = 15
+"""Tokens the chat template adds to an example (role markers, a default system turn): a guess."""
 
 
 @dataclass
@@ -47,65 +63,289 @@ def matmul_rate(device: str = "cpu", seconds: float = 0.3) -> float:
     return 2 * 1024**3 * n / (time.perf_counter() - t0)
 
 
-def count_params(name: str) -> int:
-    """Parameters of a causal LM from its config alone (built on the meta device: no weights)."""
+def count_params(name: str, causal: bool = True) -> int:
+    """Parameters of a causal LM (or, causal=False, any transformers model such as an embedder)
+    from its config alone (built on the meta device: no weights)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(models.resolve(name))
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = (AutoModelForCausalLM if causal else AutoModel).from_config(config)
     return sum(p.numel() for p in model.parameters())
 
 
-def plan_experiment(cfg: ExperimentConfig) -> str:
+@dataclass
+class Model:
+    """What a plan needs of a model: its size, its tokenizer and its feature-cache key."""
+
+    name: str
+    params: int
+    tokenizer: Any = None           # None: the embedded model is not converted yet (tokens estimated)
+    key: str | None = None          # models.fingerprint; None: nothing can be cached for it yet
+    note: str = ""
+
+    def tokens(self, text: str) -> int:
+        if self.tokenizer is None:
+            return max(1, len(text) // CHARS_PER_TOKEN)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_tokens(self, example) -> int:
+        """Tokens of the prompt the model answers (its chat template applied, when it is known)."""
+        if self.tokenizer is None:
+            return self.tokens("\n".join(m["content"] for m in example.prompt_messages))
+        from llm_al.formatting import prompt_text
+
+        return self.tokens(prompt_text(self.tokenizer, example.prompt_messages))
+
+
+def causal_lm(name: str) -> Model:
+    """Size, tokenizer and cache key of a causal LM, reading no weights."""
+    if name == models.EMBEDDED_MODEL and models.embedded_model_dir(convert=False) is None:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(models._embedded_gguf()))           # the header: shapes, no weights read
+        params = sum(int(np.prod(t.shape)) for t in reader.tensors)
+        return Model(name, params, note=f"not converted yet (the first real run converts it, ~20 s): token counts "
+                                       f"estimated at {CHARS_PER_TOKEN} characters a token, nothing cached")
     from transformers import AutoTokenizer
 
+    loc = models.resolve(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(loc)
+        params = count_params(name)
+    except OSError as err:
+        if Path(loc).exists():
+            raise UserError(f"could not read model {loc!r}: {str(err).splitlines()[0][:300]}") from None
+        raise models._hub_error(name, err) from None
+    return Model(name, params, tokenizer, models.fingerprint(name))
+
+
+def _embedder(name: str) -> Model:
+    from transformers import AutoTokenizer
+
+    loc = models.resolve(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(loc)
+        params = count_params(name, causal=False)
+    except OSError as err:
+        if Path(loc).exists():
+            raise UserError(f"could not read embedder {loc!r}: {str(err).splitlines()[0][:300]}") from None
+        raise models._hub_error(name, err) from None
+    st_config = Path(loc) / "sentence_bert_config.json"
+    limit = json.loads(st_config.read_text()).get("max_seq_length") if st_config.exists() else None
+    tokenizer.model_max_length = int(limit or min(tokenizer.model_max_length, 512))
+    return Model(name, params, tokenizer, models.fingerprint(name))
+
+
+@dataclass
+class Estimate:
+    """The steps of a plan, timed at this machine's matmul rate (measured at the first step)."""
+
+    device: str
+    steps: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    rate: float | None = None
+
+    def add(self, what: str, tokens: int, params: int, flops_per_param: float, kind: str) -> None:
+        if self.rate is None:
+            self.rate = matmul_rate(self.device)
+        flops = flops_per_param * params * tokens
+        self.steps.append(Step(what, int(tokens), flops, flops / (self.rate * EFFICIENCY[kind])))
+
+    def lines(self) -> list[str]:
+        out = [f"  measured matmul rate on {self.device}: {self.rate / 1e9:.0f} GFLOP/s"] if self.rate else []
+        out.append("  estimated cost:")
+        out += [f"    {st.what}: {st.tokens:,} tokens, {st.flops / 1e12:.1f} TFLOP, ~{st.seconds:.0f} s"
+                for st in self.steps] or ["    no model work"]
+        out += [f"    {note}" for note in self.notes]
+        return out
+
+    @property
+    def seconds(self) -> float:
+        return sum(st.seconds for st in self.steps)
+
+
+def add_scoring(est: Estimate, examples: Sequence, needs: set[str], model_cfg, lm: Model | None = None) -> None:
+    """The feature work `pipeline.compute_features` would do for `needs`, as steps of `est`:
+    the loss passes (the cache consulted), the scorer's passes, the embeddings (the cache
+    consulted) and the model-based probes (their caches not consulted: an upper bound)."""
+    cache_dir = models.cache_root() / "features"
+    dtype = str(models.torch_dtype(model_cfg.dtype, est.device))
+    which = [direct for direct, group in ((False, LOSS_FEATURES), (True, DIRECT_FEATURES)) if needs & group]
+    probe_needs = needs & set(probes.provided_names())
+    if (which or probes.needs_model(probe_needs)) and lm is None:
+        lm = causal_lm(model_cfg.name)
+    for direct in which:
+        _loss_pass(est, examples, lm, model_cfg.max_length, dtype, direct, cache_dir)
+    if "scorer_ifd" in needs:
+        if not model_cfg.scorer:
+            raise FeatureUnavailableError("scorer_ifd (Superfiltering) needs a second, small scorer model: "
+                                          "set model.scorer (--scorer) to a hub id or local folder")
+        scorer = causal_lm(model_cfg.scorer)
+        for direct in (False, True):
+            _loss_pass(est, examples, scorer, model_cfg.max_length, dtype, direct, cache_dir, "scorer ")
+    if "embeddings" in needs:
+        _embedding_pass(est, examples, _embedder(model_cfg.embedder), cache_dir)
+    if probe_needs:
+        _probe_passes(est, examples, probe_needs, lm, model_cfg.max_length)
+
+
+def _loss_pass(est, examples, lm: Model, max_length: int, dtype: str, direct: bool, cache_dir: Path,
+               who: str = "") -> None:
+    label = f"{who}score %d of {len(examples)} pool examples{' without prompts' if direct else ''} (%d cached)"
+    if lm.tokenizer is None:
+        tokens = sum(min(max_length, lm.tokens(ex.response) if direct else lm.tokens(ex.text) + TEMPLATE_TOKENS)
+                     for ex in examples)
+        est.add(label % (len(examples), 0), tokens, lm.params, 2, "score")
+        return
+    cache, items, keys = loss_cache_plan(lm.tokenizer, examples, cache_dir, lm.key, dtype, max_length, direct)
+    todo = cache.missing(keys)
+    est.add(label % (len(todo), len(items) - len(todo)), sum(items[i].length for i in todo), lm.params, 2, "score")
+
+
+def _embedding_pass(est, examples, embedder: Model, cache_dir: Path) -> None:
+    # The cache layout of features.compute_embeddings (tests/test_plan.py checks the two agree).
+    from llm_al.cache import ShardedCache
+    from llm_al.features import _text_key
+
+    texts = [ex.text for ex in examples]
+    todo = ShardedCache(cache_dir / f"emb-{_text_key(embedder.key)}").missing([_text_key(t) for t in texts])
+    limit = embedder.tokenizer.model_max_length
+    tokens = sum(min(limit, embedder.tokens(texts[i]) + 2) for i in todo)
+    est.add(f"embed {len(todo)} of {len(texts)} pool examples ({len(texts) - len(todo)} cached) with "
+            f"{embedder.name} ({_millions(embedder.params)} parameters)", tokens, embedder.params, 2, "score")
+
+
+# Model-based probes: (passes over each example, what a pass reads, FLOPs per token per parameter, kind).
+# "example" is prompt + response (teacher-forced); "generate" is the prompt plus eval.max_new_tokens.
+PROBE_WORK = {"mc_dropout": ("mc_passes", "example", 2, "score"),
+              "gradient_length": (1, "example", 6, "train"),
+              "greedy": (1, "generate", 2, "generate"),
+              "oracle": (1, "generate", 2, "generate"),
+              "sampled": ("gen_samples", "generate", 2, "generate")}
+
+
+def _probe_passes(est, examples, features: set[str], lm: Model | None, max_length: int) -> None:
+    from llm_al.evaluate import EvalConfig
+
+    names = sorted({probes.provider(f).name for f in features})
+    if "greedy" in names and "oracle" in names:
+        names.remove("oracle")                  # they share one greedy generation
+    probe_cfg, max_new = probes.ProbeConfig(), EvalConfig().max_new_tokens
+    for name in names:
+        if name not in PROBE_WORK:
+            est.notes.append(f"probe {name!r}: "
+                             + ("no language model work" if not probes.PROBES.get(name).meta.get("needs_model", True)
+                                else "not estimated"))
+            continue
+        passes, reads, flops, kind = PROBE_WORK[name]
+        passes = getattr(probe_cfg, passes) if isinstance(passes, str) else passes
+        if reads == "example":
+            tokens = sum(min(max_length, lm.tokens(ex.text)) for ex in examples)
+        else:
+            tokens = sum(lm.prompt_tokens(ex) + max_new for ex in examples)
+        est.add(f"probe {name}: {passes} pass(es) over {len(examples)} pool examples (probe caches not consulted)",
+                passes * tokens, lm.params, flops, kind)
+
+
+def _header(lm: Model | None) -> list[str]:
+    if lm is None:
+        return []
+    return [f"  model {lm.name} ({_millions(lm.params)} parameters)" + (f": {lm.note}" if lm.note else "")]
+
+
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.0f}M" if n >= 1e7 else f"{n / 1e6:.2g}M"
+
+
+def _total(est: Estimate, tail: str) -> str:
+    return f"  estimated total: ~{est.seconds / 60:.1f} min on this machine (rough{tail})"
+
+
+# ---------------------------------------------------------------------------- the commands
+def plan_experiment(cfg: ExperimentConfig) -> str:
     data = load_data(cfg.data, seed=cfg.seeds[0])
     specs = [(spec, *parse_strategy(spec)) for spec in cfg.strategies]
     runs = cells(cfg, specs)
-    device = models.pick_device(cfg.model.device)
-    tokenizer = AutoTokenizer.from_pretrained(models.resolve(cfg.model.name))
-    params = count_params(cfg.model.name)
-    rate = matmul_rate(device)
+    est = Estimate(models.pick_device(cfg.model.device))
+    lm = causal_lm(cfg.model.name)
     needs = needed_features([(n, p) for _, n, p in specs], cfg.orderings)
-    dtype = str(models.default_dtype(device))
-    steps: list[Step] = []
+    add_scoring(est, data.pool.examples, needs, cfg.model, lm)
+    mean_len = float(np.mean([lm.tokens(ex.text) for ex in data.pool.examples[:200]])) + TEMPLATE_TOKENS
+    rounds = cfg.loop.rounds
+    # a loop trains (and evaluates) once per round on everything labelled so far, and rescores the
+    # rest of the pool under each round's adapter for strategies that read the model
+    sizes = {c.budget: ([cfg.loop.seed_size + r * cfg.loop.round_size(c.budget) for r in range(rounds + 1)]
+                        if rounds else [c.budget]) for c in runs}
+    examples = sum(sum(sizes[c.budget]) for c in runs)
+    evaluations = sum(len(sizes[c.budget]) for c in runs) + 1
+    est.add(f"train {len(runs)} runs{f' x {rounds + 1} rounds' if rounds else ''}, {examples} examples in all x "
+            f"{cfg.train.epochs} epoch(s)", int(examples * cfg.train.epochs * mean_len), lm.params, 6, "train")
+    if rounds:
+        from llm_al.loop import MODEL_FEATURES
+        from llm_al.pipeline import strategy_needs
 
-    def add(what: str, tokens: int, flops_per_token: float, kind: str) -> None:
-        flops = flops_per_token * params * tokens
-        steps.append(Step(what, tokens, flops, flops / (rate * EFFICIENCY[kind])))
-
-    for direct, group in ((False, LOSS_FEATURES), (True, DIRECT_FEATURES)):
-        if needs & group:
-            cache, items, keys = loss_cache_plan(tokenizer, data.pool.examples, models.cache_root() / "features",
-                                                 models.fingerprint(cfg.model.name), dtype, cfg.model.max_length,
-                                                 direct)
-            todo = cache.missing(keys)
-            add(f"score {len(todo)} of {len(items)} pool examples{' without prompts' if direct else ''} "
-                f"({len(items) - len(todo)} cached)", sum(items[i].length for i in todo), 2, "score")
-    mean_len = float(np.mean([len(tokenizer(ex.text)["input_ids"]) for ex in data.pool.examples[:200]])) + 15
-    examples = sum(c.budget for c in runs)
-    add(f"train {len(runs)} runs, {examples} examples in all x {cfg.train.epochs} epoch(s)",
-        int(examples * cfg.train.epochs * mean_len), 6, "train")
-    prompt_len = float(np.mean([len(tokenizer(ex.text)["input_ids"]) for ex in data.test.examples]))
-    add(f"generate for {len(data.test)} test examples x {len(runs) + 1} evaluations (<= {cfg.eval.max_new_tokens} "
-        "new tokens each)", int((len(runs) + 1) * len(data.test) * (prompt_len + cfg.eval.max_new_tokens)), 2,
-        "generate")
+        rescored = sum(len(data.pool) - n for c in runs if strategy_needs(c.name, c.params) & MODEL_FEATURES
+                       for n in sizes[c.budget][:-1])
+        if rescored:
+            est.add(f"rescore {rescored} pool examples in all under the rounds' adapters", int(rescored * mean_len),
+                    lm.params, 2, "score")
+    prompt_len = float(np.mean([lm.tokens(ex.text) for ex in data.test.examples]))
+    est.add(f"generate for {len(data.test)} test examples x {evaluations} evaluations (<= {cfg.eval.max_new_tokens} "
+            "new tokens each)", int(evaluations * len(data.test) * (prompt_len + cfg.eval.max_new_tokens)),
+            lm.params, 2, "generate")
     by_cell: dict[tuple[str, str], int] = {}
     for c in runs:
         by_cell[(c.strategy, c.ordering)] = by_cell.get((c.strategy, c.ordering), 0) + 1
     lines = [f"plan for {cfg.name!r} -> {cfg.out_dir} (dry run: nothing is trained or written)",
              f"  pool {len(data.pool)} examples, test {len(data.test)}, budget {'/'.join(map(str, cfg.budget_list))}, design {cfg.design}",
-             f"  model {cfg.model.name} ({params / 1e6:.0f}M parameters) on {device}; "
-             f"measured matmul rate {rate / 1e9:.0f} GFLOP/s",
+             *_header(lm),
              f"  features to compute: {', '.join(sorted(needs)) or 'none'}",
              f"  runs: {len(runs)} + the untrained floor"]
     lines += [f"    {s} [{o}]: {n}" for (s, o), n in by_cell.items()]
-    lines.append("  estimated cost:")
-    for st in steps:
-        lines.append(f"    {st.what}: {st.tokens:,} tokens, {st.flops / 1e12:.1f} TFLOP, ~{st.seconds:.0f} s")
-    total = sum(st.seconds for st in steps)
-    lines.append(f"  estimated total: ~{total / 60:.1f} min on this machine (rough; finished runs in "
-                 f"{cfg.out_dir} are skipped when it runs)")
+    lines += est.lines()
+    lines.append(_total(est, f"; finished runs in {cfg.out_dir} are skipped when it runs"))
     return "\n".join(lines)
+
+
+def plan_select(pool, spec: str, needs: set[str], model_cfg, budget: int, out: str, output_format: str) -> str:
+    """`llm-al select --dry-run`: what scoring the pool for `spec` would cost. The caller has
+    checked the strategy, its parameters and the budget."""
+    est = Estimate(models.pick_device(model_cfg.device))
+    lm = causal_lm(model_cfg.name) if _needs_lm(needs) else None
+    add_scoring(est, pool.examples, needs, model_cfg, lm)
+    lines = ["plan for llm-al select (dry run: no model is loaded, nothing is written)",
+             f"  pool {pool.path}: {len(pool)} examples" + (f" ({len(pool.duplicates)} exact duplicates dropped)"
+                                                             if pool.duplicates else ""),
+             f"  strategy {spec}: budget {budget} of {len(pool)}",
+             f"  features to compute: {', '.join(sorted(needs)) or 'none'}",
+             *_header(lm),
+             f"  output {out} ({output_format}): not written",
+             *est.lines(), _total(est, "")]
+    return "\n".join(lines)
+
+
+def plan_annotate_export(pool, candidates, spec: str, needs: set[str], model_cfg, budget: int, out: str,
+                         drafts: bool, max_new_tokens: int) -> str:
+    """`llm-al annotate export --dry-run`: choosing `budget` of the unlabelled `candidates`, and
+    drafting their responses with the model when `drafts`."""
+    est = Estimate(models.pick_device(model_cfg.device))
+    lm = causal_lm(model_cfg.name) if drafts or _needs_lm(needs) else None
+    add_scoring(est, candidates.examples, needs, model_cfg, lm)
+    if drafts:
+        lengths = [lm.prompt_tokens(ex) for ex in candidates.examples]
+        est.add(f"draft responses for {budget} chosen prompts (<= {max_new_tokens} new tokens each)",
+                int(budget * (float(np.mean(lengths)) + max_new_tokens)), lm.params, 2, "generate")
+    lines = ["plan for llm-al annotate export (dry run: no model is loaded, nothing is written)",
+             f"  pool {pool.path}: {len(pool)} examples, {len(candidates)} without a response",
+             f"  strategy {spec}: budget {budget} of {len(candidates)}",
+             f"  features to compute: {', '.join(sorted(needs)) or 'none'}",
+             *_header(lm),
+             f"  output {out} (+ {Path(out).name}.ids.json): not written",
+             *est.lines(), _total(est, "")]
+    return "\n".join(lines)
+
+
+def _needs_lm(needs: set[str]) -> bool:
+    return bool(needs & (LOSS_FEATURES | DIRECT_FEATURES)) or probes.needs_model(needs & set(probes.provided_names()))

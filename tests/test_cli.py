@@ -57,6 +57,7 @@ def test_run_recipe_end_to_end_and_resume(tiny_recipe, tmp_path, cache_dir, caps
     assert run["seeds"] == {"subset": 1, "order": 1, "init": 1} and len(set(run["stream_seeds"].values())) == 3
     assert run["config"]["budget"] == 6 and run["versions"]["torch"]
     assert {"select_seconds", "train_seconds", "eval_seconds"} <= set(run["timings"])
+    assert run["train"]["oom_backoffs"] == 0 and run["train"]["micro_batch_size"] == 3   # no back-off here
     assert run["overlap"]["reference"]["n_examples"] == 6 and 0 <= run["overlap"]["test"]["vocab_coverage"] <= 1
     assert (out_dir / "adapters" / "random-shuffled-s1o1i1" / "adapter_config.json").exists()
     summary = json.loads((out_dir / "summary.json").read_text())

@@ -107,6 +107,105 @@ def test_training_failure_leaves_base_model_clean(tiny_model, items):
     assert calls and not any("lora" in name for name, _ in model.named_modules())
 
 
+# ---------------------------------------------------------------------------- out-of-memory back-off
+OOM_CFG = TrainConfig(epochs=2, batch_size=4, lr=1e-2, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+ORDER = [7, 2, 9, 0, 4, 1, 8, 3, 6, 5]        # steps of 4, 4, 2 examples, twice
+
+
+def _lora_weights(peft_model) -> dict:
+    return {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
+
+
+def _train_with_oom(model, items, pad_id, too_big, seed=3):
+    """train_lora where a forward pass raises torch.OutOfMemoryError (the type
+    out_of_memory_errors() lists on this torch) inside the second decoder layer, after the
+    embedding and the first layer have run, whenever `too_big(ids)` holds for its (B, T) input ids.
+    Returns (lora weights, result, on_batch calls, the input ids of the passes that counted: those
+    of each step's last attempt)."""
+    from llm_al.features import out_of_memory_errors
+
+    assert torch.OutOfMemoryError in out_of_memory_errors()
+    current, steps, calls = {}, [], []
+
+    def start_step(batch):
+        calls.append(batch)
+        steps.append([])
+
+    def remember(mod, inp, out):
+        current["ids"] = inp[0]
+
+    def maybe_fail(mod, args, kwargs):
+        ids = current["ids"]
+        if too_big(ids):
+            steps[-1].clear()        # the step starts again
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        steps[-1].append(ids.tolist())
+
+    hooks = [model.get_input_embeddings().register_forward_hook(remember),
+             model.get_decoder().layers[1].register_forward_pre_hook(maybe_fail, with_kwargs=True)]
+    try:
+        peft_model, result = train_lora(model, items, pad_id, OOM_CFG, init_seed=seed, on_batch=start_step,
+                                        progress_bar=False)
+        weights = _lora_weights(peft_model)
+        detach_lora(peft_model)
+    finally:
+        for h in hooks:
+            h.remove()
+    return weights, result, calls, [ids for step in steps for ids in step]
+
+
+def _heavy_with_others(heavy):
+    """Out of memory when a batch holds `heavy` and anything else."""
+    seq = heavy.prompt_ids + heavy.response_ids
+    return lambda ids: ids.shape[0] > 1 and any(row[: len(seq)] == seq for row in ids.tolist())
+
+
+@pytest.mark.parametrize("rule, backoffs, micro", [
+    ("more_than_2", 1, 2),
+    ("more_than_1", 2, 1),
+    ("heavy", 2, 1),          # the second micro-batch of step 0 fails after the first one's backward
+])
+def test_out_of_memory_backs_off_to_micro_batches_with_the_same_update(tiny_model, items, rule, backoffs, micro):
+    model, tok = tiny_model
+    ordered = [items[i] for i in ORDER]
+    too_big = {"more_than_2": lambda ids: ids.shape[0] > 2, "more_than_1": lambda ids: ids.shape[0] > 1,
+               "heavy": _heavy_with_others(ordered[3])}[rule]
+    want, ref, ref_calls, _ = _train_with_oom(model, ordered, tok.pad_token_id, lambda ids: False)
+    got, result, calls, passed = _train_with_oom(model, ordered, tok.pad_token_id, too_big)
+
+    assert (ref.oom_backoffs, ref.micro_batch_size) == (0, 4)
+    assert (result.oom_backoffs, result.micro_batch_size) == (backoffs, micro)   # the smaller size is kept
+    assert calls == ref_calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] * 2
+    # what reached the model in the passes that counted is the given order, in micro-batches of at
+    # most `micro` after the back-off
+    rows = [row for ids in passed for row in ids]
+    assert len(rows) == 2 * len(ordered)
+    for row, item in zip(rows, ordered * 2):
+        seq = item.prompt_ids + item.response_ids
+        assert row[: len(seq)] == seq
+    assert max(len(ids) for ids in passed[-3:]) <= micro
+    assert result.tokens == ref.tokens and result.steps == ref.steps
+    assert result.losses == pytest.approx(ref.losses, abs=2e-5)
+    assert want.keys() == got.keys() and want
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5, msg=name)   # seen: 1.5e-6 apart
+    assert not any("lora" in name for name, _ in model.named_modules())
+
+
+def test_a_single_example_out_of_memory_is_a_user_error(tiny_model, items):
+    from llm_al.errors import UserError
+
+    model, tok = tiny_model
+    ordered = [items[i] for i in ORDER]
+    heavy = ordered[5]
+    seq = heavy.prompt_ids + heavy.response_ids
+    too_big = lambda ids: any(row[: len(seq)] == seq for row in ids.tolist())     # noqa: E731
+    with pytest.raises(UserError, match=rf"single example of {heavy.length} tokens .*step 1, after 2 halvings"
+                                        r".*model\.max_length.*more memory \(CUDA out of memory"):
+        _train_with_oom(model, ordered, tok.pad_token_id, too_big)
+    assert not any("lora" in name for name, _ in model.named_modules())      # the adapter was removed
+
+
 def test_bad_train_config():
     from llm_al.errors import ConfigError
 
