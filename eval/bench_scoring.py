@@ -3,7 +3,7 @@ length-sorted batches of 16, and vs llm_al's previous engine (length-sorted padd
 at response positions), on the same model and data, measured in one run; plus model FLOPs
 utilisation against this machine's measured matmul rate.
 
-    .venv/bin/python eval/bench_scoring.py            # ~3 minutes on the 2-core CPU (unloaded)
+    .venv/bin/python eval/bench_scoring.py            # ~5 minutes on the 2-core CPU (3 rounds, unloaded)
 
 Data: 200 Django en->fr pairs in SmolLM2's chat template with its default system prompt (~58
 tokens each), as in the issue's reference measurements. Writes eval/results/bench_scoring.txt.
@@ -42,6 +42,17 @@ from llm_al.features import (CPU_BATCH_TOKENS, ROW_TOKENS, length_sorted_batches
 from llm_al.formatting import pack, response_logits, tokenize   # noqa: E402
 
 N_EXAMPLES = 200
+REPEATS = 3
+"""Rounds of the whole comparison; the table gives medians, and each round's own ratio and MFU
+follow it (this machine is shared, so one round can be slowed by another job)."""
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def matmul_peak(seconds: float = 3.0) -> float:
@@ -107,21 +118,26 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     total = sum(t.length for t in items)
     resp = sum(len(t.response_ids) for t in items)
-    peak = matmul_peak()
-
-    timings = {}
-    t0 = time.perf_counter()
-    ref = batch1_loop(model, items)
-    timings["batch-size-1 transformers loop"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    plain = plain_batches(model, items, tok.pad_token_id)
-    timings["length-sorted batches of 16 (full LM head)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    prev = previous_engine(model, items, tok.pad_token_id)
-    timings["llm_al previous engine (padded, no prefix reuse)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    stats = response_token_stats(model, items, tok.pad_token_id, max_tokens=4096, max_batch=64)
-    timings["llm_al shared prefix + packed rows (+Min-K%++)"] = time.perf_counter() - t0
+    methods = {
+        "batch-size-1 transformers loop": lambda: batch1_loop(model, items),
+        "length-sorted batches of 16 (full LM head)": lambda: plain_batches(model, items, tok.pad_token_id),
+        "llm_al previous engine (padded, no prefix reuse)": lambda: previous_engine(model, items, tok.pad_token_id),
+        "llm_al shared prefix + packed rows (+Min-K%++)":
+            lambda: response_token_stats(model, items, tok.pad_token_id, max_tokens=4096, max_batch=64),
+    }
+    rounds: list[dict[str, float]] = []            # each round times every method once, in turn
+    peaks = []
+    for _ in range(REPEATS):
+        peaks.append(matmul_peak())
+        timings, out = {}, {}
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            out[name] = fn()
+            timings[name] = time.perf_counter() - t0
+        rounds.append(timings)
+    peak = float(np.median(peaks))
+    timings = {name: float(np.median([r[name] for r in rounds])) for name in methods}   # medians
+    ref, plain, prev, stats = out.values()
     ours = stats[:, 0] / stats[:, 2]
     load_after = os.getloadavg()
 
@@ -145,7 +161,7 @@ def main() -> None:
     }
     lines = [
         f"bench_scoring ({time.strftime('%Y-%m-%d')}): SmolLM2-135M (embedded, fp32, CPU)",
-        f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"machine: {os.cpu_count()} CPUs, {cpu_model()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; load average (1/5/15 min) before "
         f"{'/'.join(f'{x:.1f}' for x in load_before)}, after {'/'.join(f'{x:.1f}' for x in load_after)} "
         "(shared machine: other jobs ran during this measurement)",
@@ -155,7 +171,8 @@ def main() -> None:
         f"{padded_prev}, new engine {padded_new} ({P} prefix once + {suffix} suffix tokens in {sum(map(len, batches))} "
         f"rows of <= {max(ROW_TOKENS, max(t.length - P for t in items))}, "
         f"{padded_new - P - suffix} padding)",
-        f"measured fp32 matmul peak (2048^3): {peak / 1e9:.0f} GFLOP/s; per-example useful model FLOPs: "
+        f"measured fp32 matmul peak (2048^3, median of {REPEATS}): {peak / 1e9:.0f} GFLOP/s "
+        f"({', '.join(f'{p / 1e9:.0f}' for p in peaks)}); per-example useful model FLOPs: "
         f"{useful / 1e9:.0f} GFLOP",
         "",
         f"{'method':49s} {'seconds':>7s} {'resp tok/s':>10s} {'vs batch-1':>10s} {'needed GF':>9s} "
@@ -166,6 +183,12 @@ def main() -> None:
         needed, executed = flops[name]
         lines.append(f"{name:49s} {sec:7.2f} {resp / sec:10.0f} {base / sec:9.2f}x {needed / 1e9:9.0f} "
                      f"{needed / sec / peak:6.1%} {executed / sec / peak:8.1%} {useful / sec / peak:9.1%}")
+    new = "llm_al shared prefix + packed rows (+Min-K%++)"
+    lines += ["", f"median seconds of {REPEATS} rounds above; each round on its own (llm_al's pass vs batch-size-1, "
+                  "and its MFU against that round's matmul peak):"]
+    lines += [f"  round {k + 1}: {r['batch-size-1 transformers loop'] / r[new]:.2f}x, "
+              f"MFU {flops[new][0] / r[new] / peaks[k]:.1%} ({r[new]:.2f} s, peak {peaks[k] / 1e9:.0f} GFLOP/s)"
+              for k, r in enumerate(rounds)]
     lines += ["", "MFU = needed FLOPs / s / peak (the target's measure); MFU exec counts padding too; effective = "
                   "per-example useful FLOPs / s / peak (credits skipped prefix work, so it can pass 100%)",
               "max |loss difference| vs the batch-size-1 loop (nats/token): "

@@ -193,3 +193,15 @@ def test_min_k_plus_strategy_prefers_unfamiliar_or_familiar():
     f.min_k_plus = None
     with pytest.raises(FeatureUnavailableError, match="a model"):
         run_strategy("min_k_plus", f, 2, np.random.default_rng(0))
+
+
+def test_blocked_token_scores_equal_one_call_bit_for_bit():
+    """On CPU the scoring pass runs token_scores over blocks of CPU_SCORE_ROWS rows (cache-sized):
+    the blocks must not change a single bit of the per-token scores."""
+    from llm_al.features import CPU_SCORE_ROWS, token_scores_blocked
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(10 * CPU_SCORE_ROWS + 3, 5000, generator=gen) * 4      # a ragged last block
+    targets = torch.randint(0, 5000, (len(logits),), generator=gen)
+    for whole, blocked in zip(token_scores(logits.clone(), targets), token_scores_blocked(logits.clone(), targets)):
+        assert torch.equal(whole, blocked)
