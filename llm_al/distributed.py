@@ -220,17 +220,18 @@ def score_pool_ray(pool, needs: set[str], model_cfg, num_workers: int, *, actors
             cache, items, keys = loss_cache_plan(tokenizer, pool.examples, cache_dir, key, dtype,
                                                  model_cfg.max_length, direct)
             todo = cache.missing(keys)
+            lengths = items.lengths
             t0 = time.perf_counter()
             if todo:
                 rows = [pool.examples[i] for i in todo]
                 cache.add([keys[i] for i in todo], _scatter(ray, actors, "loss_stats", rows,
-                                                            [items[i].length for i in todo], name, direct))
+                                                            [int(lengths[i]) for i in todo], name, direct))
             stats[prefix + kind] = cache.get(keys)
             cost.update({prefix + k: v for k, v in {
                 f"{kind}_seconds": time.perf_counter() - t0, f"{kind}_examples_scored": len(todo),
-                f"{kind}_tokens_scored": int(sum(items[i].length for i in todo)),
-                f"{kind}_tokens_needed": int(sum(t.length for t in items)),
-                "truncated": int(sum(t.truncated for t in items))}.items()})
+                f"{kind}_tokens_scored": int(lengths[todo].sum()),
+                f"{kind}_tokens_needed": int(lengths.sum()),
+                "truncated": int(items.truncated.sum())}.items()})
 
     which = {d for d, group in ((False, LOSS_FEATURES), (True, DIRECT_FEATURES)) if needs & group}
     if which:

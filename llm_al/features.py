@@ -28,8 +28,8 @@ import numpy as np
 from llm_al.cache import ShardedCache
 from llm_al.data import Example
 from llm_al.errors import FeatureUnavailableError, UserError
-from llm_al.formatting import (PackedBatch, Tokenized, head_logits, pack_suffixes, plan_rows,
-                               shared_prefix_length, tokenize)
+from llm_al.formatting import (PackedBatch, TokenTable, Tokenized, head_logits, pack_suffixes, plan_rows,
+                               shared_prefix_length, tokenize_table)
 
 log = logging.getLogger("llm_al")
 FEATURE_NAMES = ("loss", "entropy", "n_tokens", "length", "embeddings")
@@ -317,16 +317,16 @@ def _text_key(*parts: str) -> str:
 
 
 def loss_cache_plan(tokenizer, examples: Sequence[Example], cache_dir: Path, model_key: str, dtype: str,
-                    max_length: int, direct: bool) -> tuple[ShardedCache, list[Tokenized], list[str]]:
-    """The cache, the token items and their cache keys of one scoring pass (also what
-    `--dry-run` uses to count what is still to score)."""
+                    max_length: int, direct: bool) -> tuple[ShardedCache, TokenTable, list[str]]:
+    """The cache, the token items (compact: see TokenTable) and their cache keys of one scoring
+    pass (also what `--dry-run` uses to count what is still to score)."""
     kind = "direct" if direct else "loss"
     dtype = dtype.replace("torch.", "")
     cache = ShardedCache(cache_dir / f"{kind}-v3-{_text_key(model_key, dtype, str(max_length))}")
-    items = tokenize(tokenizer, examples, max_length)
+    items = tokenize_table(tokenizer, examples, max_length)
     if direct:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        items = direct_items(items, start)
+        items = items.with_prompt([start])
     keys = [_text_key(",".join(map(str, t.prompt_ids)), ",".join(map(str, t.response_ids))) for t in items]
     return cache, items, keys
 
@@ -389,7 +389,8 @@ def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_d
     kind = "direct" if direct else "loss"
     cache, items, keys = loss_cache_plan(tokenizer, examples, cache_dir, model_key,
                                          str(next(model.parameters()).dtype), max_length, direct)
-    todo = sorted(cache.missing(keys), key=lambda i: -items[i].length)
+    lengths = items.lengths
+    todo = sorted(cache.missing(keys), key=lambda i: -lengths[i])
     state = {"max_tokens": max_tokens, "oom_backoffs": 0}
     t0 = time.perf_counter()
     if todo:
@@ -402,10 +403,10 @@ def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_d
                 on_chunk(start + len(chunk))
         bar.close()
     cost = {f"{kind}_seconds": time.perf_counter() - t0, f"{kind}_examples_scored": len(todo),
-            f"{kind}_tokens_scored": int(sum(items[i].length for i in todo)),
-            f"{kind}_tokens_needed": int(sum(t.length for t in items)),       # cached or not
+            f"{kind}_tokens_scored": int(lengths[todo].sum()),
+            f"{kind}_tokens_needed": int(lengths.sum()),                      # cached or not
             f"{kind}_oom_backoffs": state["oom_backoffs"], f"{kind}_max_tokens": state["max_tokens"],
-            "truncated": int(sum(t.truncated for t in items))}
+            "truncated": int(items.truncated.sum())}
     return cache.get(keys), cost
 
 

@@ -201,7 +201,7 @@ def _loss_pass(est, examples, lm: Model, max_length: int, dtype: str, direct: bo
         return
     cache, items, keys = loss_cache_plan(lm.tokenizer, examples, cache_dir, lm.key, dtype, max_length, direct)
     todo = cache.missing(keys)
-    est.add(label % (len(todo), len(items) - len(todo)), sum(items[i].length for i in todo), lm.params, 2, "score")
+    est.add(label % (len(todo), len(items) - len(todo)), int(items.lengths[todo].sum()), lm.params, 2, "score")
 
 
 def _embedding_pass(est, examples, embedder: Model, cache_dir: Path) -> None:

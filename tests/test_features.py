@@ -93,3 +93,24 @@ def test_cache_rows_hold_every_stat_column_in_a_v3_file(tiny_model, pool, cache_
     stats, _ = compute_loss_features(model, tok, pool.examples[:3], cache_dir, "tiny", 128, progress_bar=False)
     assert stats.shape == (3, len(STAT_COLUMNS)) and "min_k_plus_0.2" in STAT_COLUMNS
     assert [p.name.split("-")[:2] for p in cache_dir.glob("loss-*") if p.is_dir()] == [["loss", "v3"]]
+
+
+def test_token_table_holds_the_same_items_compactly(tiny_model, pool):
+    """The scoring pass keeps a pool's token ids in a TokenTable (flat int32 buffers): every item,
+    length and truncation flag equals tokenize()'s, chunk boundaries included, and with_prompt
+    gives direct_items' "response alone" items."""
+    from llm_al.features import direct_items
+    from llm_al.formatting import TokenTable, tokenize_table
+
+    _, tok = tiny_model
+    items = tokenize(tok, pool.examples, 24)                       # short: some are truncated
+    table = tokenize_table(tok, pool.examples, 24, chunk=5)        # chunks of 5 across the pool
+    assert isinstance(table, TokenTable) and len(table) == len(items)
+    assert [table[i] for i in range(len(table))] == items and table[-1] == items[-1] and table[2:4] == items[2:4]
+    assert table.lengths.tolist() == [t.length for t in items]
+    assert table.truncated.tolist() == [t.truncated for t in items] and table.truncated.any()
+    assert table.prompt.dtype == np.int32 and table.prompt.nbytes == 4 * sum(len(t.prompt_ids) for t in items)
+    assert list(table.with_prompt([7])) == direct_items(items, 7)
+    with pytest.raises(IndexError):
+        table[len(table)]
+    assert len(tokenize_table(tok, [], 24)) == 0
