@@ -4,7 +4,7 @@
     llm-al run RECIPE.yaml [key=value ...]      any experiment described by a recipe
     llm-al run RECIPE.yaml --ray --workers N    its runs spread over Ray workers (llm_al/distributed.py)
     llm-al select POOL --strategy S --budget N --out FILE [--dry-run]
-    llm-al overlap POOL [--reference R] [--test T]   overlap with a reference corpus and a test set
+    llm-al overlap POOL [--reference R] [--test T] [--dry-run]   overlap with a reference corpus and a test set
     llm-al annotate export|import ...          humans in the loop: prompts out, filled responses back in
     llm-al annotate synthesize POOL --out F --n N   new prompts written near the least-sure pool prompts
     llm-al report RESULTS_DIR                   Markdown + HTML report with plots and statistics
@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="skip the embedding similarity to the reference (ref_similarity)")
     ov.add_argument("--sample-passages", type=int, default=2000, help="ref_similarity: reference passages sampled")
     ov.add_argument("--passage-words", type=int, default=64, help="ref_similarity: words per reference passage")
+    ov.add_argument("--dry-run", action="store_true",
+                    help="say whether the reference index is cached or what building it costs; index, embed, write nothing")
 
     ann = sub.add_parser("annotate", help="humans in the loop: export prompts for annotation, import the filled file")
     ann_sub = ann.add_subparsers(dest="annotate_command", required=True, metavar="STEP")
@@ -126,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="character 3-gram Jaccard at or above which a new prompt counts as a near-duplicate")
     syn.add_argument("--max-rounds", type=int, default=5, help="generation rounds at most, until --n are kept")
     syn.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
+    syn.add_argument("--dry-run", action="store_true",
+                     help="print what ranking and writing would cost; load no model, write nothing")
     imp = ann_sub.add_parser("import", help="validate a filled annotation file and write the pool with its responses")
     imp.add_argument("filled", help="the annotation file, filled in")
     imp.add_argument("--pool", required=True, help="the pool the prompts were exported from")
@@ -234,6 +238,14 @@ def cmd_overlap(args: argparse.Namespace) -> None:
         pool, test = load_pool(args.pool, fields=_fields(args.field)), None
     if args.test:
         test = load_pool(args.test, fields=_fields(args.field))
+    if args.dry_run:
+        from llm_al.config import ModelConfig
+        from llm_al.plan import plan_overlap
+
+        print(plan_overlap(pool, test, args.reference, args.n, args.reference_field, args.reference_split,
+                           not args.no_similarity, args.embedder or ModelConfig().embedder, args.sample_passages,
+                           args.passage_words))
+        return
     ref = (args.reference, args.n, args.reference_field, args.reference_split)
     folder = reference_index_dir(*ref)
     cached = (folder / "meta.json").exists()
@@ -315,7 +327,16 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     from llm_al.strategies import run_strategy
 
     if args.annotate_command == "synthesize":
-        from llm_al.synthesize import run_synthesis
+        from llm_al.synthesize import prepare_synthesis, run_synthesis
+
+        if args.dry_run:
+            from llm_al.plan import plan_synthesize
+
+            pool, _, _, needs, model_cfg = prepare_synthesis(args.pool, args.out, args.from_strategy,
+                                                             _fields(args.field), args.model)
+            print(plan_synthesize(pool, args.from_strategy, needs, model_cfg, args.n, args.seeds_per_prompt,
+                                  args.max_rounds, args.max_new_tokens))
+            return
 
         report = run_synthesis(args.pool, args.out, args.n, strategy=args.from_strategy,
                                seeds_per_prompt=args.seeds_per_prompt, seed=args.seed, model_name=args.model,

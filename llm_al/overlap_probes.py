@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -138,14 +139,21 @@ class LazyEmbedder:
         return self.model.encode(texts, **kwargs)
 
 
-def reference_sample(cfg, embedder, embedder_key: str, progress: bool = False) -> tuple[list[str], np.ndarray, dict]:
-    """(passages, (P, D) unit embeddings, cost) of the seeded passage sample of cfg.reference.
-    Cached in <cache>/overlap/ by the corpus fingerprint, the embedder key and the sample settings."""
+def sample_path(cfg, embedder_key: str) -> Path:
+    """Where reference_sample caches its passages: by the corpus fingerprint, the embedder key and
+    the sample settings."""
     spec = require_reference(cfg, "ref_similarity")
     key = _text_key("passages-v1", fingerprint_files([spec], cfg.reference_field, split=cfg.reference_split),
                     embedder_key, str(cfg.sample_passages),
                     str(cfg.passage_words), str(cfg.sample_seed))   # bump v1 when `passages` changes
-    path = models.cache_root() / "overlap" / f"sample-{key}.npz"
+    return models.cache_root() / "overlap" / f"sample-{key}.npz"
+
+
+def reference_sample(cfg, embedder, embedder_key: str, progress: bool = False) -> tuple[list[str], np.ndarray, dict]:
+    """(passages, (P, D) unit embeddings, cost) of the seeded passage sample of cfg.reference.
+    Cached in <cache>/overlap/ by the corpus fingerprint, the embedder key and the sample settings."""
+    spec = require_reference(cfg, "ref_similarity")
+    path = sample_path(cfg, embedder_key)
     if path.exists():
         with np.load(path) as z:
             return z["passages"].tolist(), z["embeddings"], {"passages": len(z["passages"]), "passages_embedded": 0,

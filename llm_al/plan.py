@@ -349,3 +349,102 @@ def plan_annotate_export(pool, candidates, spec: str, needs: set[str], model_cfg
 
 def _needs_lm(needs: set[str]) -> bool:
     return bool(needs & (LOSS_FEATURES | DIRECT_FEATURES)) or probes.needs_model(needs & set(probes.provided_names()))
+
+
+# ---------------------------------------------------------------------------- overlap and synthesis
+INDEX_WORDS_PER_SECOND = 1.0e6
+"""n-gram index build rate assumed by `overlap --dry-run`: the slowest build of the 2-core CPU's
+benchmark (eval/results/bench_overlap.txt: 1.0-3.4M words/s)."""
+BYTES_PER_WORD = 6                  # plain text; compressed formats hold ~3x more words per byte
+
+
+def _reference_size(spec: str) -> tuple[int | None, str]:
+    """(bytes on disk, what they are) of a reference, or (None, why) when it cannot be told
+    without reading it (a hub dataset)."""
+    from llm_al.reference import _is_hub_id, reference_units
+
+    if spec == "pydoc":
+        from pydoc_data import topics
+
+        return Path(topics.__file__).stat().st_size, "the standard library's pydoc_data.topics"
+    if _is_hub_id(spec):
+        return None, "a hub dataset (its size is known only by reading it)"
+    files = [f for _, p in reference_units(spec) for f in (sorted(p.rglob("*")) if p.is_dir() else [p]) if f.is_file()]
+    packed = sum(f.stat().st_size for f in files if f.suffix in (".gz", ".parquet", ".arrow"))
+    plain = sum(f.stat().st_size for f in files) - packed
+    return plain + 3 * packed, f"{len(files)} file(s), {(plain + packed) / 1e6:.1f} MB"
+
+
+def plan_overlap(pool, test, reference: str, n: int, field: str, split: str, similarity: bool, embedder: str,
+                 sample_passages: int, passage_words: int) -> str:
+    """`llm-al overlap --dry-run`: whether the reference index is cached or how long building it
+    should take, and what the embedding similarity would embed. Reads no corpus text, no weights."""
+    from llm_al.pipeline import reference_index_dir
+
+    folder = reference_index_dir(reference, n, field, split)
+    lines = ["plan for llm-al overlap (dry run: nothing is indexed, embedded or written)",
+             f"  pool {pool.path}: {len(pool)} examples" + (f"; test set: {len(test)} examples" if test else "")]
+    if (folder / "meta.json").exists():
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        lines.append(f"  reference {reference}: its {n}-gram index is cached ({meta.get('tokens', 0):,} words, "
+                     f"{folder}): reused, seconds")
+    else:
+        size, what = _reference_size(reference)
+        if size is None:
+            lines.append(f"  reference {reference}: {what}; indexed streamed at ~{INDEX_WORDS_PER_SECOND / 1e6:.0f}M "
+                         "words/s on a 2-core CPU, then cached")
+        else:
+            words = size / BYTES_PER_WORD
+            lines.append(f"  reference {reference} ({what}): ~{words / 1e6:.1f}M words to index streamed into "
+                         f"{folder}, ~{max(1, words / INDEX_WORDS_PER_SECOND):.0f} s at "
+                         f"{INDEX_WORDS_PER_SECOND / 1e6:.0f}M words/s; later runs reuse it")
+    if similarity:
+        est = Estimate(models.pick_device("auto"))
+        model = _embedder(embedder)
+        _embedding_pass(est, pool.examples, model, models.cache_root() / "features")
+        from llm_al.config import OverlapConfig
+        from llm_al.overlap_probes import sample_path
+
+        cfg = OverlapConfig(reference=reference, reference_field=field, reference_split=split, n=n,
+                            sample_passages=sample_passages, passage_words=passage_words)
+        if sample_path(cfg, model.key).exists():
+            est.notes.append("the reference passages' embeddings are cached")
+        else:
+            est.add(f"embed up to {sample_passages} reference passages of {passage_words} words (then cached)",
+                    int(sample_passages * passage_words * 1.3), model.params, 2, "score")
+        lines += est.lines() + [_total(est, "; --no-similarity skips the embedding")]
+    else:
+        lines.append("  embedding similarity: skipped (--no-similarity)")
+    return "\n".join(lines)
+
+
+def plan_synthesize(pool, spec: str, needs: set[str], model_cfg, n: int, seeds_per_prompt: int, max_rounds: int,
+                    max_new_tokens: int) -> str:
+    """`llm-al annotate synthesize --dry-run`: ranking the pool prompts by `spec`, then rounds of
+    few-shot generation (the first writes n prompts; later rounds only replace what de-duplication
+    dropped, so the total lies between one round and `max_rounds`)."""
+    from llm_al.synthesize import few_shot_messages
+
+    est = Estimate(models.pick_device(model_cfg.device))
+    lm = causal_lm(model_cfg.name)
+    add_scoring(est, pool.examples, needs, model_cfg, lm)
+    k = min(seeds_per_prompt, len(pool))
+    texts = [" ".join(m["content"] for m in ex.prompt_messages if m["role"] == "user") for ex in pool.examples[:200]]
+    shots = [texts[(g * k + j) % len(texts)] for g in range(min(n, 50)) for j in range(k)]
+    per_prompt = float(np.mean([lm.prompt_tokens(_Messages(few_shot_messages(shots[g * k:(g + 1) * k])))
+                                for g in range(len(shots) // k)]))
+    est.add(f"write {n} prompts from {k} examples each (<= {max_new_tokens} new tokens; up to {max_rounds} rounds "
+            "if de-duplication drops some: this is one round)", int(n * (per_prompt + max_new_tokens)),
+            lm.params, 2, "generate")
+    lines = ["plan for llm-al annotate synthesize (dry run: no model is loaded, nothing is written)",
+             f"  pool {pool.path}: {len(pool)} prompts; ranked by {spec}",
+             f"  features to compute: {', '.join(sorted(needs)) or 'none'}", *_header(lm), *est.lines(),
+             _total(est, f"; x{max_rounds} at most if most new prompts are duplicates")]
+    return "\n".join(lines)
+
+
+@dataclass
+class _Messages:
+    """A stand-in example for Model.prompt_tokens: a few-shot prompt's messages."""
+
+    prompt_messages: list

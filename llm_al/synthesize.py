@@ -273,16 +273,12 @@ def label_free_needs(name: str, params: dict) -> set[str]:
     return needs
 
 
-def run_synthesis(pool_spec: str, out: str | Path, n: int, *, strategy: str = "greedy_logprob",
-                  seeds_per_prompt: int = 3, seed: int = 0, model_name: str | None = None,
-                  fields: dict[str, str] | None = None, progress: bool = True, **kw) -> SynthesisReport:
-    """The `llm-al annotate synthesize` command: load, rank, synthesize, write."""
-    from llm_al import models
+def prepare_synthesis(pool_spec: str, out: str | Path, strategy: str, fields: dict[str, str] | None,
+                      model_name: str | None) -> tuple:
+    """The checks and the loading `run_synthesis` (and its --dry-run) does before any model work:
+    (pool, strategy name, its params, the features it needs, the ModelConfig)."""
     from llm_al.config import ModelConfig, parse_strategy
     from llm_al.data import load_pool
-    from llm_al.pipeline import compute_features
-    from llm_al.seeds import rng
-    from llm_al.strategies import run_strategy
 
     if Path(out).expanduser().resolve() == Path(pool_spec).expanduser().resolve():
         raise UserError(f"--out {out!r} is the pool itself; write the new prompts to a new file")
@@ -294,6 +290,19 @@ def run_synthesis(pool_spec: str, out: str | Path, n: int, *, strategy: str = "g
     model_cfg = ModelConfig()
     if model_name:
         model_cfg.name = model_name
+    return pool, name, params, needs, model_cfg
+
+
+def run_synthesis(pool_spec: str, out: str | Path, n: int, *, strategy: str = "greedy_logprob",
+                  seeds_per_prompt: int = 3, seed: int = 0, model_name: str | None = None,
+                  fields: dict[str, str] | None = None, progress: bool = True, **kw) -> SynthesisReport:
+    """The `llm-al annotate synthesize` command: load, rank, synthesize, write."""
+    from llm_al import models
+    from llm_al.pipeline import compute_features
+    from llm_al.seeds import rng
+    from llm_al.strategies import run_strategy
+
+    pool, name, params, needs, model_cfg = prepare_synthesis(pool_spec, out, strategy, fields, model_name)
     model, tokenizer = models.load_model(model_cfg.name, model_cfg.device, trust_remote_code=model_cfg.trust_remote_code)
     features = compute_features(pool, needs, model_cfg, model_and_tokenizer=(model, tokenizer), progress=progress)
     budget = min(len(pool), max(seeds_per_prompt, n * seeds_per_prompt))

@@ -175,3 +175,36 @@ def test_experiment_dry_run_counts_every_round_of_a_loop(tmp_path, pool_file, ti
     assert "rescore 36 pool examples in all under the rounds' adapters" in out   # 2 perplexity runs x (20 - 2)
     assert "x 9 evaluations" in out                                            # 4 runs x 2 rounds + the floor
     assert not (tmp_path / "out").exists()
+
+
+def test_overlap_dry_run_tells_whether_the_index_must_be_built(tmp_path, pool_file, cache_dir, capsys, no_weights):
+    ref = tmp_path / "ref.txt"
+    ref.write_text("\n\n".join(f"paragraph {i} of a small reference corpus with enough words in it" for i in range(300)))
+    args = ["overlap", str(pool_file), "--reference", str(ref), "--n", "4", "--no-similarity"]
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"reference {ref} (1 file(s)" in out and "words to index streamed" in out
+    assert "embedding similarity: skipped" in out
+    assert not (cache_dir / "overlap").exists()                  # nothing indexed
+    assert main(args) == 0                                       # the real command builds the index...
+    capsys.readouterr()
+    assert main([*args, "--dry-run"]) == 0                       # ...which the plan then finds
+    assert "its 4-gram index is cached (3,600 words" in capsys.readouterr().out
+    assert main([*args[:-1], "--dry-run"]) == 0                  # with similarity: the embedder's work, no weights
+    out = capsys.readouterr().out
+    assert "embed 24 of 24 pool examples (0 cached)" in out and "reference passages of 64 words (then cached)" in out
+    _bad(["overlap", str(pool_file), "--reference", str(tmp_path / "missing"), "--dry-run"], capsys)
+
+
+def test_synthesize_dry_run_plans_ranking_and_writing(tmp_path, prompts_file, tiny_model_dir, cache_dir, capsys,
+                                                      no_weights):
+    out = tmp_path / "new.jsonl"
+    assert main(["annotate", "synthesize", str(prompts_file), "--out", str(out), "--n", "3",
+                 "--model", str(tiny_model_dir), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "ranked by greedy_logprob" in text and "probe greedy: 1 pass(es)" in text
+    assert "write 3 prompts from 3 examples each" in text and not out.exists()
+    _bad(["annotate", "synthesize", str(prompts_file), "--out", str(tmp_path / "new.csv"), "--n", "3", "--dry-run"],
+         capsys)
+    _bad(["annotate", "synthesize", str(prompts_file), "--out", str(out), "--n", "3", "--from-strategy", "ifd",
+          "--dry-run"], capsys)
