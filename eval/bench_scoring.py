@@ -42,6 +42,8 @@ from llm_al.features import (CPU_BATCH_TOKENS, ROW_TOKENS, length_sorted_batches
 from llm_al.formatting import pack, response_logits, tokenize   # noqa: E402
 
 N_EXAMPLES = 200
+PEAK_SECONDS = 1.5
+"""Each matmul-rate measurement; one is taken before and after every timed method."""
 REPEATS = 3
 """Rounds of the whole comparison; the table gives medians, and each round's own ratio and MFU
 follow it (this machine is shared, so one round can be slowed by another job)."""
@@ -126,15 +128,21 @@ def main() -> None:
             lambda: response_token_stats(model, items, tok.pad_token_id, max_tokens=4096, max_batch=64),
     }
     rounds: list[dict[str, float]] = []            # each round times every method once, in turn
-    peaks = []
+    peaks: list[float] = []                        # the matmul rate before the first method and after each
+    beside: list[dict[str, float]] = []            # each method's MFU uses the mean rate just before and after it
     for _ in range(REPEATS):
-        peaks.append(matmul_peak())
-        timings, out = {}, {}
+        timings, out, near = {}, {}, {}
+        before = matmul_peak(PEAK_SECONDS)
+        peaks.append(before)
         for name, fn in methods.items():
             t0 = time.perf_counter()
             out[name] = fn()
             timings[name] = time.perf_counter() - t0
+            after = matmul_peak(PEAK_SECONDS)
+            peaks.append(after)
+            near[name], before = (before + after) / 2, after
         rounds.append(timings)
+        beside.append(near)
     peak = float(np.median(peaks))
     timings = {name: float(np.median([r[name] for r in rounds])) for name in methods}   # medians
     ref, plain, prev, stats = out.values()
@@ -171,23 +179,30 @@ def main() -> None:
         f"{padded_prev}, new engine {padded_new} ({P} prefix once + {suffix} suffix tokens in {sum(map(len, batches))} "
         f"rows of <= {max(ROW_TOKENS, max(t.length - P for t in items))}, "
         f"{padded_new - P - suffix} padding)",
-        f"measured fp32 matmul peak (2048^3, median of {REPEATS}): {peak / 1e9:.0f} GFLOP/s "
-        f"({', '.join(f'{p / 1e9:.0f}' for p in peaks)}); per-example useful model FLOPs: "
+        f"measured fp32 matmul peak (2048^3, median of {len(peaks)} measurements, one before and after each "
+        f"method): {peak / 1e9:.0f} GFLOP/s (range {min(peaks) / 1e9:.0f}-{max(peaks) / 1e9:.0f}); per-example "
+        "useful model FLOPs: "
         f"{useful / 1e9:.0f} GFLOP",
         "",
         f"{'method':49s} {'seconds':>7s} {'resp tok/s':>10s} {'vs batch-1':>10s} {'needed GF':>9s} "
         f"{'MFU':>6s} {'MFU exec':>8s} {'effective':>9s}",
     ]
     base = timings["batch-size-1 transformers loop"]
+
+    def rate(name: str, work: float) -> float:
+        """Median over rounds of work / seconds / the matmul rate measured around that timing."""
+        return float(np.median([work / r[name] / near[name] for r, near in zip(rounds, beside)]))
+
     for name, sec in timings.items():
         needed, executed = flops[name]
         lines.append(f"{name:49s} {sec:7.2f} {resp / sec:10.0f} {base / sec:9.2f}x {needed / 1e9:9.0f} "
-                     f"{needed / sec / peak:6.1%} {executed / sec / peak:8.1%} {useful / sec / peak:9.1%}")
+                     f"{rate(name, needed):6.1%} {rate(name, executed):8.1%} {rate(name, useful):9.1%}")
     new = "llm_al shared prefix + packed rows (+Min-K%++)"
-    lines += ["", f"median seconds of {REPEATS} rounds above; each round on its own (llm_al's pass vs batch-size-1, "
-                  "and its MFU against that round's matmul peak):"]
+    lines += ["", f"seconds: the median of {REPEATS} rounds; MFU columns: the median over rounds of each timing against "
+                  "the matmul rate measured around it; each round on its own (llm_al's pass vs batch-size-1, "
+                  "and its MFU against the mean matmul rate measured just before and just after it):"]
     lines += [f"  round {k + 1}: {r['batch-size-1 transformers loop'] / r[new]:.2f}x, "
-              f"MFU {flops[new][0] / r[new] / peaks[k]:.1%} ({r[new]:.2f} s, peak {peaks[k] / 1e9:.0f} GFLOP/s)"
+              f"MFU {flops[new][0] / r[new] / beside[k][new]:.1%} ({r[new]:.2f} s, peak {beside[k][new] / 1e9:.0f} GFLOP/s)"
               for k, r in enumerate(rounds)]
     lines += ["", "MFU = needed FLOPs / s / peak (the target's measure); MFU exec counts padding too; effective = "
                   "per-example useful FLOPs / s / peak (credits skipped prefix work, so it can pass 100%)",
