@@ -92,8 +92,8 @@ def summarize(results: list[dict], floor: dict, cfg, feature_cost: dict | None =
                                         np.array([value(baseline[k]) for k in paired]), stats_rng,
                                         higher_is_better=higher)
                 row["vs_random"] = {"n": cmp.n, "mean_diff": cmp.mean_diff, "ci": [cmp.ci_low, cmp.ci_high],
-                                    "wins": cmp.wins, "ties": cmp.ties,
-                                    "verdict": paired_verdict(cmp.ci_low, cmp.ci_high, higher, cmp.n)}
+                                    "wins": cmp.wins, "ties": cmp.ties, "p_sign_flip": cmp.p,
+                                    "verdict": paired_verdict(cmp.ci_low, cmp.ci_high, higher, cmp.n, cmp.p)}
             shuffled = groups.get((spec, "shuffled", budget), {})
             if ordering != "shuffled" and len(shuffled) > 1:
                 mine = np.array([value(r) for r in runs.values()])
@@ -157,14 +157,18 @@ MIN_PAIRS = 3
 degenerate (one pair: a single point), so it cannot tell a gain from seed noise."""
 
 
-def paired_verdict(lo: float, hi: float, higher_is_better: bool, n: int | None = None) -> str:
-    """From the paired CI alone (few seeds; with many random subsets, analysis.verdict also asks
-    for the percentile among them). With fewer than MIN_PAIRS pairs, no verdict."""
+def paired_verdict(lo: float, hi: float, higher_is_better: bool, n: int | None = None, p: float | None = None,
+                   alpha: float = 0.05) -> str:
+    """From the paired CI and the paired sign-flip p (few seeds; with many random subsets,
+    analysis.verdict also asks for the percentile among them). With fewer than MIN_PAIRS pairs, no
+    verdict; a CI that excludes 0 while p >= alpha (always so below 6 seeds) only "leans"."""
     if n is not None and n < MIN_PAIRS:
         return f"too few seeds for a verdict (n={n})"
     if lo <= 0 <= hi:
         return "inside the noise of random"
     better = lo > 0 if higher_is_better else hi < 0
+    if p is not None and not p < alpha:
+        return f"leans {'better' if better else 'worse'}, not significant (sign-flip p {p:.2g}, n={n})"
     return "better than random" if better else "worse than random"
 
 

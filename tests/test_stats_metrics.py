@@ -75,3 +75,26 @@ def test_paired_verdict_refuses_one_or_two_seeds():
     assert verdict(-6.9, -6.9, True, n=1) == "too few seeds for a verdict (n=1)"
     assert verdict(1.0, 2.0, True, n=2) == "too few seeds for a verdict (n=2)"
     assert verdict(1.0, 2.0, True, n=3) == "better than random"
+
+
+def test_sign_flip_test_has_exact_small_sample_values_and_finds_real_effects():
+    from llm_al.stats import sign_flip_p
+
+    rng = np.random.default_rng(0)
+    assert sign_flip_p(np.array([-6.9, -3.1, -0.8]), rng) == pytest.approx(0.25)      # 2 of 8 assignments
+    assert sign_flip_p(np.array([1.0, 2, 3, 4, 5, 6]), rng) == pytest.approx(2 / 64)
+    assert sign_flip_p(np.array([3.0, -1.0]), rng) == pytest.approx(1.0)
+    big = rng.normal(2.0, 1.0, 40)                                           # Monte Carlo above 16 pairs
+    assert sign_flip_p(big, rng) < 0.001
+    null = [sign_flip_p(rng.normal(0, 1, 8), rng) for _ in range(400)]
+    assert 0.02 < np.mean(np.array(null) < 0.05) < 0.09                      # ~5% false positives
+
+
+def test_three_same_signed_seeds_only_lean():
+    """All three seeds below random: the bootstrap CI excludes 0, but 3 seeds cannot show a
+    difference (sign-flip p 0.25), so the table says it leans, not that it is worse."""
+    c = paired_comparison(np.array([22.1, 26.0, 26.8]), np.array([29.0, 27.5, 28.5]), np.random.default_rng(0))
+    assert c.ci_high < 0 and c.p == pytest.approx(0.25)
+    assert verdict(c.ci_low, c.ci_high, True, c.n, c.p) == "leans worse, not significant (sign-flip p 0.25, n=3)"
+    six = paired_comparison(np.arange(6) + 31.0, np.arange(6) + 28.0, np.random.default_rng(0))
+    assert verdict(six.ci_low, six.ci_high, True, six.n, six.p) == "better than random"
