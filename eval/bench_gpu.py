@@ -100,6 +100,35 @@ def timed(fn, device):
     return result, time.perf_counter() - t0
 
 
+def write_profile(fn, device: str, path: Path) -> None:
+    """torch.profiler's operator table of one call of fn, by device (or CPU) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=key, row_limit=30) + "\n", encoding="utf-8")
+
+
+def kcenter_section(n: int, device: str, dim: int = 384, budget: int = 500) -> list[str]:
+    """scale.kcenter_torch on `device` over n x dim float32 points vs strategies.kcenter_greedy (numpy,
+    this machine's CPUs) on the same points; the picks must agree (random Gaussian data: no near-ties)."""
+    from llm_al import scale, strategies
+
+    x = np.random.default_rng(0).standard_normal((n, dim), dtype=np.float32)
+    scale.kcenter_torch(x[: min(n, 20_000)], min(budget, 50), 0, device=device)                   # warm-up
+    (ti, td), sec_t = timed(lambda: scale.kcenter_torch(x, budget, 0, device=device), device)
+    (ni, nd), sec_n = timed(lambda: strategies.kcenter_greedy(x, budget, 0), "cpu")
+    same = int(np.argmin(np.append(ti == ni, False)))                        # picks equal up to here
+    return [f"k-center, {n:,} x {dim} float32 (Gaussian), budget {budget}, first pick 0:",
+            f"  scale.kcenter_torch on {device} (copy to the device included): {sec_t:.2f} s",
+            f"  strategies.kcenter_greedy (numpy, {os.cpu_count()} CPUs): {sec_n:.2f} s  ->  {sec_n / sec_t:.1f}x",
+            f"  identical picks: {same} of {budget}; max |distance diff| at pick "
+            f"{float(np.nanmax(np.abs(td - nd) / np.maximum(np.abs(nd), 1e-12))):.1e} (relative)"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto")
@@ -112,6 +141,10 @@ def main() -> None:
                     help="tokenizer folder (default: the embedded SmolLM2's; eval/gpu_prep.sh copies it to .gpu/tokenizer)")
     ap.add_argument("--pairs", default=None,
                     help="JSONL of {source, target, ...} pairs (default: the embedded Django pairs, which need django)")
+    ap.add_argument("--kcenter-n", type=int, default=None,
+                    help="points for the k-center section (default 1,000,000 x 384; smoke 5,000; 0 skips it)")
+    ap.add_argument("--profile", default=None,
+                    help="also write torch.profiler's table of one scoring pass (largest budget) to this file")
     ap.add_argument("--out", default=None, help="result file (default eval/results/bench_gpu-<device>.txt)")
     args = ap.parse_args()
     device = models.pick_device(args.device)
@@ -149,6 +182,15 @@ def main() -> None:
              f"torch {torch.__version__}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}",
              f"measured {str(dtype).replace('torch.', '')} matmul peak: {peak / 1e9:,.0f} GFLOP/s", ""]
 
+    out = Path(args.out or Path(__file__).parent / "results" / f"bench_gpu-{device.split(':')[0]}.txt")
+
+    shown = [0]
+
+    def save() -> None:                     # after each section, so a later failure keeps the earlier ones
+        out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print("\n".join(lines[shown[0]:]), flush=True)
+        shown[0] = len(lines)
+
     # ---- scoring
     total, resp = sum(t.length for t in items), sum(len(t.response_ids) for t in items)
     ref, sec1 = timed(lambda: batch1_loop(model, items[:n1], device), device)
@@ -165,6 +207,10 @@ def main() -> None:
         diff = float(np.max(np.abs(stats[:n1, 0] / stats[:n1, 2] - ref)))
         lines.append(f"{f'llm_al pass, max_tokens={budget}':44s} {sec:8.2f} {resp / sec:11,.0f} "
                      f"{resp / sec / tok1:9.2f}x {needed / sec / peak:6.1%}   (max |loss diff| vs batch-1 {diff:.1e})")
+    save()
+    if args.profile:
+        write_profile(lambda: response_token_stats(model, items, tok.pad_token_id, budgets[-1], 64), device,
+                      Path(args.profile))
 
     # ---- LoRA training (the default TrainConfig but for the batch size)
     sub = items[: min(n, 16 if args.smoke else 512)]
@@ -179,6 +225,8 @@ def main() -> None:
         lines.append(f"LoRA training, {len(sub)} examples, batch {batch_size}: {sec:.2f} s, {tokens / sec:,.0f} tokens/s, "
                      f"MFU {flops / sec / peak:.1%} (4 x decoder params per token), {result.steps} steps")
 
+    save()
+
     # ---- batched greedy generation (random weights rarely stop early: each answer runs to the limit)
     prompts = [prompt_text(tok, ex.prompt_messages) for ex in pool.examples[: min(n, 8 if args.smoke else 200)]]
     max_new = 8 if args.smoke else 64
@@ -186,10 +234,11 @@ def main() -> None:
         _, sec = timed(lambda: generate(model, tok, prompts, max_new, batch_size, progress_bar=False), device)
         lines.append(f"greedy generation, {len(prompts)} prompts x <= {max_new} new tokens, batch {batch_size}: "
                      f"{sec:.2f} s, {len(prompts) * max_new / sec:,.0f} new tokens/s (upper bound: every answer at the limit)")
-    text = "\n".join(lines)
-    print(text)
-    out = Path(args.out or Path(__file__).parent / "results" / f"bench_gpu-{device.split(':')[0]}.txt")
-    out.write_text(text + "\n", encoding="utf-8")
+    save()
+    kc_n = args.kcenter_n if args.kcenter_n is not None else (5000 if args.smoke else 1_000_000)
+    if kc_n:
+        lines += [""] + kcenter_section(kc_n, device)
+    save()
 
 
 if __name__ == "__main__":
