@@ -65,9 +65,13 @@ def field_scores(features: Features, by: str, strategy: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- geometry helpers
 def unit(x: np.ndarray) -> np.ndarray:
-    """(N, D) rows scaled to unit L2 norm (zero rows stay zero), float64."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    """(N, D) rows scaled to unit L2 norm (zero rows stay zero), as a new float64 array. Divided in
+    place in that copy: one (N, D) float64 array at peak, not two (3 GB less at 1M x 384)."""
+    out = np.array(x, dtype=np.float64)                      # always a copy: the caller's x is untouched
+    for a in range(0, len(out), 1 << 16):                    # norm's x*x temporary, a block at a time
+        block = out[a: a + (1 << 16)]
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+    return out
 
 
 def sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:

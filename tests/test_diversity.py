@@ -342,3 +342,19 @@ BAD = [
 def test_bad_params_are_config_errors_with_the_value(name, params, message):
     with pytest.raises(ConfigError, match=message):
         run_strategy(name, synthetic_features(40), 5, rng(0), **params)
+
+
+def test_unit_rows_are_the_plain_formula_bit_for_bit_and_leave_the_input_alone():
+    """unit() normalises in place in its own copy, block by block (memory); the values must be the
+    one-shot x / norm(x) exactly, across block edges, with zero rows kept zero."""
+    from llm_al.diversity import unit
+
+    for n in (1, 3, (1 << 16) + 5):
+        x = np.random.default_rng(n).standard_normal((n, 7))
+        x[0] = 0.0
+        before = x.copy()
+        want = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        got = unit(x)
+        assert got.dtype == np.float64 and np.array_equal(got, want)
+        assert np.array_equal(x, before) and got is not x
+        assert np.array_equal(unit(x.astype(np.float32)), unit(x.astype(np.float32).astype(np.float64)))
