@@ -112,7 +112,8 @@ def band(random_values, level: float = 0.95) -> tuple[float, float]:
 
 
 def verdict(percentile: float, ci_low: float, ci_high: float, higher_is_better: bool = True,
-            level: float = 95.0, n_baseline: int | None = None) -> str:
+            level: float = 95.0, n_baseline: int | None = None, p: float | None = None,
+            test: str = "p", alpha: float = 0.05) -> str:
     """Plain-language verdict. The CI is of the raw difference strategy - random.
 
     better: the CI excludes 0 on the good side (ci_low > 0, or ci_high < 0 when lower is better) AND
@@ -122,24 +123,32 @@ def verdict(percentile: float, ci_low: float, ci_high: float, higher_is_better: 
             not clear the bar: a real but small shift that many random subsets match).
     With `n_baseline` random results fewer than 100 / (100 - level) (20 at 95%), a percentile
     cannot reach the level's resolution: the verdict then says "better/worse than all N" and that
-    N is too few for the level, rather than claim it."""
+    N is too few for the level, rather than claim it. With `p` (the paired sign-flip or unpaired
+    Mann-Whitney p, named by `test`), a better/worse verdict whose p is not below `alpha` (NaN
+    included) only "leans": with 3 seeds a CI of 3 same-signed differences excludes 0 a quarter of
+    the time by chance, as report.paired_verdict says for the table."""
     if any(np.isnan(v) for v in (percentile, ci_low, ci_high)):
         raise ValueError(f"verdict needs finite inputs, got percentile={percentile}, CI=({ci_low}, {ci_high})")
     if ci_low > ci_high:
         raise ValueError(f"CI low {ci_low} is above CI high {ci_high}")
     good_side = ci_low > 0 if higher_is_better else ci_high < 0
     bad_side = ci_high < 0 if higher_is_better else ci_low > 0
+    weak = p is not None and not p < alpha
+
+    def said(side: str, what: str) -> str:
+        return f"leans {side}, not significant ({test} {p:.2g}; {side} than {what})" if weak else f"{side} than {what}"
+
     if n_baseline is not None and n_baseline < int(np.ceil(100 / (100 - level))):
         few = f"all {n_baseline} random subsets (too few to claim {level:g}%)"
         if good_side and percentile >= 100:
-            return f"better than {few}"
+            return said("better", few)
         if bad_side and percentile <= 0:
-            return f"worse than {few}"
+            return said("worse", few)
         return "inside the noise of random"
     if good_side and percentile >= level:
-        return f"better than {level:g}% of random subsets"
+        return said("better", f"{level:g}% of random subsets")
     if bad_side and percentile <= 100 - level:
-        return f"worse than {level:g}% of random subsets"
+        return said("worse", f"{level:g}% of random subsets")
     return "inside the noise of random"
 
 
@@ -181,6 +190,7 @@ def strategy_vs_random(strategy_runs, random_runs, rng: np.random.Generator, hig
         w = wilcoxon_vs_baseline(s, r)
         lo, hi, p, note = c.ci_low, c.ci_high, w.p, w.note
         win_rate, test, is_paired = c.wins / c.n, "wilcoxon", True
+        gate, gate_test = c.p, "sign-flip p"
     else:
         if paired:
             note = f"unequal lengths ({s.size} strategy, {r.size} random): compared as independent samples"
@@ -191,11 +201,13 @@ def strategy_vs_random(strategy_runs, random_runs, rng: np.random.Generator, hig
         diff = sign * (s[:, None] - r[None, :])
         win_rate = float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
         test, is_paired = "mann-whitney", False
+        gate, gate_test = p, "Mann-Whitney p"
     pct = percentile_among_random(float(s.mean()), r, higher_is_better)
     b_lo, b_hi = band(r)
     return StrategyVsRandom(is_paired, int(s.size), int(r.size), float(s.mean()), float(r.mean()),
                             float(s.mean() - r.mean()), float(lo), float(hi), float(p), test, float(win_rate),
-                            pct, b_lo, b_hi, verdict(pct, lo, hi, higher_is_better, n_baseline=int(r.size)), note)
+                            pct, b_lo, b_hi, verdict(pct, lo, hi, higher_is_better, n_baseline=int(r.size), p=gate,
+                                                      test=gate_test), note)
 
 
 # ---------------------------------------------------------------- feature correlation and OLS

@@ -32,6 +32,7 @@ A cache written by earlier versions of llm_al as one file `<folder name>.npz` be
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import secrets
 import struct
@@ -45,6 +46,8 @@ import numpy as np
 
 from llm_al.errors import UserError
 from llm_al.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 FANOUT = 8
 """Shards per tier before they are merged: with chunks of 256 rows, 1M rows sit in at most ~28
@@ -285,7 +288,9 @@ class ShardedCache:
 
     # ------------------------------------------------------------------ writing
     def add(self, keys: Sequence[str], values: np.ndarray) -> None:
-        """Write the rows as one new shard (atomically), then merge a full tier if there is one."""
+        """Write the rows as one new shard (atomically), then merge a full tier if there is one. A
+        merge that fails for want of disk or memory is logged and skipped: it cannot lose the rows
+        just written, and a later add retries it."""
         values = np.asarray(values)
         if values.ndim < 1 or len(keys) != len(values):
             raise ValueError(f"add needs one row per key: {len(keys)} keys, values of shape {values.shape}")
@@ -299,7 +304,12 @@ class ShardedCache:
                              f"({str(self.path)!r})")
         key_array = np.asarray(list(keys), dtype=str)
         self._write(key_array, values)
-        self._merge_full_tiers()
+        try:                                 # the rows are saved; merging is housekeeping, best effort
+            self._merge_full_tiers()
+        except (OSError, MemoryError) as err:
+            log.warning("could not merge the shards of %s (%s: %s); the new rows are saved, merging is "
+                        "retried on a later write", self.path, type(err).__name__, err)
+            self.refresh()
 
     def _write(self, keys: np.ndarray, values: np.ndarray) -> _Shard:
         path = self.path / _new_shard_name()

@@ -244,7 +244,7 @@ def cmd_overlap(args: argparse.Namespace) -> None:
 
         print(plan_overlap(pool, test, args.reference, args.n, args.reference_field, args.reference_split,
                            not args.no_similarity, args.embedder or ModelConfig().embedder, args.sample_passages,
-                           args.passage_words))
+                           args.passage_words, embedder_named=bool(args.embedder)))
         return
     ref = (args.reference, args.n, args.reference_field, args.reference_split)
     folder = reference_index_dir(*ref)
@@ -327,8 +327,9 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     from llm_al.strategies import run_strategy
 
     if args.annotate_command == "synthesize":
-        from llm_al.synthesize import prepare_synthesis, run_synthesis
+        from llm_al.synthesize import check_counts, prepare_synthesis, run_synthesis
 
+        check_counts(args.n, args.seeds_per_prompt, args.max_rounds)
         if args.dry_run:
             from llm_al.plan import plan_synthesize
 

@@ -10,8 +10,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)                    # read once: mkstemp makes 0600 files, a plain open() honours the umask
+
+
+def _current_umask() -> int:
+    """The process umask, read from /proc where it can be (os.umask can only be read by setting
+    it, which for a moment gives files another thread creates no umask at all)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()           # read once: mkstemp makes 0600 files, a plain open() honours the umask
 
 
 @contextmanager

@@ -262,10 +262,18 @@ def build_index(texts: Iterable[str] | str | os.PathLike, out_dir: str | os.Path
             "chunk_tokens": chunk_tokens, "build_seconds": round(time.perf_counter() - start, 3)})
         if not reusable():                  # else another process built the same index meanwhile: keep it
             try:
-                _replace_dir(tmp, out)
+                os.rename(tmp, out)         # atomic; fails while a (non-empty) index is there
             except OSError:
-                if not reusable():          # two renames raced; only an equal index may stand in for ours
+                if reusable():              # another process finished the same index first: keep it
+                    pass
+                elif not out.exists():
                     raise
+                else:                       # an index of another corpus or version: replace it
+                    try:
+                        _replace_dir(tmp, out)
+                    except OSError:
+                        if not reusable():  # two replacements raced; only an equal index may stand in
+                            raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -376,9 +376,11 @@ def _reference_size(spec: str) -> tuple[int | None, str]:
 
 
 def plan_overlap(pool, test, reference: str, n: int, field: str, split: str, similarity: bool, embedder: str,
-                 sample_passages: int, passage_words: int) -> str:
+                 sample_passages: int, passage_words: int, embedder_named: bool = True) -> str:
     """`llm-al overlap --dry-run`: whether the reference index is cached or how long building it
-    should take, and what the embedding similarity would embed. Reads no corpus text, no weights."""
+    should take, and what the embedding similarity would embed. Reads no corpus text, no weights.
+    As the real command does, a default embedder (not `embedder_named`) that cannot load means the
+    similarity would be skipped, not an error."""
     from llm_al.pipeline import reference_index_dir
 
     folder = reference_index_dir(reference, n, field, split)
@@ -400,7 +402,13 @@ def plan_overlap(pool, test, reference: str, n: int, field: str, split: str, sim
                          f"{INDEX_WORDS_PER_SECOND / 1e6:.0f}M words/s; later runs reuse it")
     if similarity:
         est = Estimate(models.pick_device("auto"))
-        model = _embedder(embedder)
+        try:
+            model = _embedder(embedder)
+        except UserError as err:
+            if embedder_named:
+                raise
+            lines.append(f"  embedding similarity: would be skipped, the default embedder is unavailable ({err})")
+            return "\n".join(lines)
         _embedding_pass(est, pool.examples, model, models.cache_root() / "features")
         from llm_al.config import OverlapConfig
         from llm_al.overlap_probes import sample_path

@@ -17,7 +17,9 @@ A reference (`spec`) is one of:
 - a folder saved by `datasets`' `save_to_disk` (a Dataset, or a DatasetDict and its `split`):
   the `field` column, memory-mapped, in batches;
 - a folder of shards: each file above (and each save_to_disk folder) under it, recursively, in
-  sorted path order, extensions mixed; hidden files and other extensions are skipped;
+  sorted path order, extensions mixed; hidden files, other extensions, a folder's own documents
+  (README, LICENSE, CHANGELOG, CITATION, any extension) and .json files that are not JSON Lines
+  (a pretty-printed metadata.json) are skipped, and the skipped files are logged;
 - a Hugging Face hub dataset id ("owner/name") when online: `datasets.load_dataset(id,
   split=split, streaming=True)`, rows fetched as they are read.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -41,6 +44,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from llm_al.errors import DataError
+
+log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -125,12 +130,34 @@ def _shards(root: Path) -> tuple[list[tuple[str, Path]], Counter]:
                 dirs.remove(d)
         for name in files:
             kind = None if name.startswith(".") else _kind(here / name)
-            if kind is None:
+            if kind is not None and _FOLDER_DOCS.match(name):
+                skipped[f"{name} (the folder's own document)"] += 1
+            elif kind == "jsonl" and name.lower().endswith(".json") and not _json_lines(here / name):
+                skipped[f"{name} (JSON, not JSON Lines)"] += 1
+            elif kind is None:
                 skipped[os.path.splitext(name)[1].lower() or name] += 1
             else:
                 units.append((kind, here / name))
     units.sort(key=lambda u: u[1].relative_to(root).parts)
+    if units and skipped:
+        log.warning("reference folder %s: reading %d files, skipping %s", root, len(units),
+                    ", ".join(f"{what} x{k}" for what, k in skipped.most_common(8)))
     return units, skipped
+
+
+_FOLDER_DOCS = re.compile(r"(readme|licen[cs]e|changelog|citation)([._-].*)?$", re.IGNORECASE)
+
+
+def _json_lines(path: Path) -> bool:
+    """Whether a .json file in a folder of shards starts with one JSON value on its first line
+    (JSON Lines); a pretty-printed file's first line ('{' or '[') is not one."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(1 << 20).strip()
+        json.loads(first)
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------- reading

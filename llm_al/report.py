@@ -164,6 +164,8 @@ def paired_verdict(lo: float, hi: float, higher_is_better: bool, n: int | None =
     verdict; a CI that excludes 0 while p >= alpha (always so below 6 seeds) only "leans"."""
     if n is not None and n < MIN_PAIRS:
         return f"too few seeds for a verdict (n={n})"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "no verdict (a non-finite result)"
     if lo <= 0 <= hi:
         return "inside the noise of random"
     better = lo > 0 if higher_is_better else hi < 0

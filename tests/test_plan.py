@@ -208,3 +208,7 @@ def test_synthesize_dry_run_plans_ranking_and_writing(tmp_path, prompts_file, ti
          capsys)
     _bad(["annotate", "synthesize", str(prompts_file), "--out", str(out), "--n", "3", "--from-strategy", "ifd",
           "--dry-run"], capsys)
+    for flag, value in (("--n", "0"), ("--seeds-per-prompt", "0"), ("--max-rounds", "0")):   # were a NaN/ZeroDivision
+        args = ["annotate", "synthesize", str(prompts_file), "--out", str(out), "--n", "3", flag, value]
+        assert "must be >= 1" in _bad([*args, "--dry-run"], capsys)
+        assert "must be >= 1" in _bad(args, capsys)                  # before any model work

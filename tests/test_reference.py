@@ -118,6 +118,29 @@ def test_folder_of_mixed_shards_reads_in_sorted_path_order(tmp_path):
     assert example_overlap(got, [PROBE])["n_found"].tolist() == [1]
 
 
+def test_a_corpus_folders_own_documents_and_json_metadata_are_not_read_as_text(tmp_path, caplog):
+    """A folder of shards often carries a README.md, a LICENSE and a pretty-printed metadata.json:
+    none is corpus text (the README would add n-grams, the metadata.json would fail as JSON Lines)."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "a.txt").write_text(DOCS[0] + "\n", encoding="utf-8")
+    (root / "part.json").write_text(json.dumps({"text": DOCS[1]}) + "\n", encoding="utf-8")   # JSON Lines
+    (root / "README.md").write_text("# About this corpus\n\nnot a document\n", encoding="utf-8")
+    (root / "LICENSE.txt").write_text("licence words\n", encoding="utf-8")
+    (root / "metadata.json").write_text(json.dumps({"source": "x", "docs": 2}, indent=2), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="llm_al.reference"):
+        units = reference_units(root)
+    assert [p.name for _, p in units] == ["a.txt", "part.json"]
+    assert [d.strip() for d in reference_texts(root)] == DOCS[:2]
+    assert "README.md (the folder's own document)" in caplog.text and "metadata.json (JSON, not JSON Lines)" in caplog.text
+    assert [p.name for _, p in reference_units(root / "README.md")] == ["README.md"]   # named on its own: read
+    only_docs = tmp_path / "docs"
+    only_docs.mkdir()
+    (only_docs / "README.md").write_text("words\n", encoding="utf-8")
+    with pytest.raises(DataError, match="holds no file a reference can be read from"):
+        reference_units(only_docs)
+
+
 def test_markdown_files_are_text(tmp_path):
     (tmp_path / "plays").mkdir()
     (tmp_path / "plays" / "hamlet.md").write_text("# Hamlet\n\nWho's there?\n", encoding="utf-8")

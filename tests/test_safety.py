@@ -132,3 +132,18 @@ def test_atomically_written_files_get_the_usual_permissions(tmp_path):
     mode = (tmp_path / "result.json").stat().st_mode & 0o777
     assert mode == 0o666 & ~io._UMASK
     assert mode != 0o600 or io._UMASK == 0o177
+
+
+def test_the_umask_is_read_without_changing_it():
+    """io reads the umask from /proc (setting it to 0 to read it would briefly give other threads'
+    files no umask); it must agree with the value os.umask reports."""
+    import os
+
+    from llm_al import io
+
+    mask = os.umask(0o027)
+    try:
+        assert io._current_umask() == 0o027
+    finally:
+        os.umask(mask)
+    assert io._current_umask() == mask

@@ -170,12 +170,15 @@ def test_kcenter_strategy_device():
     np.testing.assert_array_equal(cpu.indices, auto.indices)
     with pytest.raises(ConfigError, match="device='gpu'.*auto, cpu, cuda"):
         run_strategy("kcenter", f, 5, np.random.default_rng(0), device="gpu")
+    for bad in ("cuda:abc", "cuda:", "cuda:0x"):                # were a raw torch RuntimeError
+        with pytest.raises(ConfigError, match="is invalid"):
+            run_strategy("kcenter", f, 5, np.random.default_rng(0), device=bad)
     import torch
 
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="device='cuda' but torch sees no CUDA GPU"):
             run_strategy("kcenter", f, 5, np.random.default_rng(0), device="cuda")
-    else:                                                     # pragma: no cover (no GPU here)
+    else:                                                     # pragma: no cover (CI has no GPU)
         gpu = run_strategy("kcenter", f, 20, np.random.default_rng(0), device="cuda")
         np.testing.assert_array_equal(gpu.indices, cpu.indices)
 

@@ -98,3 +98,12 @@ def test_three_same_signed_seeds_only_lean():
     assert verdict(c.ci_low, c.ci_high, True, c.n, c.p) == "leans worse, not significant (sign-flip p 0.25, n=3)"
     six = paired_comparison(np.arange(6) + 31.0, np.arange(6) + 28.0, np.random.default_rng(0))
     assert verdict(six.ci_low, six.ci_high, True, six.n, six.p) == "better than random"
+
+
+def test_non_finite_differences_give_no_test_and_no_verdict():
+    from llm_al.stats import sign_flip_p
+
+    assert np.isnan(sign_flip_p(np.array([1.0, np.nan, 2.0]), np.random.default_rng(0)))   # was p = 0
+    assert np.isnan(sign_flip_p(np.array([1.0, np.inf, 2.0]), np.random.default_rng(0)))
+    assert verdict(np.nan, np.nan, True, n=3, p=np.nan) == "no verdict (a non-finite result)"
+    assert verdict(1.0, 2.0, True, n=3, p=np.nan).startswith("leans better")    # a NaN p is not significant
