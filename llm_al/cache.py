@@ -211,7 +211,9 @@ class ShardedCache:
                         known[name] = read_shard(self.path / name)
             except FileNotFoundError:       # merged away between listing and reading: list again
                 continue
-            self._shards, self._index = known, None
+            if set(known) != set(self._shards):         # the index stays valid while nothing changed
+                self._index = None
+            self._shards = known
             return
         raise UserError(f"feature cache {str(self.path)!r}: its shards kept vanishing while being read "
                         f"({_LISTING_RETRIES} listings); is another process deleting them?")
@@ -252,6 +254,15 @@ class ShardedCache:
 
     def __len__(self) -> int:
         return len(self._built()[0])
+
+    def new_keys(self) -> np.ndarray:
+        """Re-list the folder and return the keys (as UTF-8 bytes) of the shards this object had not
+        seen: rows another process saved, or merged, since. Costs those shards' size, not the
+        cache's, so it can run before every chunk of a long scoring pass."""
+        before = set(self._shards)
+        self.refresh()
+        new = [s.keys for name, s in self._shards.items() if name not in before]
+        return np.concatenate(new) if new else np.empty(0, "S1")
 
     def missing(self, keys: Sequence[str]) -> list[int]:
         """Positions in `keys` of the keys with no row."""

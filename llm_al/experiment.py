@@ -18,7 +18,6 @@ import socket
 import platform
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -32,7 +31,7 @@ from llm_al.errors import BudgetError, UserError
 from llm_al.evaluate import evaluate
 from llm_al.features import MIN_K_FRACTIONS
 from llm_al.formatting import tokenize
-from llm_al.io import confined, write_json, write_text
+from llm_al.io import claim, confined, write_json, write_text
 from llm_al.loop import run_loop
 from llm_al.orderings import run_ordering
 from llm_al.pipeline import compute_features, load_data, needed_features, reference_index, selection_overlap
@@ -88,48 +87,6 @@ def _done(path: Path, cfg_dict: dict, budget: int | None = None) -> dict | None:
 def _with_defaults(section, default):
     """A config section as written by an older version, with the keys added since at their defaults."""
     return {**default, **section} if isinstance(section, dict) and isinstance(default, dict) else section
-
-
-@contextmanager
-def claim(path: Path):
-    """Claim a cell for this process with an exclusive lock file beside its result, so several
-    workers (e.g. one per GPU) can run the same experiment without doing a cell twice. A lock
-    whose process is gone (killed) is taken over. Yields whether this process holds the cell."""
-    lock = path.with_suffix(".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if _alive(lock):
-                yield False
-                return
-            lock.unlink(missing_ok=True)         # stale: its process died
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()} {socket.gethostname()}\n")
-        try:
-            yield True
-        finally:
-            lock.unlink(missing_ok=True)
-        return
-    yield False
-
-
-def _alive(lock: Path) -> bool:
-    try:
-        pid, host = lock.read_text().split()
-    except (OSError, ValueError):
-        return False
-    if host != socket.gethostname():
-        return True                              # another machine's worker: trust its lock
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_out_dir(out: Path) -> None:

@@ -25,9 +25,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from llm_al.cache import ShardedCache
+from llm_al.cache import ShardedCache, _as_bytes
 from llm_al.data import Example
 from llm_al.errors import FeatureUnavailableError, UserError
+from llm_al.io import claim
 from llm_al.formatting import (PackedBatch, TokenTable, Tokenized, head_logits, pack_suffixes, plan_rows,
                                shared_prefix_length, tokenize_table)
 
@@ -380,8 +381,13 @@ def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_d
 
     The examples still to score go longest first in chunks of `chunk_size`; each chunk is added to
     the cache (atomically) as soon as it is scored, so a killed run resumes at the chunk it was in.
-    `on_chunk(n)` runs after each chunk is saved, with the examples scored so far. On running out of
-    accelerator memory the token budget per batch is halved and the chunk retried (see cost)."""
+    Several processes scoring the same pool into the same cache (the workers of a sweep) share the
+    work: each claims a chunk with a lock file before scoring it, passes over chunks another
+    process holds and, once through the list, scores whatever of those is still missing (so a
+    worker never waits on another, and at most the chunks in flight elsewhere are scored twice).
+    `on_chunk(n)` runs after each chunk is saved, with the examples this call scored so far. On
+    running out of accelerator memory the token budget per batch is halved and the chunk retried
+    (see cost)."""
     from tqdm.auto import tqdm
 
     if chunk_size < 1:
@@ -393,17 +399,40 @@ def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_d
     todo = sorted(cache.missing(keys), key=lambda i: -lengths[i])
     state = {"max_tokens": max_tokens, "oom_backoffs": 0}
     t0 = time.perf_counter()
+    scored: list[int] = []
     if todo:
         bar = tqdm(total=len(todo), desc=f"scoring {kind}", unit="ex", disable=not progress_bar)
+        todo_keys = _as_bytes(np.asarray([keys[i] for i in todo], dtype=str))
+        by_key = np.argsort(todo_keys)
+        sorted_keys, todo_at = todo_keys[by_key], np.asarray(todo)[by_key]
+        elsewhere = np.zeros(len(keys), dtype=bool)
+
+        def score(chunk: list[int]) -> None:
+            new = cache.new_keys()                           # rows other workers saved since the last look
+            if len(new):
+                pos = np.minimum(np.searchsorted(sorted_keys, new), len(sorted_keys) - 1)
+                elsewhere[todo_at[pos[sorted_keys[pos] == new]]] = True
+            chunk = [i for i in chunk if not elsewhere[i]]
+            if chunk:
+                stats = _stats_backing_off(model, [items[i] for i in chunk], tokenizer.pad_token_id, state, bar)
+                cache.add([keys[i] for i in chunk], stats)
+                scored.extend(chunk)
+                if on_chunk:
+                    on_chunk(len(scored))
+
+        held_elsewhere = []
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start: start + chunk_size]
-            stats = _stats_backing_off(model, [items[i] for i in chunk], tokenizer.pad_token_id, state, bar)
-            cache.add([keys[i] for i in chunk], stats)
-            if on_chunk:
-                on_chunk(start + len(chunk))
+            with claim(cache.path / ".claims" / _text_key(*(keys[i] for i in chunk))) as mine:
+                if mine:
+                    score(chunk)
+                else:
+                    held_elsewhere.append(chunk)
+        for chunk in held_elsewhere:                         # mostly saved by now; score what is not
+            score(chunk)
         bar.close()
-    cost = {f"{kind}_seconds": time.perf_counter() - t0, f"{kind}_examples_scored": len(todo),
-            f"{kind}_tokens_scored": int(lengths[todo].sum()),
+    cost = {f"{kind}_seconds": time.perf_counter() - t0, f"{kind}_examples_scored": len(scored),
+            f"{kind}_tokens_scored": int(lengths[scored].sum()),
             f"{kind}_tokens_needed": int(lengths.sum()),                      # cached or not
             f"{kind}_oom_backoffs": state["oom_backoffs"], f"{kind}_max_tokens": state["max_tokens"],
             "truncated": int(items.truncated.sum())}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,3 +79,47 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ---------------------------------------------------------------------------- claims
+@contextmanager
+def claim(path: Path):
+    """Claim a unit of work (a sweep cell, a chunk of a scoring pass) for this process with an
+    exclusive lock file `path` with the suffix .lock, so several workers (e.g. one per GPU) can run
+    the same experiment without doing it twice. A lock whose process is gone (killed) is taken over;
+    one from another machine is trusted. Yields whether this process holds the claim."""
+    lock = path.with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _alive(lock):
+                yield False
+                return
+            lock.unlink(missing_ok=True)         # stale: its process died
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()} {socket.gethostname()}\n")
+        try:
+            yield True
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    yield False
+
+
+def _alive(lock: Path) -> bool:
+    try:
+        pid, host = lock.read_text().split()
+    except (OSError, ValueError):
+        return False
+    if host != socket.gethostname():
+        return True                              # another machine's worker: trust its lock
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
