@@ -27,22 +27,27 @@ def pool():
     return records_to_pool(rows, system_prompt="Translate English to French.")
 
 
-def _chunks(tok, examples, cache_dir, dtype, size):
-    """The claim files compute_loss_features uses for each chunk of a fresh cache, in its order."""
-    cache, items, keys = loss_cache_plan(tok, examples, cache_dir, "tiny", dtype, 128, False)
+def _held(tiny_model, pool, tmp_path, held: int):
+    """The reference rows (scored into another folder), the cache keys, the chunks of 8 that
+    compute_loss_features will make of a fresh cache in tmp_path / "c" (in its order), their claim
+    files, and chunk `held` claimed by a live process (this one, standing in for another worker)."""
+    model, tok = tiny_model
+    ref, _ = compute_loss_features(model, tok, pool.examples, tmp_path / "ref", "tiny", 128, progress_bar=False)
+    cache, items, keys = loss_cache_plan(tok, pool.examples, tmp_path / "c", "tiny",
+                                         str(next(model.parameters()).dtype), 128, False)
     todo = sorted(range(len(keys)), key=lambda i: -items.lengths[i])
-    chunks = [todo[s: s + size] for s in range(0, len(todo), size)]
-    return cache, keys, chunks, [cache.path / ".claims" / f"{_text_key(*(keys[i] for i in c))}.lock" for c in chunks]
+    chunks = [todo[s: s + 8] for s in range(0, len(todo), 8)]
+    locks = [cache.path / ".claims" / f"{_text_key(*(keys[i] for i in c))}.lock" for c in chunks]
+    locks[held].parent.mkdir(parents=True)
+    locks[held].write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    return ref, keys, chunks, locks
 
 
 def test_a_chunk_another_worker_holds_is_passed_over_and_not_rescored_once_saved(tiny_model, pool, tmp_path):
     model, tok = tiny_model
-    dtype = str(next(model.parameters()).dtype)
-    ref, _ = compute_loss_features(model, tok, pool.examples, tmp_path / "ref", "tiny", 128, progress_bar=False)
-    cache, keys, chunks, locks = _chunks(tok, pool.examples, tmp_path / "c", dtype, 8)
-    locks[0].parent.mkdir(parents=True)
-    locks[0].write_text(f"{os.getpid()} {socket.gethostname()}\n")      # a live worker holds chunk 0
-    other = loss_cache_plan(tok, pool.examples, tmp_path / "c", "tiny", dtype, 128, False)[0]
+    ref, keys, chunks, locks = _held(tiny_model, pool, tmp_path, held=0)
+    other = loss_cache_plan(tok, pool.examples, tmp_path / "c", "tiny", str(next(model.parameters()).dtype), 128,
+                            False)[0]                                  # the other worker's view of the cache
 
     def other_worker_saves(n):
         if n == 8:                # after our first chunk: chunk 0 (it holds) and chunk 5 (done, released)
@@ -60,11 +65,7 @@ def test_a_chunk_another_worker_holds_is_passed_over_and_not_rescored_once_saved
 def test_a_held_chunk_still_missing_at_the_end_is_scored_here(tiny_model, pool, tmp_path):
     """No waiting on the other worker: what it has not saved when this one is through, this one scores."""
     model, tok = tiny_model
-    dtype = str(next(model.parameters()).dtype)
-    ref, _ = compute_loss_features(model, tok, pool.examples, tmp_path / "ref", "tiny", 128, progress_bar=False)
-    _, _, chunks, locks = _chunks(tok, pool.examples, tmp_path / "c", dtype, 8)
-    locks[3].parent.mkdir(parents=True)
-    locks[3].write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    ref, _, _, _ = _held(tiny_model, pool, tmp_path, held=3)
     order = []
     got, cost = compute_loss_features(model, tok, pool.examples, tmp_path / "c", "tiny", 128, progress_bar=False,
                                       chunk_size=8, on_chunk=order.append)
