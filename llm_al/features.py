@@ -28,9 +28,9 @@ import numpy as np
 from llm_al.cache import ShardedCache, _as_bytes
 from llm_al.data import Example
 from llm_al.errors import FeatureUnavailableError, UserError
-from llm_al.io import claim
 from llm_al.formatting import (PackedBatch, TokenTable, Tokenized, head_logits, pack_suffixes, plan_rows,
                                shared_prefix_length, tokenize_table)
+from llm_al.io import claim
 
 log = logging.getLogger("llm_al")
 FEATURE_NAMES = ("loss", "entropy", "n_tokens", "length", "embeddings")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-
 def _current_umask() -> int:
     """The process umask, read from /proc where it can be (os.umask can only be read by setting
     it, which for a moment gives files another thread creates no umask at all)."""
