@@ -248,3 +248,15 @@ def test_loop_runs_give_a_learning_curve_by_labelled_examples(tmp_path):
     section = md[md.index("## 6."):md.index("## 7.")]
     assert "| kcenter | 100 | 2 | 34.50 |" in section and "| random | 20 | 2 | 20.50 |" in section
     assert "learning_curves.png" in section
+
+
+def test_setup_names_the_seeds_the_runs_used_not_the_first_runs_config(tmp_path):
+    """Runs recorded by two invocations (one with seeds=[0], one with [0, 1, 2]) keep each one's
+    config; the report's setup must list the seeds of the runs it analyses."""
+    root = tmp_path / "res"
+    for s in range(3):
+        cfg = _cfg(strategies=["random", "kcenter"], seeds=[0] if s == 0 else [0, 1, 2])
+        _write(root, "random", "shuffled", s, s, s, 30.0 + s, cfg)
+        _write(root, "kcenter", "shuffled", s, s, s, 31.0 + s, cfg)
+    md = write_report(root)["report.md"].read_text()
+    assert "design paired (seeds [0, 1, 2])" in md
