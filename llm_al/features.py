@@ -30,7 +30,7 @@ from llm_al.data import Example
 from llm_al.errors import FeatureUnavailableError, UserError
 from llm_al.formatting import (PackedBatch, TokenTable, Tokenized, head_logits, pack_suffixes, plan_rows,
                                shared_prefix_length, tokenize_table)
-from llm_al.io import claim
+from llm_al.io import claim, clear_stale_claims
 
 log = logging.getLogger("llm_al")
 FEATURE_NAMES = ("loss", "entropy", "n_tokens", "length", "embeddings")
@@ -430,6 +430,7 @@ def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_d
                     held_elsewhere.append(chunk)
         for chunk in held_elsewhere:                         # mostly saved by now; score what is not
             score(chunk)
+        clear_stale_claims(cache.path / ".claims")           # a killed run's lock, and the empty folder
         bar.close()
     cost = {f"{kind}_seconds": time.perf_counter() - t0, f"{kind}_examples_scored": len(scored),
             f"{kind}_tokens_scored": int(lengths[scored].sum()),

@@ -122,3 +122,20 @@ def _alive(lock: Path) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def clear_stale_claims(folder: Path) -> None:
+    """Remove the lock files in `folder` whose process is gone (a killed worker's), then the folder
+    itself if that left it empty; a live worker's locks stay."""
+    try:
+        locks = list(Path(folder).glob("*.lock"))
+    except OSError:
+        return
+    for lock in locks:
+        if not _alive(lock):
+            lock.unlink(missing_ok=True)
+    try:
+        Path(folder).rmdir()
+    except OSError:                                  # absent, or a live worker's lock is in it
+        pass
+

@@ -98,13 +98,15 @@ def test_scoring_killed_with_sigkill_resumes(tiny_model, tiny_model_dir, tmp_pat
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     (folder,) = (tmp_path / "cache").glob("*")
-    files = [f.name for f in folder.iterdir()]
-    assert len(files) == 1 and files[0].endswith(".npz"), files          # one shard, no temporary file left
+    files = sorted(f.name for f in folder.iterdir())
+    assert len(files) == 2 and files[1].endswith(".npz"), files          # one shard, no temporary file left,
+    assert files[0] == ".claims" and len(list((folder / ".claims").iterdir())) == 1   # the killed chunk claim
     assert len(ShardedCache(folder)) == 7
     model, tok = tiny_model
     examples = load_pool(str(pool)).examples
     stats, cost = _score(model, tok, examples, tmp_path / "cache", chunk_size=7)
     assert cost["loss_examples_scored"] == len(examples) - 7
+    assert not (folder / ".claims").exists()                             # the dead worker's lock is cleared
     reference, _ = _score(model, tok, examples, tmp_path / "whole")
     np.testing.assert_allclose(stats, reference, rtol=1e-4, atol=1e-4)   # fp32 noise of batch composition
 
