@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -81,6 +82,11 @@ def _jsonable(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- claims
+FRESH_LOCK_SECONDS = 10.0
+"""A lock file with no owner written in it yet counts as held this long (its creator is between
+creating it and writing its pid), then as stale."""
+
+
 @contextmanager
 def claim(path: Path):
     """Claim a unit of work (a sweep cell, a chunk of a scoring pass) for this process with an
@@ -111,8 +117,11 @@ def claim(path: Path):
 def _alive(lock: Path) -> bool:
     try:
         pid, host = lock.read_text().split()
-    except (OSError, ValueError):
-        return False
+    except (OSError, ValueError):            # unreadable or empty: just created, not yet written?
+        try:
+            return time.time() - lock.stat().st_mtime < FRESH_LOCK_SECONDS
+        except OSError:
+            return False
     if host != socket.gethostname():
         return True                              # another machine's worker: trust its lock
     try:

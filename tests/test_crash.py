@@ -99,3 +99,22 @@ def test_claim_is_exclusive_and_takes_over_stale_locks(tmp_path):
     path.with_suffix(".lock").write_text(f"999999999 {os.uname().nodename}\n")   # a dead process
     with claim(path) as third:
         assert third
+
+
+def test_a_lock_being_written_is_held_and_an_old_empty_one_is_stale(tmp_path):
+    """Between O_EXCL creating a lock and writing its owner, the file is empty: another worker
+    must not take it over then (it would do the cell or chunk twice); an empty lock left long ago is
+    stale."""
+    import os
+    import time
+
+    from llm_al.io import FRESH_LOCK_SECONDS, _alive
+
+    lock = tmp_path / "cell.lock"
+    lock.write_text("")
+    assert _alive(lock)
+    old = time.time() - FRESH_LOCK_SECONDS - 5
+    os.utime(lock, (old, old))
+    assert not _alive(lock)
+    with claim(tmp_path / "cell") as mine:                    # and claim() takes the stale one over
+        assert mine
