@@ -149,13 +149,19 @@ _FOLDER_DOCS = re.compile(r"(readme|licen[cs]e|changelog|citation)([._-].*)?$", 
 
 
 def _json_lines(path: Path) -> bool:
-    """Whether a .json file in a folder of shards starts with one JSON value on its first line
-    (JSON Lines); a pretty-printed file's first line ('{' or '[') is not one."""
+    """Whether a .json file in a folder of shards starts with one JSON value on its first non-blank
+    line (JSON Lines); a pretty-printed file's first line ('{' or '[') is not one. A first line
+    over 1 MB counts as JSON Lines (data, not metadata): reading it reports any problem by line."""
+    limit = 1 << 20
     try:
         with open(path, "rb") as fh:
-            first = fh.readline(1 << 20).strip()
-        json.loads(first)
-        return True
+            for line in iter(lambda: fh.readline(limit), b""):
+                if len(line) == limit and not line.endswith(b"\n"):
+                    return True
+                if line.strip():
+                    json.loads(line)
+                    return True
+        return False
     except (OSError, ValueError):
         return False
 

@@ -134,6 +134,9 @@ def test_a_corpus_folders_own_documents_and_json_metadata_are_not_read_as_text(t
     assert [d.strip() for d in reference_texts(root)] == DOCS[:2]
     assert "README.md (the folder's own document)" in caplog.text and "metadata.json (JSON, not JSON Lines)" in caplog.text
     assert [p.name for _, p in reference_units(root / "README.md")] == ["README.md"]   # named on its own: read
+    (root / "blank-first.json").write_text("\n" + json.dumps({"text": DOCS[2]}) + "\n", encoding="utf-8")
+    (root / "long-first.json").write_text(json.dumps({"text": "word " * 300_000}) + "\n", encoding="utf-8")
+    assert [p.name for _, p in reference_units(root)] == ["a.txt", "blank-first.json", "long-first.json", "part.json"]
     only_docs = tmp_path / "docs"
     only_docs.mkdir()
     (only_docs / "README.md").write_text("words\n", encoding="utf-8")
