@@ -72,7 +72,7 @@ class _Shard:
         return self.shape[0]
 
 
-def _as_bytes(keys: np.ndarray) -> np.ndarray:
+def key_bytes(keys: np.ndarray) -> np.ndarray:
     """(n,) unicode keys as UTF-8 bytes (S): a quarter of the memory, same equality."""
     try:
         return keys.astype("S")             # ASCII (hex hashes): a plain cast
@@ -133,7 +133,7 @@ def read_shard(path: Path, legacy: bool = False) -> _Shard:
     if len(shape) < 1 or shape[0] != len(keys) or dtype.hasobject:
         raise _unreadable(path, ValueError(f"expected (n, ...) numeric values for its {len(keys)} keys, "
                                            f"got {dtype}{shape}"))
-    return _Shard(path, _as_bytes(keys), tuple(shape), dtype, legacy)
+    return _Shard(path, key_bytes(keys), tuple(shape), dtype, legacy)
 
 
 def _load_values(path: Path) -> np.ndarray:
@@ -245,7 +245,7 @@ class ShardedCache:
         out = np.full(len(keys), -1, dtype=np.int64)
         if not len(keys) or not len(index):
             return out
-        q = _as_bytes(np.asarray(list(keys), dtype=str))
+        q = key_bytes(np.asarray(list(keys), dtype=str))
         order = np.argsort(q)                                  # sorted queries: far fewer cache misses
         qs = q[order]
         pos = np.minimum(np.searchsorted(index, qs), len(index) - 1)
@@ -327,7 +327,7 @@ class ShardedCache:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, keys=keys, values=values)
-        shard = _Shard(path, _as_bytes(keys), tuple(values.shape), values.dtype)
+        shard = _Shard(path, key_bytes(keys), tuple(values.shape), values.dtype)
         self._shards[path.name] = shard
         self._index = None
         return shard

@@ -327,14 +327,14 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     from llm_al.strategies import run_strategy
 
     if args.annotate_command == "synthesize":
-        from llm_al.synthesize import check_counts, prepare_synthesis, run_synthesis
+        from llm_al.synthesize import prepare_synthesis, run_synthesis
 
-        check_counts(args.n, args.seeds_per_prompt, args.max_rounds)
         if args.dry_run:
             from llm_al.plan import plan_synthesize
 
             pool, _, _, needs, model_cfg = prepare_synthesis(args.pool, args.out, args.from_strategy,
-                                                             _fields(args.field), args.model)
+                                                             _fields(args.field), args.model,
+                                                             (args.n, args.seeds_per_prompt, args.max_rounds))
             print(plan_synthesize(pool, args.from_strategy, needs, model_cfg, args.n, args.seeds_per_prompt,
                                   args.max_rounds, args.max_new_tokens))
             return

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from llm_al.cache import ShardedCache, _as_bytes
+from llm_al.cache import ShardedCache, key_bytes
 from llm_al.data import Example
 from llm_al.errors import FeatureUnavailableError, UserError
 from llm_al.formatting import (PackedBatch, TokenTable, Tokenized, head_logits, pack_suffixes, plan_rows,
@@ -402,7 +402,7 @@ def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_d
     scored: list[int] = []
     if todo:
         bar = tqdm(total=len(todo), desc=f"scoring {kind}", unit="ex", disable=not progress_bar)
-        todo_keys = _as_bytes(np.asarray([keys[i] for i in todo], dtype=str))
+        todo_keys = key_bytes(np.asarray([keys[i] for i in todo], dtype=str))
         by_key = np.argsort(todo_keys)
         sorted_keys, todo_at = todo_keys[by_key], np.asarray(todo)[by_key]
         elsewhere = np.zeros(len(keys), dtype=bool)

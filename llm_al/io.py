@@ -136,11 +136,7 @@ def _alive(lock: Path) -> bool:
 def clear_stale_claims(folder: Path) -> None:
     """Remove the lock files in `folder` whose process is gone (a killed worker's), then the folder
     itself if that left it empty; a live worker's locks stay."""
-    try:
-        locks = list(Path(folder).glob("*.lock"))
-    except OSError:
-        return
-    for lock in locks:
+    for lock in list(Path(folder).glob("*.lock")):          # none when the folder is absent
         if not _alive(lock):
             lock.unlink(missing_ok=True)
     try:

@@ -264,11 +264,9 @@ def build_index(texts: Iterable[str] | str | os.PathLike, out_dir: str | os.Path
             try:
                 os.rename(tmp, out)         # atomic; fails while a (non-empty) index is there
             except OSError:
-                if reusable():              # another process finished the same index first: keep it
-                    pass
-                elif not out.exists():
+                if not out.exists():
                     raise
-                else:                       # an index of another corpus or version: replace it
+                if not reusable():          # an index of another corpus or version (else: keep the equal one)
                     try:
                         _replace_dir(tmp, out)
                     except OSError:

@@ -11,7 +11,6 @@ tie-breaking); set-based ones (k-center) select greedily and report what drove e
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 from typing import Any, Callable
 

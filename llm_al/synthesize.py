@@ -279,11 +279,14 @@ def check_counts(n: int, seeds_per_prompt: int, max_rounds: int) -> None:
 
 
 def prepare_synthesis(pool_spec: str, out: str | Path, strategy: str, fields: dict[str, str] | None,
-                      model_name: str | None) -> tuple:
+                      model_name: str | None, counts: tuple[int, int, int]) -> tuple:
     """The checks and the loading `run_synthesis` (and its --dry-run) does before any model work:
-    (pool, strategy name, its params, the features it needs, the ModelConfig)."""
+    (pool, strategy name, its params, the features it needs, the ModelConfig). `counts` are
+    (n, seeds_per_prompt, max_rounds), checked first."""
     from llm_al.config import ModelConfig, parse_strategy
     from llm_al.data import load_pool
+
+    check_counts(*counts)
 
     if Path(out).expanduser().resolve() == Path(pool_spec).expanduser().resolve():
         raise UserError(f"--out {out!r} is the pool itself; write the new prompts to a new file")
@@ -300,20 +303,21 @@ def prepare_synthesis(pool_spec: str, out: str | Path, strategy: str, fields: di
 
 def run_synthesis(pool_spec: str, out: str | Path, n: int, *, strategy: str = "greedy_logprob",
                   seeds_per_prompt: int = 3, seed: int = 0, model_name: str | None = None,
-                  fields: dict[str, str] | None = None, progress: bool = True, **kw) -> SynthesisReport:
+                  fields: dict[str, str] | None = None, progress: bool = True, max_rounds: int = 5,
+                  **kw) -> SynthesisReport:
     """The `llm-al annotate synthesize` command: load, rank, synthesize, write."""
     from llm_al import models
     from llm_al.pipeline import compute_features
     from llm_al.seeds import rng
     from llm_al.strategies import run_strategy
 
-    check_counts(n, seeds_per_prompt, kw.get("max_rounds", 5))
-    pool, name, params, needs, model_cfg = prepare_synthesis(pool_spec, out, strategy, fields, model_name)
+    pool, name, params, needs, model_cfg = prepare_synthesis(pool_spec, out, strategy, fields, model_name,
+                                                             (n, seeds_per_prompt, max_rounds))
     model, tokenizer = models.load_model(model_cfg.name, model_cfg.device, trust_remote_code=model_cfg.trust_remote_code)
     features = compute_features(pool, needs, model_cfg, model_and_tokenizer=(model, tokenizer), progress=progress)
     budget = min(len(pool), max(seeds_per_prompt, n * seeds_per_prompt))
     sel = run_strategy(name, features, budget, rng(seed, "subset"), **params)
     records, report = synthesize(pool, sel.indices.tolist(), model, tokenizer, n, seeds_per_prompt=seeds_per_prompt,
-                                 seed=seed, fields=fields, strategy=strategy, **kw)
+                                 seed=seed, fields=fields, strategy=strategy, max_rounds=max_rounds, **kw)
     report.path = str(write_records(records, out))
     return report
