@@ -1,4 +1,4 @@
-"""Benchmark of the feature cache: the sharded, append-only llm_al.cache.ShardedCache against the
+"""Benchmark of the feature cache: the sharded, append-only llm_al.features.cache.ShardedCache against the
 single-file RowCache it replaced (a copy of which is kept below), filled the way
 compute_loss_features fills it; plus the memory of tokenising a pool up front.
 
@@ -14,7 +14,7 @@ RSS above the child's RSS just before (VmHWM, reset through /proc/self/clear_ref
 synthetic data exists). The old cache rewrites its whole file on every add, so its fill grows
 quadratically: it is measured up to OLD_MAX rows and its growth exponent reported.
 Tokenising: 100k synthetic chat examples (prompts of 20-80 words, responses of 10-120, from a
-fixed vocabulary) through llm_al.formatting.tokenize with the embedded SmolLM2 tokenizer, as
+fixed vocabulary) through llm_al.features.formatting.tokenize with the embedded SmolLM2 tokenizer, as
 loss_cache_plan does for the whole pool before scoring. Machine load averages are recorded with
 every row (the machine is shared). The printed report is also written to
 eval/results/bench_cache.txt.
@@ -44,7 +44,7 @@ RESULT = Path(__file__).parent / "results" / "bench_cache.txt"
 
 
 class RowCache:
-    """The cache before llm_al.cache (llm_al/features.py up to 8c5733b), verbatim but for the
+    """The cache before llm_al.features.cache (llm_al/features/engine.py up to 8c5733b), verbatim but for the
     error type: a file of rows keyed by text hash, rewritten whole on every add."""
 
     def __init__(self, path: Path):
@@ -98,7 +98,7 @@ def synthetic_rows(n: int) -> tuple[list[str], np.ndarray]:
 def _open(kind: str, folder: Path):
     if kind == "old":
         return RowCache(folder / "old.npz")
-    from llm_al.cache import ShardedCache
+    from llm_al.features.cache import ShardedCache
 
     return ShardedCache(folder / "new")
 
@@ -140,7 +140,7 @@ def child_load(kind: str, n: int, folder: Path) -> dict:
 
 
 def synthetic_examples(n: int):
-    from llm_al.data import records_to_pool
+    from llm_al.data.pool import records_to_pool
 
     rng = np.random.default_rng(SEED)
     vocab = sorted({w for w in Path(np.__file__).with_name("__init__.py").read_text().split() if w.isalpha()})
@@ -154,7 +154,7 @@ def child_tokenize(n: int) -> dict:
     from transformers import AutoTokenizer
 
     from llm_al import models
-    from llm_al.formatting import tokenize
+    from llm_al.features.formatting import tokenize
 
     tok = AutoTokenizer.from_pretrained(models.resolve(models.EMBEDDED_MODEL))
     examples = synthetic_examples(n)
@@ -190,7 +190,7 @@ def main(quick: bool) -> str:
     old_sizes = tuple(n for n in OLD_SIZES if n <= max(sizes))
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
-    lines = [f"bench_cache: feature cache fill / load / get (llm_al.cache.ShardedCache vs the old RowCache), "
+    lines = [f"bench_cache: feature cache fill / load / get (llm_al.features.cache.ShardedCache vs the old RowCache), "
              f"{time.strftime('%Y-%m-%d %H:%M')}",
              f"machine: {os.cpu_count()} CPUs, {cpu}; Python {platform.python_version()}, numpy {np.__version__}; "
              f"load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min; shared machine)",
@@ -232,7 +232,7 @@ def main(quick: bool) -> str:
     if not quick:
         r = run_child("tokenize", str(TOKENIZE_N))
         lines += ["", f"tokenising {r['examples']:,} synthetic examples (prompts of 20-80 words, responses of 10-120) "
-                  f"with the embedded SmolLM2 tokenizer through llm_al.formatting.tokenize (max_length 2048):",
+                  f"with the embedded SmolLM2 tokenizer through llm_al.features.formatting.tokenize (max_length 2048):",
                   f"  {r['seconds']:.1f} s, {r['tokens']:,} tokens ({r['tokens'] / r['examples']:.0f} per example); "
                   f"RSS held by the result {_mb(r['held'])} MB ({r['held'] / r['tokens']:.0f} bytes per token; "
                   f"int32 arrays would take 4), peak {_mb(r['peak_extra'])} MB above the RSS before "

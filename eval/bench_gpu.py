@@ -36,12 +36,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llm_al import models                                       # noqa: E402
-from llm_al.data import records_to_pool                         # noqa: E402
-from llm_al.demo_data import demo_records                       # noqa: E402
+from llm_al.data.pool import records_to_pool                         # noqa: E402
+from llm_al.data.demo import demo_records                       # noqa: E402
 from llm_al.evaluate import generate                            # noqa: E402
-from llm_al.features import plan_batches, response_token_stats  # noqa: E402
-from llm_al.formatting import prompt_text, tokenize             # noqa: E402
-from llm_al.train import TrainConfig, detach_lora, train_lora   # noqa: E402
+from llm_al.features.engine import plan_batches, response_token_stats  # noqa: E402
+from llm_al.features.formatting import prompt_text, tokenize             # noqa: E402
+from llm_al.train import detach_lora, train_lora  # noqa: E402
+from llm_al.config import TrainConfig
 
 SHAPES = {  # hidden, layers, intermediate, heads, kv heads
     "qwen2.5-0.5b-shape": (896, 24, 4864, 14, 2),
@@ -115,7 +116,8 @@ def write_profile(fn, device: str, path: Path) -> None:
 def kcenter_section(n: int, device: str, dim: int = 384, budget: int = 500) -> list[str]:
     """scale.kcenter_torch on `device` over n x dim float32 points vs strategies.kcenter_greedy (numpy,
     this machine's CPUs) on the same points; the picks must agree (random Gaussian data: no near-ties)."""
-    from llm_al import scale, strategies
+    from llm_al.strategies.kernels import scale
+    from llm_al.strategies import base as strategies
 
     x = np.random.default_rng(0).standard_normal((n, dim), dtype=np.float32)
     scale.kcenter_torch(x[: min(n, 20_000)], min(budget, 50), 0, device=device)                   # warm-up

@@ -1,4 +1,4 @@
-"""Benchmark of llm_al.overlap: build 8-gram indexes over 2M, 20M and 100M synthetic tokens (and the
+"""Benchmark of llm_al.features.overlap: build 8-gram indexes over 2M, 20M and 100M synthetic tokens (and the
 20M corpus read back from .jsonl.gz and Parquet shards on disk), then query them.
 
     .venv/bin/python eval/bench_overlap.py      # ~3-4 min on 2 idle CPU cores; ~2.5 GB of temp disk
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from llm_al.io import write_text
-from llm_al.overlap import (
+from llm_al.features.overlap import (
     NgramIndex,
-    _hash_batch,
+    hash_batch,
     build_index,
     example_overlap,
     reference_texts,
@@ -196,7 +196,7 @@ def main() -> None:
         print(text, flush=True)
         lines.append(text)
 
-    say(f"bench_overlap: {N}-gram index build and query (llm_al.overlap), {time.strftime('%Y-%m-%d %H:%M')}")
+    say(f"bench_overlap: {N}-gram index build and query (llm_al.features.overlap), {time.strftime('%Y-%m-%d %H:%M')}")
     say(f"machine: {machine()}")
     say(f"load average (1/5/15 min) at the start: {load()} (a shared machine: other jobs ran alongside)")
     say(f"corpus: {SMALL_TOKENS / 1e6:.0f}M / {TOKENS / 1e6:.0f}M / {LARGE_TOKENS / 1e6:.0f}M synthetic tokens, "
@@ -232,13 +232,13 @@ def main() -> None:
             f"{shard_bytes['jsonl.gz'] / 2**20:.0f} MB of .jsonl.gz / {shard_bytes['parquet'] / 2**20:.0f} MB of "
             f".parquet ({SHARD_TOKENS / 1e6:.0f}M-token shards) through reference_texts, so their build s includes "
             f"reading and decoding; their index equals the generator's: {same}. Peak RSS of a child that only "
-            f"imports llm_al.overlap: {base:.0f} MB; that only generates the text: {gen:.0f} MB. Temporary disk "
+            f"imports llm_al.features.overlap: {base:.0f} MB; that only generates the text: {gen:.0f} MB. Temporary disk "
             f"during a build peaks at about twice the index (the sorted runs, then the merged index).")
         say()
 
         examples = query_examples()
-        hashing = best_of(lambda: _hash_batch(examples, N, words))
-        _, _, grams, _ = _hash_batch(examples, N, words)
+        hashing = best_of(lambda: hash_batch(examples, N, words))
+        _, _, grams, _ = hash_batch(examples, N, words)
         say(f"query: {len(examples):,} examples of {QUERY_WORDS} words ({len(grams):,} 8-grams; half copied "
             f"from the first 2M tokens, so in every index, half novel); best of 5, warm page cache")
         say("index          distinct 8-grams  log2(G)  example_overlap s  examples/s  lookup s  ns/8-gram  "
@@ -289,7 +289,7 @@ if __name__ == "__main__":
             pass
         print(json.dumps({"rss_mb": peak_rss_mb()}))
     elif sys.argv[1:2] == ["--baseline"]:
-        import llm_al.overlap  # noqa: F401
+        import llm_al.features.overlap  # noqa: F401
 
         print(json.dumps({"rss_mb": peak_rss_mb()}))
     else:

@@ -35,11 +35,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llm_al import models                                       # noqa: E402
-from llm_al.data import records_to_pool                         # noqa: E402
-from llm_al.demo_data import demo_records                       # noqa: E402
-from llm_al.features import (CPU_BATCH_TOKENS, ROW_TOKENS, length_sorted_batches,   # noqa: E402
+from llm_al.data.pool import records_to_pool                         # noqa: E402
+from llm_al.data.demo import demo_records                       # noqa: E402
+from llm_al.features.engine import (CPU_BATCH_TOKENS, ROW_TOKENS, length_sorted_batches,   # noqa: E402
                              plan_batches, response_token_stats)
-from llm_al.formatting import pack, response_logits, tokenize   # noqa: E402
+from llm_al.features.formatting import pack, response_logits, tokenize   # noqa: E402
 
 N_EXAMPLES = 200
 PEAK_SECONDS = 1.5

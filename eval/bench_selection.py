@@ -1,4 +1,4 @@
-"""Benchmark of llm_al.scale and llm_al.knn: selection at 10k, 100k and 1M embeddings against the plain code.
+"""Benchmark of llm_al.strategies.kernels.scale and llm_al.strategies.kernels.knn: selection at 10k, 100k and 1M embeddings against the plain code.
 
     .venv/bin/python eval/bench_selection.py                  # ~35 min on 2 busy CPU cores; ~2 GB of temp disk
     .venv/bin/python eval/bench_selection.py --sizes 1000000  # one size only: printed, the results file kept
@@ -120,7 +120,9 @@ def load(path: str) -> np.ndarray:
 
 def child(task: str, data: str, out: str) -> None:
     """Run one measurement in this process and print a JSON line."""
-    from llm_al import diversity, knn, scale
+    from llm_al.strategies import diversity
+    from llm_al.strategies.kernels import knn
+    from llm_al.strategies.kernels import scale
 
     x = load(data)                                           # (N, D) float32, fully in memory
     rng = np.random.default_rng(SEED)
@@ -134,8 +136,8 @@ def child(task: str, data: str, out: str) -> None:
         for s in range(0, len(x), 65536):
             x[s : s + 65536] = x[s : s + 65536].astype(np.float16)
     if task == "deita":                                      # the Features `llm-al select` would hold
-        from llm_al.features import Features
-        from llm_al.strategies import run_strategy
+        from llm_al.types import Features
+        from llm_al.strategies.base import run_strategy
 
         feats = Features(ids=[f"id{i}" for i in range(len(x))], length=np.full(len(x), np.nan, np.float32),
                          loss=rng.gamma(2.0, 1.0, len(x)).astype(np.float32), embeddings=x)
@@ -217,8 +219,8 @@ def baseline_picks(kind: str, loss: np.ndarray, min_k: np.ndarray, budget: int, 
 
 def loss_child(task: str, data: str, out: str) -> None:
     """One loss-based measurement: `strategy:KIND:BUDGET` or `argsort|argpartition:KIND:BUDGET`."""
-    from llm_al.features import Features
-    from llm_al.strategies import run_strategy
+    from llm_al.types import Features
+    from llm_al.strategies.base import run_strategy
     from llm_al.config import parse_strategy
 
     how, kind, budget = task.split(":")
@@ -299,7 +301,7 @@ def divergence(x: np.ndarray, plain: np.ndarray, fast: np.ndarray, step: int) ->
 
 def dense_objective(x: np.ndarray, picks: np.ndarray) -> float:
     """Facility-location value sum_i max_{j in picks} (1 + cos(i, j)) / 2 over all rows, in blocks."""
-    from llm_al.knn import unit_f32
+    from llm_al.strategies.kernels.knn import unit_f32
 
     p = unit_f32(x[np.sort(picks)])                          # (budget, D)
     return float(sum(((1.0 + (unit_f32(x[s : s + 65536]) @ p.T).max(1)) / 2).sum(dtype=np.float64)
@@ -333,7 +335,7 @@ def main(sizes: tuple[int, ...] = SIZES) -> None:
         lines.append(text)
 
     load = os.getloadavg()
-    say(f"bench_selection: llm_al.scale and llm_al.knn at 10k-1M embeddings, {time.strftime('%Y-%m-%d %H:%M')}")
+    say(f"bench_selection: llm_al.strategies.kernels.scale and llm_al.strategies.kernels.knn at 10k-1M embeddings, {time.strftime('%Y-%m-%d %H:%M')}")
     say(f"machine: {machine()}")
     say(f"load average at start: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min): the machine is shared, and "
         f"other jobs' CPU use slows both sides of each comparison")
@@ -439,7 +441,7 @@ def summary(rows: dict, say) -> None:
 
 def fl_section(n: int, x: np.ndarray, data: Path, out, row, rows: dict) -> None:
     """Facility location (budget BUDGET) and DEITA at N = n, as rows of the report."""
-    from llm_al import knn
+    from llm_al.strategies.kernels import knn
 
     ref = None                                               # (task, picks) that approximate picks are judged by
     if n <= 10_000:

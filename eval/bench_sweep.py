@@ -119,7 +119,8 @@ def main() -> None:
     import json
 
     import llm_al.train
-    from llm_al import experiment, models
+    from llm_al import models
+    from llm_al.run import experiment
     from llm_al.config import load_config
 
     timers = Timers()

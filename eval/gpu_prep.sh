@@ -17,7 +17,7 @@ import json, shutil
 from pathlib import Path
 from transformers import AutoTokenizer
 from llm_al import models
-from llm_al.demo_data import demo_records
+from llm_al.data.demo import demo_records
 
 AutoTokenizer.from_pretrained(models.resolve(models.EMBEDDED_MODEL)).save_pretrained(".gpu/tokenizer")
 pool, test = demo_records()

@@ -2,7 +2,7 @@
 
     llm-al demo [key=value ...]                 the main job: strategies vs random on the embedded default
     llm-al run RECIPE.yaml [key=value ...]      any experiment described by a recipe
-    llm-al run RECIPE.yaml --ray --workers N    its runs spread over Ray workers (llm_al/distributed.py)
+    llm-al run RECIPE.yaml --ray --workers N    its runs spread over Ray workers (llm_al/run/distributed.py)
     llm-al select POOL --strategy S --budget N --out FILE [--dry-run]
     llm-al overlap POOL [--reference R] [--test T] [--dry-run]   overlap with a reference corpus and a test set
     llm-al annotate export|import ...          humans in the loop: prompts out, filled responses back in
@@ -30,7 +30,7 @@ log = logging.getLogger("llm_al")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from llm_al.evaluate import EvalConfig
+    from llm_al.config import EvalConfig
 
     p = argparse.ArgumentParser(prog="llm-al", description="Choose the few examples worth fine-tuning an LLM on, "
                                 "and measure whether the choice beat random.")
@@ -166,7 +166,7 @@ def _setup_logging() -> None:
 def cmd_list() -> None:
     from llm_al.metrics import METRICS
     from llm_al.orderings import ORDERINGS
-    from llm_al.strategies import STRATEGIES
+    from llm_al.strategies.base import STRATEGIES
 
     for title, reg in (("strategies", STRATEGIES), ("orderings", ORDERINGS), ("metrics", METRICS)):
         print(f"{title}:")
@@ -180,12 +180,12 @@ def cmd_list() -> None:
 
 def cmd_experiment(recipe: str | None, overrides: list[str], dry_run: bool = False) -> None:
     from llm_al.config import load_config
-    from llm_al.experiment import run_experiment
-    from llm_al.report import format_table
+    from llm_al.run.experiment import run_experiment
+    from llm_al.analysis.table import format_table
 
     cfg = load_config(recipe, overrides)
     if dry_run:
-        from llm_al.plan import plan_experiment
+        from llm_al.run.estimate import plan_experiment
 
         print(plan_experiment(cfg))
         return
@@ -198,8 +198,8 @@ def cmd_experiment(recipe: str | None, overrides: list[str], dry_run: bool = Fal
 def cmd_ray(args: argparse.Namespace) -> None:
     """`llm-al run RECIPE --ray [--workers N]`: the experiment's runs spread over Ray workers."""
     from llm_al.config import load_config
-    from llm_al.distributed import default_workers, run_sweep_ray
-    from llm_al.report import format_table
+    from llm_al.run.distributed import default_workers, run_sweep_ray
+    from llm_al.analysis.table import format_table
 
     if not args.ray:
         raise UserError("--workers and --ray-address go with --ray (e.g. llm-al run recipe.yaml --ray --workers 4)")
@@ -224,12 +224,13 @@ def _fields(items: list[str]) -> dict | None:
 
 
 def cmd_overlap(args: argparse.Namespace) -> None:
-    from llm_al.data import load_pool
-    from llm_al.export import write_subset
+    from llm_al.data.pool import load_pool
+    from llm_al.data.export import write_subset
     from llm_al.config import DataConfig
-    from llm_al.demo_data import EMBEDDED_POOL
-    from llm_al.overlap import example_overlap
-    from llm_al.pipeline import load_data, reference_index, reference_index_dir, selection_overlap
+    from llm_al.data.demo import EMBEDDED_POOL
+    from llm_al.features.overlap import example_overlap
+    from llm_al.run.pipeline import load_data
+    from llm_al.features.reference_index import reference_index, reference_index_dir, selection_overlap
 
     if args.pool == EMBEDDED_POOL:          # the demo pool, with its fixed test set unless one is given
         data = load_data(DataConfig(pool=args.pool), need_test=True)
@@ -240,7 +241,7 @@ def cmd_overlap(args: argparse.Namespace) -> None:
         test = load_pool(args.test, fields=_fields(args.field))
     if args.dry_run:
         from llm_al.config import ModelConfig
-        from llm_al.plan import plan_overlap
+        from llm_al.run.estimate import plan_overlap
 
         print(plan_overlap(pool, test, args.reference, args.n, args.reference_field, args.reference_split,
                            not args.no_similarity, args.embedder or ModelConfig().embedder, args.sample_passages,
@@ -287,7 +288,7 @@ def _reference_similarity(args: argparse.Namespace, pool):
     import numpy as np
 
     from llm_al.config import ModelConfig, OverlapConfig
-    from llm_al.overlap_probes import similarity_scores
+    from llm_al.strategies.reference_overlap import similarity_scores
 
     from llm_al import models
 
@@ -315,22 +316,23 @@ def _reference_similarity(args: argparse.Namespace, pool):
 def cmd_annotate(args: argparse.Namespace) -> None:
     """Export: pick among the unlabelled prompts, optionally draft responses. Import: validate the
     filled file completely, then write the merged pool (nothing is written if any row is bad)."""
-    from llm_al.annotate import _format as _annotation_format
-    from llm_al.annotate import (export_for_annotation, import_annotations, merge_labelled, read_manifest,
+    from llm_al.data.annotate import annotation_format as _annotation_format
+    from llm_al.data.annotate import (export_for_annotation, import_annotations, merge_labelled, read_manifest,
                                  unlabelled_indices)
     from llm_al.config import ModelConfig, parse_strategy
-    from llm_al.data import load_pool
-    from llm_al.export import write_subset
+    from llm_al.data.pool import load_pool
+    from llm_al.data.export import write_subset
     from llm_al.io import write_text
-    from llm_al.pipeline import DIRECT_FEATURES, LOSS_FEATURES, compute_features, needed_features
+    from llm_al.run.pipeline import compute_features, needed_features
+    from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
     from llm_al.seeds import rng
-    from llm_al.strategies import run_strategy
+    from llm_al.strategies.base import run_strategy
 
     if args.annotate_command == "synthesize":
-        from llm_al.synthesize import prepare_synthesis, run_synthesis
+        from llm_al.run.synthesize import prepare_synthesis, run_synthesis
 
         if args.dry_run:
-            from llm_al.plan import plan_synthesize
+            from llm_al.run.estimate import plan_synthesize
 
             pool, _, _, needs, model_cfg = prepare_synthesis(args.pool, args.out, args.from_strategy,
                                                              _fields(args.field), args.model,
@@ -380,7 +382,7 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     _check_strategy_call(name, params, args.budget, len(candidates))
     _annotation_format(Path(args.out), args.out)
     if args.dry_run:
-        from llm_al.plan import plan_annotate_export
+        from llm_al.run.estimate import plan_annotate_export
 
         print(plan_annotate_export(pool, candidates, args.strategy, needs, model_cfg, args.budget, args.out,
                                    args.drafts, args.max_new_tokens))
@@ -392,7 +394,7 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     if args.drafts:
         from llm_al import models
         from llm_al.evaluate import generate
-        from llm_al.formatting import prompt_text
+        from llm_al.features.formatting import prompt_text
 
         model, tokenizer = models.load_model(args.model or model_cfg.name)
         drafts = generate(model, tokenizer, [prompt_text(tokenizer, pool.examples[i].prompt_messages) for i in chosen],
@@ -409,10 +411,10 @@ def cmd_select(args: argparse.Namespace) -> None:
     import numpy as np
 
     from llm_al.config import DataConfig, ModelConfig, parse_strategy
-    from llm_al.export import _output_format, write_subset
-    from llm_al.pipeline import compute_features, load_data, needed_features
+    from llm_al.data.export import choose_output_format, write_subset
+    from llm_al.run.pipeline import compute_features, load_data, needed_features
     from llm_al.seeds import rng
-    from llm_al.strategies import run_strategy
+    from llm_al.strategies.base import run_strategy
 
     fields = _fields(args.field)
     if Path(args.out).resolve() == Path(args.pool).resolve():
@@ -428,9 +430,9 @@ def cmd_select(args: argparse.Namespace) -> None:
     model_cfg.scorer = args.scorer
     pool = load_data(data_cfg, seed=args.seed, need_test=False).pool
     _check_strategy_call(name, params, args.budget, len(pool))        # before any scoring
-    output_format = _output_format(Path(args.out).expanduser(), None, pool.format)
+    output_format = choose_output_format(Path(args.out).expanduser(), None, pool.format)
     if args.dry_run:
-        from llm_al.plan import plan_select
+        from llm_al.run.estimate import plan_select
 
         print(plan_select(pool, args.strategy, needs, model_cfg, args.budget, args.out, output_format))
         return
@@ -442,7 +444,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         "llm_al_score": [None if s != s else round(float(s), 6) for s in sel.scores],
     }
     if args.explain:
-        from llm_al.explain import explain_selection
+        from llm_al.strategies.explain import explain_selection
 
         columns.update(explain_selection(features, sel.indices, pool.ids, np.random.default_rng(args.seed)))
     path = write_subset(pool, sel.indices.tolist(), args.out, columns=columns, shape=args.export_shape)
@@ -456,7 +458,7 @@ def _check_strategy_call(name: str, params: dict, budget: int, pool_size: int) -
     import inspect
 
     from llm_al.errors import ConfigError
-    from llm_al.strategies import STRATEGIES, check_budget
+    from llm_al.strategies.base import STRATEGIES, check_budget
 
     fn = STRATEGIES.get(name).fn
     check_budget(budget, pool_size)
@@ -508,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "annotate":
             cmd_annotate(args)
         elif args.command == "report":
-            from llm_al.writeup import write_report
+            from llm_al.analysis.writeup import write_report
 
             files = write_report(args.results_dir, args.out)
             print("\n".join(f"wrote {p}" for p in files.values()))

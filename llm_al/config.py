@@ -18,17 +18,16 @@ from typing import Any
 
 import yaml
 
-from llm_al.demo_data import EMBEDDED_POOL
+from llm_al.data.demo import EMBEDDED_POOL
 from llm_al.errors import ConfigError, UnknownNameError, UserError
-from llm_al.evaluate import EvalConfig
-from llm_al.grid import DESIGNS
-from llm_al.loop import LoopConfig
+from llm_al.metrics import METRICS
 from llm_al.models import DTYPES, EMBEDDED_EMBEDDER, EMBEDDED_MODEL
-from llm_al.orderings import ORDERINGS
-from llm_al.probes import ProbeConfig, provided_names
+from llm_al.registries import ORDERINGS, STRATEGIES, provided_names
 from llm_al.registry import did_you_mean
-from llm_al.strategies import STRATEGIES
-from llm_al.train import TrainConfig
+from llm_al.types import FEATURE_NAMES
+
+DESIGNS = ("paired", "grid", "grid_tied")
+"""How runs are laid out over seeds (see run/grid.py)."""
 
 
 class _Loader(yaml.SafeLoader):
@@ -95,12 +94,114 @@ class ModelConfig:
 
 
 @dataclass
+class TrainConfig:
+    epochs: int = 1
+    """Passes over the subset; each replays the same order. (Defaults fit the 2-core CPU demo.)"""
+    batch_size: int = 4
+    lr: float = 1e-3
+    """AdamW learning rate for the adapter."""
+    schedule: str = "constant"
+    """"constant" or "linear" (decay to 0 over all steps)."""
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    """0 by default: peft's dropout adds ~1/3 to a CPU step, and is one more source of randomness."""
+    target_modules: str | list[str] = "all-linear"
+    """peft target modules: "all-linear" or a list of module names."""
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "lora_r"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.schedule not in ("constant", "linear"):
+            raise ConfigError(f"train.schedule must be 'constant' or 'linear', got {self.schedule!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"train.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class EvalConfig:
+    metrics: list[str] = field(default_factory=lambda: ["chrf", "bleu", "rougeL", "exact_match"])
+    primary: str = "chrf"
+    """The metric the comparison table and the verdicts use."""
+    max_new_tokens: int = 64
+    batch_size: int = 50
+
+    def __post_init__(self) -> None:
+        for name in self.metrics:
+            METRICS.get(name)
+        if self.primary not in self.metrics:
+            raise ConfigError(f"eval.primary {self.primary!r} is not among eval.metrics {self.metrics}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("eval.max_new_tokens and eval.batch_size must be >= 1")
+
+
+@dataclass
+class LoopConfig:
+    rounds: int = 0
+    """Acquisition rounds after the seed set; 0 = one-shot selection (no loop)."""
+    seed_size: int = 20
+    """Examples in the seed set; the rest of the budget is split evenly over the rounds."""
+    seed_strategy: str = "random"
+    """How the seed set is chosen (any strategy)."""
+
+    def round_size(self, budget: int) -> int:
+        if self.rounds < 1:
+            raise ConfigError("loop.rounds must be >= 1 for a loop")
+        extra = budget - self.seed_size
+        if self.seed_size < 1 or extra < self.rounds or extra % self.rounds:
+            raise ConfigError(f"budget {budget} - loop.seed_size {self.seed_size} = {extra} must split evenly "
+                              f"into loop.rounds {self.rounds} rounds of at least 1 example")
+        return extra // self.rounds
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ConfigError(f"loop.rounds must be >= 0, got {self.rounds}")
+        STRATEGIES.get(self.seed_strategy)
+
+
+@dataclass
+class ProbeConfig:
+    """Settings of the probes (config section `probe`)."""
+
+    seed: int = 0
+    """Seed of every random draw a probe makes (dropout masks, sampled generations, bootstraps)."""
+    mc_passes: int = 8
+    """Stochastic passes K of the `mc_dropout` probe (bald, mc_disagreement); >= 2."""
+    mc_dropout: float = 0.1
+    """Dropout p the `mc_dropout` probe applies to the decoder's Linear inputs during its passes; in (0, 1)."""
+    committee_size: int = 3
+    """LoRA adapters in the `committee` probe (qbc), each trained on a bootstrap of the labelled set; >= 2."""
+    ngram_max: int = 2
+    """Longest word n-gram the `ngrams` probe counts (n = 1..ngram_max; llm_al.strategies.lexical)."""
+    gen_samples: int = 4
+    """Sampled answers per prompt for the `sampled` probe (gen_disagreement, bleu_variance); >= 2."""
+    gen_temperature: float = 1.0
+    """Sampling temperature of the `sampled` probe (no top-k / top-p truncation)."""
+
+    def __post_init__(self) -> None:
+        for name, lo in (("mc_passes", 2), ("committee_size", 2), ("ngram_max", 1), ("gen_samples", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ConfigError(f"probe.{name} must be an integer >= {lo}, got {value!r}")
+        if not 0 <= self.mc_dropout < 1:
+            raise ConfigError(f"probe.mc_dropout must be in [0, 1), got {self.mc_dropout!r}")
+        if not self.gen_temperature > 0:
+            raise ConfigError(f"probe.gen_temperature must be > 0, got {self.gen_temperature!r}")
+
+
+@dataclass
 class OverlapConfig:
     reference: str | None = "pydoc"
     """Pre-training-like reference corpus for overlap columns: "pydoc" (the standard library's
     Python reference prose, a small stand-in for a real pre-training sample), a text file, JSON
     Lines, any of those gzip-compressed, a .parquet file, a datasets save_to_disk folder, a folder of
-    such shards, or a hub dataset id (streamed; online only); see llm_al/reference.py. None: no
+    such shards, or a hub dataset id (streamed; online only); see llm_al/data/reference.py. None: no
     reference overlap."""
     reference_field: str = "text"
     """The text field (column) of a row-format reference: JSON Lines, Parquet, datasets, hub."""
@@ -140,7 +241,7 @@ class ExperimentConfig:
     keep their ids, so adding budgets to an experiment reuses its runs."""
     design: str = "paired"
     """paired (run k uses seed k for subset, order and init), grid (subset_seeds x order_seeds x
-    init_seeds) or grid_tied (subset_seeds x order_seeds, init seed = order seed). See llm_al/grid.py."""
+    init_seeds) or grid_tied (subset_seeds x order_seeds, init seed = order seed). See llm_al/run/grid.py."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Run seeds of the paired design. Each derives separate subset, data-order and init streams."""
     subset_seeds: list[int] = field(default_factory=lambda: [0])
@@ -173,8 +274,7 @@ class ExperimentConfig:
             STRATEGIES.get(parse_strategy(spec)[0])
         for name in self.orderings:
             ORDERINGS.get(name)
-        valid = ("loss", "entropy", "n_tokens", "min_k", "min_k_plus", "ifd", "direct_loss", "scorer_ifd", "embeddings",
-                 *provided_names())
+        valid = (*FEATURE_NAMES, *provided_names())
         for name in self.features:
             if name not in valid:
                 raise ConfigError(f"unknown feature {name!r} in features; valid: {', '.join(valid)}")

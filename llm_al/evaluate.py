@@ -8,34 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Sequence
 
-from llm_al.data import Example
-from llm_al.formatting import prompt_text
-from llm_al.metrics import METRICS, score_all
+from llm_al.config import EvalConfig
+from llm_al.data.pool import Example
+from llm_al.features.formatting import prompt_text
+from llm_al.features.memory import free_accelerator_memory, out_of_memory_errors
+from llm_al.metrics import score_all
 
 log = logging.getLogger("llm_al")
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>", "</s>")
-
-
-@dataclass
-class EvalConfig:
-    metrics: list[str] = field(default_factory=lambda: ["chrf", "bleu", "rougeL", "exact_match"])
-    primary: str = "chrf"
-    """The metric the comparison table and the verdicts use."""
-    max_new_tokens: int = 64
-    batch_size: int = 50
-
-    def __post_init__(self) -> None:
-        from llm_al.errors import ConfigError
-
-        for name in self.metrics:
-            METRICS.get(name)
-        if self.primary not in self.metrics:
-            raise ConfigError(f"eval.primary {self.primary!r} is not among eval.metrics {self.metrics}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ConfigError("eval.max_new_tokens and eval.batch_size must be >= 1")
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int):
@@ -72,7 +54,6 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batc
     from tqdm.auto import tqdm
 
     from llm_al.errors import UserError
-    from llm_al.features import free_accelerator_memory, out_of_memory_errors
 
     device = next(model.parameters()).device
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]

@@ -9,15 +9,10 @@ left in selection order.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-from llm_al.features import Features
-from llm_al.registry import Registry
-
-OrderingFn = Callable[[np.ndarray, Features, np.random.Generator], np.ndarray]
-ORDERINGS: Registry[OrderingFn] = Registry("ordering")
+from llm_al.registries import ORDERINGS
+from llm_al.types import Features
 
 
 def sort_by(indices: np.ndarray, key: np.ndarray, rng: np.random.Generator, descending: bool = False) -> np.ndarray:
@@ -71,7 +66,7 @@ def high_ifd_first(indices: np.ndarray, features: Features, rng: np.random.Gener
                     needs=("embeddings",), seeded=True)
 def cluster_round_robin(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
     """Interleave clusters: largest cluster first in each round, members in seeded random order."""
-    from llm_al.diversity import kmeans
+    from llm_al.strategies.diversity import kmeans
 
     indices = np.asarray(indices)
     k = max(1, int(round(np.sqrt(len(indices)))))
@@ -93,7 +88,7 @@ def cluster_round_robin(indices: np.ndarray, features: Features, rng: np.random.
                     "alike (the blocked opposite of cluster_round_robin)", needs=("embeddings",), seeded=True)
 def cluster_blocks(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
     """Blocked practice: clusters in a seeded random order, members in seeded random order."""
-    from llm_al.diversity import kmeans
+    from llm_al.strategies.diversity import kmeans
 
     indices = np.asarray(indices)
     k = max(1, int(round(np.sqrt(len(indices)))))
@@ -104,7 +99,7 @@ def cluster_blocks(indices: np.ndarray, features: Features, rng: np.random.Gener
 def by_familiarity(indices: np.ndarray, features: Features, rng: np.random.Generator, familiar: bool) -> np.ndarray:
     """Sort by ref_overlap (n-gram overlap with the reference), ties by ref_vocab (share of words
     the reference has), remaining ties at random; most familiar first when `familiar`. Both come
-    from the one `reference_overlap` probe (llm_al/overlap_probes.py). Raises when both are
+    from the one `reference_overlap` probe (llm_al/strategies/reference_overlap.py). Raises when both are
     constant over the subset: the order would be a disguised shuffle."""
     from llm_al.errors import FeatureUnavailableError
 

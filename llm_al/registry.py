@@ -1,12 +1,15 @@
 """One small registry, used for strategies, orderings and metrics.
 
 Plug-ins register where they are defined (`@STRATEGIES.register("kcenter", ...)`); a lookup miss
-lists the valid names and suggests the nearest one.
+lists the valid names and suggests the nearest one. A registry made with `home="llm_al.x"` imports
+that module on its first lookup, so the plug-ins defined there are registered before any name is
+checked, and a low layer (config) can validate names without importing the layer that defines them.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
@@ -29,10 +32,17 @@ def did_you_mean(name: str, options: list[str]) -> str:
 
 
 class Registry(Generic[F]):
-    def __init__(self, kind: str, plural: str | None = None):
+    def __init__(self, kind: str, plural: str | None = None, home: str | None = None):
         self.kind = kind
         self.plural = plural or kind + "s"
+        self.home = home
         self._entries: dict[str, Entry[F]] = {}
+
+    def _load(self) -> None:
+        """Import the module whose import registers the entries (once; a no-op while it is importing)."""
+        if self.home is not None:
+            home, self.home = self.home, None
+            importlib.import_module(home)
 
     def register(self, name: str, description: str, **meta: Any) -> Callable[[F], F]:
         def wrap(fn: F) -> F:
@@ -44,6 +54,7 @@ class Registry(Generic[F]):
         return wrap
 
     def get(self, name: str) -> Entry[F]:
+        self._load()
         if name not in self._entries:
             names = sorted(self._entries)
             raise UnknownNameError(
@@ -53,9 +64,11 @@ class Registry(Generic[F]):
         return self._entries[name]
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry[F]]:

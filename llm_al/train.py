@@ -20,43 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from llm_al.config import TrainConfig
 from llm_al.errors import UserError
-from llm_al.formatting import Tokenized, pack, response_logits
+from llm_al.features.formatting import Tokenized, pack, response_logits
+from llm_al.features.memory import free_accelerator_memory, out_of_memory_errors
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 1
-    """Passes over the subset; each replays the same order. (Defaults fit the 2-core CPU demo.)"""
-    batch_size: int = 4
-    lr: float = 1e-3
-    """AdamW learning rate for the adapter."""
-    schedule: str = "constant"
-    """"constant" or "linear" (decay to 0 over all steps)."""
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    """0 by default: peft's dropout adds ~1/3 to a CPU step, and is one more source of randomness."""
-    target_modules: str | list[str] = "all-linear"
-    """peft target modules: "all-linear" or a list of module names."""
-    max_grad_norm: float = 1.0
-
-    def __post_init__(self) -> None:
-        from llm_al.errors import ConfigError
-
-        for name in ("epochs", "batch_size", "lora_r"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.schedule not in ("constant", "linear"):
-            raise ConfigError(f"train.schedule must be 'constant' or 'linear', got {self.schedule!r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"train.lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
 @dataclass
@@ -101,7 +70,7 @@ def train_lora(model, items: Sequence[Tokenized], pad_id: int, cfg: TrainConfig,
     peft_model = attach_lora(model, cfg, init_seed)
     t0 = time.perf_counter()
     try:
-        result = _optimise(peft_model, items, pad_id, cfg, on_batch, progress_bar)
+        result = optimise(peft_model, items, pad_id, cfg, on_batch, progress_bar)
     except BaseException:
         detach_lora(peft_model)   # leave the caller's base model as it was
         raise
@@ -109,7 +78,7 @@ def train_lora(model, items: Sequence[Tokenized], pad_id: int, cfg: TrainConfig,
     return peft_model, result
 
 
-def _optimise(peft_model, items, pad_id, cfg: TrainConfig, on_batch, progress_bar) -> TrainResult:
+def optimise(peft_model, items, pad_id, cfg: TrainConfig, on_batch, progress_bar) -> TrainResult:
     import torch
     from tqdm.auto import tqdm
 
@@ -152,7 +121,6 @@ def _backward_backing_off(peft_model, batch: list[Tokenized], pad_id: int, devic
     On running out of accelerator memory the step's partial gradient is dropped, the micro-batch
     size halved (and kept, in `result`, for later steps) and the step redone; a single example
     that does not fit is a UserError."""
-    from llm_al.features import free_accelerator_memory, out_of_memory_errors
 
     total = sum(len(t.response_ids) for t in batch)
     while True:

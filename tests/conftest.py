@@ -89,21 +89,21 @@ def pool_file(tmp_path) -> Path:
 
 def synthetic_features(n: int = 40, dim: int = 8, seed: int = 0):
     """Features with every field filled, for the strategy and ordering contract suites."""
-    from llm_al.features import Features
+    from llm_al.types import Features
 
     rng = np.random.default_rng(seed)
     emb = rng.normal(size=(n, dim)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    from llm_al.features import MIN_K_FRACTIONS
+    from llm_al.types import MIN_K_FRACTIONS
 
-    import llm_al.strategies  # noqa: F401  (registers every probe)
-    from llm_al.probes import provided_names
+    import llm_al.strategies.base  # noqa: F401  (registers every probe)
+    from llm_al.features.probes import provided_names
 
     loss = rng.gamma(2.0, 1.0, n).astype(np.float32)
     scores = {name: rng.gamma(2.0, 1.0, n).astype(np.float32) for name in provided_names()}
     from scipy import sparse
 
-    from llm_al.probes import matrix_names
+    from llm_al.features.probes import matrix_names
 
     for name in matrix_names():        # (N, D) count matrices (n-grams), not scores: random sparse counts
         m_rng = np.random.default_rng(seed + 1)

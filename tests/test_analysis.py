@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from llm_al.analysis import (band, decompose_arms, feature_correlations, holm, learning_curve, ols_r2,
+from llm_al.analysis.protocol import (band, decompose_arms, feature_correlations, holm, learning_curve, ols_r2,
                              percentile_among_random, strategy_vs_random, variance_decomposition, verdict,
                              wilcoxon_vs_baseline)
 
@@ -298,7 +298,7 @@ def test_learning_curve_groups_and_sorts():
 
 
 def test_verdict_does_not_claim_a_level_its_baseline_cannot_resolve():
-    from llm_al.analysis import verdict
+    from llm_al.analysis.protocol import verdict
 
     assert verdict(0.0, -9.0, -5.0, n_baseline=5) == "worse than all 5 random subsets (too few to claim 95%)"
     assert verdict(100.0, 1.0, 3.0, n_baseline=19) == "better than all 19 random subsets (too few to claim 95%)"

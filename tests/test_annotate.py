@@ -1,4 +1,4 @@
-"""Tests for llm_al.annotate: export -> fill -> import -> merge round trips, drafts, and bad files."""
+"""Tests for llm_al.data.annotate: export -> fill -> import -> merge round trips, drafts, and bad files."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from llm_al.annotate import (
+from llm_al.data.annotate import (
     COLUMNS,
     export_for_annotation,
     import_annotations,
     merge_labelled,
     unlabelled_indices,
 )
-from llm_al.data import Pool, load_pool, records_to_pool
+from llm_al.data.pool import Pool, load_pool, records_to_pool
 from llm_al.errors import DataError, UserError
-from llm_al.export import write_subset
+from llm_al.data.export import write_subset
 
 RECORDS = [{"prompt": "Café ☕?", "system": "Be brief."}, {"prompt": "2+2?"}, {"prompt": "Sky?", "response": "Blue"},
            {"prompt": "Line one\nline two, \"quoted\""}, {"prompt": "Why?", "response": ""}]

@@ -1,4 +1,4 @@
-"""The sharded, append-only row cache (llm_al.cache): one shard per add, rows back in order,
+"""The sharded, append-only row cache (llm_al.features.cache): one shard per add, rows back in order,
 resumable after a kill, corrupt shards named, legacy single-file caches read, several writers on
 one folder, and merges that keep every row."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm_al.cache import ShardedCache, _tier
+from llm_al.features.cache import ShardedCache, _tier
 from llm_al.errors import UserError
 
 
@@ -189,7 +189,7 @@ def test_two_processes_writing_and_merging_concurrently_lose_nothing(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         import numpy as np
-        from llm_al.cache import ShardedCache
+        from llm_al.features.cache import ShardedCache
         start = int(sys.argv[1])
         cache = ShardedCache({str(tmp_path / "c")!r}, fanout=3)
         for lo in range(start, start + 600, 4):
@@ -226,7 +226,7 @@ def test_a_merge_that_runs_out_of_disk_keeps_the_new_rows_and_is_retried(tmp_pat
         return real_write(self, keys, values)
 
     monkeypatch.setattr(ShardedCache, "_write", full_disk_on_merge)
-    with caplog.at_level("WARNING", logger="llm_al.cache"):
+    with caplog.at_level("WARNING", logger="llm_al.features.cache"):
         cache.add(_keys(3, 6), _rows(_keys(3, 6)))               # no exception
     assert calls == [3, 6] and "could not merge the shards" in caplog.text
     assert len(_shards(tmp_path / "c")) == 2                     # both chunks on disk, no partial merge

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_al.cli import main
-from llm_al.data import load_pool
+from llm_al.data.pool import load_pool
 
 
 def run_cli(args: list[str], cwd: Path | None = None, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -185,7 +185,7 @@ def test_resume_refuses_results_of_a_different_config(tiny_recipe, tmp_path, cac
 
 
 def test_parameters_that_name_features_are_computed():
-    from llm_al.pipeline import needed_features
+    from llm_al.run.pipeline import needed_features
 
     assert needed_features([("deita", {})], []) == {"embeddings", "loss"}
     assert needed_features([("deita", {"by": "length"})], ["easy_to_hard"]) == {"embeddings", "length", "loss"}
@@ -262,7 +262,7 @@ def test_doctor_reports_the_environment(capsys, monkeypatch):
 
 
 def test_active_learning_loop_records_a_learning_curve(tiny_recipe, tmp_path, cache_dir, capsys, monkeypatch):
-    import llm_al.loop as loop
+    import llm_al.run.loop as loop
 
     calls = []
     real = loop.rescore

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_al.experiment import claim
+from llm_al.run.experiment import claim
 
 
 def _recipe(tmp_path: Path, tiny_model_dir: Path, pool_file: Path, out: Path) -> Path:

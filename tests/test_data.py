@@ -1,4 +1,4 @@
-"""Tests for llm_al.data: shapes x formats, validation messages, write-back round trips, splits."""
+"""Tests for llm_al.data.pool: shapes x formats, validation messages, write-back round trips, splits."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm_al.data import (
+from llm_al.data.pool import (
     DEFAULT_TRANSLATION_TEMPLATE,
     Example,
     Pool,
@@ -21,7 +21,7 @@ from llm_al.data import (
     split_pool,
 )
 from llm_al.errors import DataError, UserError
-from llm_al.export import write_subset
+from llm_al.data.export import write_subset
 
 SYS = {"role": "system", "content": "Be brief."}
 
@@ -75,7 +75,7 @@ FORMATS = ["jsonl", "json", "csv", "tsv", "parquet"]
 
 
 def write_raw(path: Path, records: list[dict], fmt: str) -> Path:
-    """Write records the way a user's tool would (independently of llm_al.data)."""
+    """Write records the way a user's tool would (independently of llm_al.data.pool)."""
     if fmt == "jsonl":
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     elif fmt == "json":

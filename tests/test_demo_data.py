@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from llm_al.demo_data import TEST_SIZE, demo_records, django_pairs
+from llm_al.data.demo import TEST_SIZE, demo_records, django_pairs
 
 
 def test_demo_pool_and_fixed_test_set():

@@ -1,4 +1,4 @@
-"""llm_al.distributed on a local 2-CPU Ray cluster with the tiny model: pool scoring sharded over
+"""llm_al.run.distributed on a local 2-CPU Ray cluster with the tiny model: pool scoring sharded over
 actors equals the single-process features, and a sweep split over Ray workers does every cell
 once with the single-process results. Skipped when ray is not installed (the `ray` extra)."""
 
@@ -13,12 +13,12 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from llm_al.config import ModelConfig, load_config  # noqa: E402
-from llm_al.data import load_pool  # noqa: E402
-from llm_al.distributed import _shards, run_sweep_ray, score_pool_ray, start_scorers  # noqa: E402
+from llm_al.data.pool import load_pool  # noqa: E402
+from llm_al.run.distributed import _shards, run_sweep_ray, score_pool_ray, start_scorers  # noqa: E402
 from llm_al.errors import ConfigError  # noqa: E402
-from llm_al.pipeline import compute_features  # noqa: E402
+from llm_al.run.pipeline import compute_features  # noqa: E402
 from llm_al.seeds import rng  # noqa: E402
-from llm_al.strategies import run_strategy  # noqa: E402
+from llm_al.strategies.base import run_strategy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_bad_requests_fail_before_any_work(tiny_model_dir, pool_file):
     pool = load_pool(str(pool_file))
     with pytest.raises(ConfigError, match="num_workers must be a positive integer, got 0"):
         score_pool_ray(pool, {"loss"}, _model_cfg(tiny_model_dir), 0)
-    from llm_al.probes import provided_names
+    from llm_al.features.probes import provided_names
 
     probe = provided_names()[0]
     with pytest.raises(ConfigError, match=f"not probe scores \\({probe}"):
@@ -119,7 +119,7 @@ overlap: {{reference: null}}
 
 def test_sweep_over_ray_workers_matches_single_process(ray_cluster, tmp_path, tiny_model_dir, pool_file, cache_dir,
                                                        monkeypatch):
-    from llm_al.experiment import run_experiment
+    from llm_al.run.experiment import run_experiment
 
     recipe = _recipe(tmp_path, tiny_model_dir, pool_file)
     single = run_experiment(load_config(recipe, [f"out_dir={tmp_path / 'single'}"]))

@@ -3,9 +3,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import pool_records
-from llm_al.data import records_to_pool
-from llm_al.evaluate import EvalConfig, evaluate, generate, stop_token_ids
-from llm_al.formatting import prompt_text
+from llm_al.data.pool import records_to_pool
+from llm_al.evaluate import evaluate, generate, stop_token_ids
+from llm_al.config import EvalConfig
+from llm_al.features.formatting import prompt_text
 
 
 @pytest.fixture(scope="module")

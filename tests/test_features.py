@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import pool_records
-from llm_al.data import records_to_pool
-from llm_al.features import compute_loss_features, length_sorted_batches, response_token_stats
-from llm_al.formatting import split_texts, tokenize
+from llm_al.data.pool import records_to_pool
+from llm_al.features.engine import compute_loss_features, length_sorted_batches, response_token_stats
+from llm_al.features.formatting import split_texts, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_cache_means_no_second_forward_pass(tiny_model, pool, cache_dir, monkeyp
     def boom(*a, **k):
         raise AssertionError("forward pass on a cached example")
 
-    monkeypatch.setattr("llm_al.features.response_token_stats", boom)
+    monkeypatch.setattr("llm_al.features.engine.response_token_stats", boom)
     again, cost2 = compute_loss_features(model, tok, pool.examples, cache_dir, "tiny", 128, progress_bar=False)
     np.testing.assert_array_equal(first, again)
     assert cost2["loss_examples_scored"] == 0
@@ -87,7 +87,7 @@ def test_cache_means_no_second_forward_pass(tiny_model, pool, cache_dir, monkeyp
 
 
 def test_cache_rows_hold_every_stat_column_in_a_v3_file(tiny_model, pool, cache_dir):
-    from llm_al.features import STAT_COLUMNS
+    from llm_al.features.engine import STAT_COLUMNS
 
     model, tok = tiny_model
     stats, _ = compute_loss_features(model, tok, pool.examples[:3], cache_dir, "tiny", 128, progress_bar=False)
@@ -99,8 +99,8 @@ def test_token_table_holds_the_same_items_compactly(tiny_model, pool):
     """The scoring pass keeps a pool's token ids in a TokenTable (flat int32 buffers): every item,
     length and truncation flag equals tokenize()'s, chunk boundaries included, and with_prompt
     gives direct_items' "response alone" items."""
-    from llm_al.features import direct_items
-    from llm_al.formatting import TokenTable, tokenize_table
+    from llm_al.features.engine import direct_items
+    from llm_al.features.formatting import TokenTable, tokenize_table
 
     _, tok = tiny_model
     items = tokenize(tok, pool.examples, 24)                       # short: some are truncated

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of every pool loader (llm_al.data) and of annotation import.
+"""Property-based fuzzing of every pool loader (llm_al.data.pool) and of annotation import.
 
 Inputs are records of every accepted shape, then damaged: wrong types, missing and empty fields,
 unhashable roles, huge cells, deep nesting, huge integers, lone surrogates, non-UTF-8 bytes,
@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_al.annotate import export_for_annotation, import_annotations
+from llm_al.data.annotate import export_for_annotation, import_annotations
 from llm_al.cli import main
-from llm_al.data import ROLES, load_pool, read_rows
+from llm_al.data.pool import ROLES, load_pool, read_rows
 from llm_al.errors import DataError, UserError
 
 LOADER_EXAMPLES = 400

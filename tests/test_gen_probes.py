@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from conftest import pool_records, synthetic_features
-from llm_al.data import records_to_pool
+from llm_al.data.pool import records_to_pool
 from llm_al.errors import ConfigError, FeatureUnavailableError
-from llm_al.evaluate import EvalConfig, stop_token_ids
-from llm_al.formatting import prompt_text
-from llm_al.gen_probes import bleu_variance, chrf_disagreement, generate_ids, greedy_outputs
-from llm_al.probes import ProbeConfig, ProbeContext, run_probes
-from llm_al.strategies import run_strategy
+from llm_al.evaluate import stop_token_ids
+from llm_al.config import EvalConfig
+from llm_al.features.formatting import prompt_text
+from llm_al.strategies.generation import bleu_variance, chrf_disagreement, generate_ids, greedy_outputs
+from llm_al.features.probes import ProbeContext, run_probes
+from llm_al.config import ProbeConfig
+from llm_al.strategies.base import run_strategy
 
 MAX_NEW = 6
 
@@ -166,7 +168,7 @@ def test_strategies_take_the_right_end(name, feature, lowest):
 
 def test_compute_features_runs_the_greedy_probe_through_the_pipeline(tiny_model, tiny_model_dir, cache_dir):
     from llm_al.config import ModelConfig
-    from llm_al.pipeline import compute_features
+    from llm_al.run.pipeline import compute_features
 
     pool = records_to_pool(pool_records(4))
     cfg = ModelConfig(name=str(tiny_model_dir))

@@ -40,8 +40,8 @@ def test_gpu_benchmark_script_runs_on_cpu(tiny_model_dir, tmp_path):
 def items_and_tok(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from llm_al.data import records_to_pool
-    from llm_al.formatting import tokenize
+    from llm_al.data.pool import records_to_pool
+    from llm_al.features.formatting import tokenize
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     pool = records_to_pool(pool_records())
@@ -49,7 +49,7 @@ def items_and_tok(tiny_model_dir):
 
 
 def _stats(model_dir, items, tok, device, dtype, max_tokens=4096):
-    from llm_al.features import response_token_stats
+    from llm_al.features.engine import response_token_stats
     from llm_al.models import load_model
 
     model, _ = load_model(str(model_dir), device=device, dtype=dtype)
@@ -74,8 +74,8 @@ def test_scoring_on_cuda_matches_cpu(tiny_model_dir, items_and_tok):
 def test_scoring_backs_off_on_a_real_cuda_out_of_memory(tiny_model_dir, items_and_tok, tmp_path):
     """Cap this process's CUDA memory at half of what a full batch needs (measured first); the pass
     must halve its token budget until a batch fits, and give the same numbers."""
-    from llm_al.data import records_to_pool
-    from llm_al.features import compute_loss_features
+    from llm_al.data.pool import records_to_pool
+    from llm_al.features.engine import compute_loss_features
     from llm_al.models import load_model
 
     _, tok, _ = items_and_tok
@@ -105,7 +105,8 @@ def test_scoring_backs_off_on_a_real_cuda_out_of_memory(tiny_model_dir, items_an
 @needs_cuda
 def test_lora_training_in_bf16_on_cuda_learns_and_restores_the_base(tiny_model_dir, items_and_tok, tmp_path):
     from llm_al.models import load_model
-    from llm_al.train import TrainConfig, detach_lora, save_adapter, train_lora
+    from llm_al.train import detach_lora, save_adapter, train_lora
+    from llm_al.config import TrainConfig
 
     items, tok, _ = items_and_tok
     model, _ = load_model(str(tiny_model_dir), device="cuda", dtype="bfloat16")
@@ -125,7 +126,7 @@ def test_lora_training_in_bf16_on_cuda_learns_and_restores_the_base(tiny_model_d
 @needs_cuda
 def test_batched_generation_on_cuda_equals_one_at_a_time(tiny_model_dir, items_and_tok):
     from llm_al.evaluate import generate
-    from llm_al.formatting import prompt_text
+    from llm_al.features.formatting import prompt_text
     from llm_al.models import load_model
 
     _, tok, pool = items_and_tok
@@ -142,7 +143,8 @@ def test_training_backs_off_on_a_real_cuda_out_of_memory(tiny_model_dir, items_a
     """Cap CUDA memory at half of what a step of 24 examples needed (measured first): training must
     fall back to accumulated micro-batches and end with the same adapter as the uncapped run."""
     from llm_al.models import load_model
-    from llm_al.train import TrainConfig, detach_lora, train_lora
+    from llm_al.train import detach_lora, train_lora
+    from llm_al.config import TrainConfig
 
     items, tok, _ = items_and_tok
     model, _ = load_model(str(tiny_model_dir), device="cuda", dtype="float32")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from llm_al.config import load_config, parse_strategy
-from llm_al.grid import cells
+from llm_al.run.grid import cells
 
 
 def _cells(overrides):
@@ -38,7 +38,7 @@ def test_run_ids_are_file_safe():
 
 def test_budgets_axis_keeps_ids_of_the_default_budget_and_suffixes_others():
     from llm_al.config import load_config, parse_strategy
-    from llm_al.grid import cells
+    from llm_al.run.grid import cells
 
     cfg = load_config(None, ["strategies=[random]", "seeds=[0]", "budget=100", "budgets=[50, 100, 200]"])
     ids = [(c.run_id, c.budget) for c in cells(cfg, [(s, *parse_strategy(s)) for s in cfg.strategies])]

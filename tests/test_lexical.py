@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from llm_al.data import records_to_pool
+from llm_al.data.pool import records_to_pool
 from llm_al.errors import ConfigError, FeatureUnavailableError
-from llm_al.features import Features
-from llm_al.lexical import (
+from llm_al.types import Features
+from llm_al.strategies.lexical import (
     NGRAM_DIM,
     coverage_greedy,
     hashed_ngram_counts,
     ngram_column,
     vocabulary_size,
 )
-from llm_al.strategies import run_strategy
+from llm_al.strategies.base import run_strategy
 
 
 def grams(text: str, n_max: int = 2) -> list[str]:
@@ -58,7 +58,7 @@ def test_hash_is_stable_across_processes():
 
 def test_probe_reads_prompts_only_and_needs_no_model(cache_dir):
     from llm_al.config import ModelConfig
-    from llm_al.pipeline import compute_features
+    from llm_al.run.pipeline import compute_features
 
     rows = [{"prompt": "red apple", "response": "zebra"}, {"prompt": "green apple pie", "response": "zebra"},
             {"prompt": "red wine", "response": "zebra"}]
@@ -77,7 +77,7 @@ def test_probe_reads_prompts_only_and_needs_no_model(cache_dir):
 
 
 def test_unlabelled_pool_is_fine():
-    from llm_al.probes import ProbeContext, run_probes
+    from llm_al.features.probes import ProbeContext, run_probes
 
     pool = records_to_pool([{"prompt": "a b"}, {"prompt": "b c"}], path="mem.jsonl", labelled=False)
     scores, cost = run_probes({"ngram_counts"}, ProbeContext(examples=pool.examples))
@@ -85,7 +85,7 @@ def test_unlabelled_pool_is_fine():
 
 
 def test_count_matrix_is_not_a_per_example_score():
-    from llm_al.diversity import score_fields
+    from llm_al.strategies.diversity import score_fields
 
     assert "ngram_counts" not in score_fields()
     f = lexical_features(["a b", "c d", "e f"])
@@ -220,9 +220,9 @@ def test_coverage_is_random_once_everything_is_covered():
 
 def test_loop_rescore_and_subset_record_handle_the_count_matrix():
     from llm_al.config import ExperimentConfig
-    from llm_al.experiment import _subset_means
-    from llm_al.features import build_features
-    from llm_al.loop import rescore
+    from llm_al.run.experiment import _subset_means
+    from llm_al.features.engine import build_features
+    from llm_al.run.loop import rescore
 
     pool = records_to_pool([{"prompt": p, "response": "r"} for p in ["a b", "b c", "c d e"]], path="mem.jsonl")
     base = build_features(pool.examples, pool.ids)

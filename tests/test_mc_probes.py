@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import pool_records, synthetic_features
-from llm_al.data import records_to_pool
+from llm_al.data.pool import records_to_pool
 from llm_al.errors import FeatureUnavailableError
-from llm_al.formatting import tokenize
-from llm_al.mc_probes import (
+from llm_al.features.formatting import tokenize
+from llm_al.strategies.mc import (
     committee_probe,
     dropout_keep,
     position_hash,
@@ -24,9 +24,11 @@ from llm_al.mc_probes import (
     mc_dropout_stats,
     mc_token_scores,
 )
-from llm_al.probes import ProbeConfig, ProbeContext, run_probes
-from llm_al.strategies import run_strategy
-from llm_al.train import TrainConfig, attach_lora, detach_lora, train_lora
+from llm_al.features.probes import ProbeContext, run_probes
+from llm_al.config import ProbeConfig
+from llm_al.strategies.base import run_strategy
+from llm_al.train import attach_lora, detach_lora, train_lora
+from llm_al.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +132,7 @@ def test_mc_dropout_refuses_zero_dropout_and_identical_passes(tiny_model, pool, 
     model, tok = tiny_model
     with pytest.raises(FeatureUnavailableError, match="mc_dropout is 0"):
         mc_dropout_probe(_ctx(pool, model, tok, mc_dropout=0.0))
-    monkeypatch.setattr("llm_al.mc_probes.dropout_keep",
+    monkeypatch.setattr("llm_al.strategies.mc.dropout_keep",
                         lambda seeds, k, layer, table, p: torch.ones((len(seeds), *table.shape), dtype=torch.bool))
     with pytest.raises(FeatureUnavailableError, match="identical"):
         mc_dropout_probe(_ctx(pool, model, tok, mc_passes=2))
@@ -157,7 +159,7 @@ def test_probes_refuse_an_unlabelled_pool(tiny_model):
 
 # ---------------------------------------------------------------------------- gradient length
 def _batch1_grad_norms(peft_model, items, pad_id):
-    from llm_al.formatting import pack, response_logits
+    from llm_al.features.formatting import pack, response_logits
 
     out, a_norms = [], []
     params = [(n, p) for n, p in peft_model.named_parameters() if "lora_" in n]
@@ -249,7 +251,7 @@ def test_committee_in_a_loop_round_leaves_the_round_adapter_alone(tiny_model, po
 # ---------------------------------------------------------------------------- end to end, strategies
 def test_compute_features_with_bald_end_to_end(tiny_model_dir, pool, cache_dir):
     from llm_al.config import ModelConfig
-    from llm_al.pipeline import compute_features
+    from llm_al.run.pipeline import compute_features
 
     model_cfg = ModelConfig(name=str(tiny_model_dir), device="cpu", max_length=64)
     f = compute_features(pool, {"bald"}, model_cfg, progress=False)
@@ -278,8 +280,8 @@ def test_strategies_take_the_highest_scores(name, score):
 
 def test_loop_rescore_takes_grad_norms_under_the_round_adapter(tiny_model, pool):
     from llm_al.config import ExperimentConfig
-    from llm_al.features import build_features
-    from llm_al.loop import rescore
+    from llm_al.features.engine import build_features
+    from llm_al.run.loop import rescore
 
     model, tok = tiny_model
     cfg = ExperimentConfig()

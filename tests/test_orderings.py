@@ -5,7 +5,7 @@ import pytest
 
 from conftest import synthetic_features
 from llm_al.errors import FeatureUnavailableError, UnknownNameError
-from llm_al.features import Features
+from llm_al.types import Features
 from llm_al.orderings import ORDERINGS, run_ordering
 
 
@@ -104,7 +104,7 @@ def test_familiarity_ordering_refuses_a_constant_key():
 
 
 def test_ordering_needs_reach_compute_features():
-    from llm_al.pipeline import needed_features
+    from llm_al.run.pipeline import needed_features
 
     assert {"ref_overlap", "ref_vocab"} <= needed_features([("random", {})], ["familiar_first", "shuffled"])
 

@@ -1,4 +1,4 @@
-"""Tests for llm_al.overlap: hand-built references with known answers, the chunked build against a
+"""Tests for llm_al.features.overlap: hand-built references with known answers, the chunked build against a
 brute-force set of n-grams, reuse by fingerprint, error messages, and hash stability."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from llm_al.dsir import hashed_ngram_features, importance_kl, log_importance
+from llm_al.features.dsir import hashed_ngram_features, importance_kl, log_importance
 from llm_al.errors import UnknownNameError, UserError
-from llm_al.overlap import (
+from llm_al.features.overlap import (
     NgramIndex,
     _merge_runs,
     build_index,
@@ -81,7 +81,7 @@ def test_vectorised_hashes_match_the_python_spec():
 
 
 def test_hashes_are_stable_across_processes():
-    code = ("import json; from llm_al.overlap import word_hashes, ngram_hashes, words; "
+    code = ("import json; from llm_al.features.overlap import word_hashes, ngram_hashes, words; "
             f"h = word_hashes(words({NATO!r})); print(json.dumps(ngram_hashes(h, 3).tolist()))")
     ours = ngram_hashes(word_hashes(words(NATO)), 3).tolist()
     for seed in ("1", "2"):  # a different str hash seed in each: Python's hash() would differ
@@ -373,7 +373,7 @@ def test_an_index_another_process_finishes_first_is_kept_not_clobbered(tmp_path,
     """Two sweep workers index the same corpus at once: the one that finishes second keeps the
     first one's index (which the first may be reading) instead of moving it aside, and a worker
     that looked before the other's rename does not take the index for a foreign folder."""
-    from llm_al import overlap
+    from llm_al.features import overlap
 
     out = tmp_path / "idx"
     docs = ["the quick brown fox jumps over the lazy dog"] * 3

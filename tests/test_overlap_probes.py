@@ -12,14 +12,14 @@ import pytest
 
 from llm_al import models
 from llm_al.config import ExperimentConfig, ModelConfig, OverlapConfig
-from llm_al.data import records_to_pool
+from llm_al.data.pool import records_to_pool
 from llm_al.errors import ConfigError, FeatureUnavailableError
-from llm_al.features import Features
-from llm_al.overlap import words
-from llm_al.overlap_probes import knn_similarity, passages, reservoir_sample, similarity_scores
-from llm_al.pipeline import compute_features, strategy_needs
-from llm_al.probes import ProbeContext, run_probes
-from llm_al.strategies import run_strategy
+from llm_al.types import Features
+from llm_al.features.overlap import words
+from llm_al.strategies.reference_overlap import knn_similarity, passages, reservoir_sample, similarity_scores
+from llm_al.run.pipeline import compute_features, strategy_needs
+from llm_al.features.probes import ProbeContext, run_probes
+from llm_al.strategies.base import run_strategy
 
 REF = "alpha bravo charlie delta echo foxtrot golf hotel\n\nindia juliet kilo lima mike\n"
 # passages of 4 words: "alpha bravo charlie delta", "echo foxtrot golf hotel", "india juliet kilo lima"
@@ -264,7 +264,7 @@ def test_cli_overlap_similarity_can_be_skipped(cache_dir, tmp_path, ref_file, mo
 def test_cli_overlap_dry_run_skips_similarity_as_the_real_run_does(cache_dir, tmp_path, ref_file, monkeypatch, capsys):
     """--dry-run with the default embedder unavailable plans the run without similarity (the real
     run skips it) instead of failing; a named embedder that cannot load is still an error."""
-    from llm_al import plan
+    from llm_al.run import estimate as plan
     from llm_al.cli import main
     from llm_al.errors import UserError
 

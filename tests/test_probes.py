@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm_al.data import records_to_pool
+from llm_al.data.pool import records_to_pool
 from llm_al.errors import FeatureUnavailableError
-from llm_al.features import Features
-from llm_al.probes import PROBES, ProbeContext, provided_names, provider, run_probes
+from llm_al.types import Features
+from llm_al.features.probes import PROBES, ProbeContext, provided_names, provider, run_probes
 
 CALLS: list[int] = []
 
@@ -35,7 +35,7 @@ def test_registered_probe_is_listed_and_found():
 
 def test_compute_features_runs_only_needed_probes(cache_dir):
     from llm_al.config import ModelConfig
-    from llm_al.pipeline import compute_features
+    from llm_al.run.pipeline import compute_features
 
     pool = _pool()
     CALLS.clear()
@@ -63,8 +63,8 @@ def test_probe_reading_references_refuses_unlabelled_pool():
 
 def test_loop_rescore_recomputes_probe_scores_for_the_remaining_pool(tiny_model):
     from llm_al.config import ExperimentConfig
-    from llm_al.features import build_features
-    from llm_al.loop import rescore
+    from llm_al.features.engine import build_features
+    from llm_al.run.loop import rescore
 
     model, tokenizer = tiny_model
     pool = _pool()

@@ -12,9 +12,9 @@ pytestmark = pytest.mark.slow
 def test_embedded_model_converts_loads_and_scores_like_transformers():
     import torch
 
-    from llm_al.data import records_to_pool
-    from llm_al.features import response_token_stats
-    from llm_al.formatting import tokenize
+    from llm_al.data.pool import records_to_pool
+    from llm_al.features.engine import response_token_stats
+    from llm_al.features.formatting import tokenize
     from llm_al.models import EMBEDDED_MODEL, load_model
 
     model, tok = load_model(EMBEDDED_MODEL, device="cpu")

@@ -1,4 +1,4 @@
-"""Tests for llm_al.reference: every source format gives the documents written into it and the same
+"""Tests for llm_al.data.reference: every source format gives the documents written into it and the same
 index as the documents themselves, a changed shard changes the fingerprint, and every problem is a
 `DataError` naming the file (and line or row). No network: the hub path is tried offline and
 against a fake `datasets.load_dataset`."""
@@ -12,11 +12,11 @@ import os
 import numpy as np
 import pytest
 
-from llm_al import reference
+from llm_al.data import reference
 from llm_al.cli import main
 from llm_al.errors import DataError, UserError
-from llm_al.overlap import build_index, example_overlap
-from llm_al.reference import fingerprint_files, reference_texts, reference_units
+from llm_al.features.overlap import build_index, example_overlap
+from llm_al.data.reference import fingerprint_files, reference_texts, reference_units
 
 NATO = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa"
 PANGRAM = "Sphinx of black quartz, judge my vow: five boxing wizards jump quickly over the lazy dogs."
@@ -128,7 +128,7 @@ def test_a_corpus_folders_own_documents_and_json_metadata_are_not_read_as_text(t
     (root / "README.md").write_text("# About this corpus\n\nnot a document\n", encoding="utf-8")
     (root / "LICENSE.txt").write_text("licence words\n", encoding="utf-8")
     (root / "metadata.json").write_text(json.dumps({"source": "x", "docs": 2}, indent=2), encoding="utf-8")
-    with caplog.at_level("WARNING", logger="llm_al.reference"):
+    with caplog.at_level("WARNING", logger="llm_al.data.reference"):
         units = reference_units(root)
     assert [p.name for _, p in units] == ["a.txt", "part.json"]
     assert [d.strip() for d in reference_texts(root)] == DOCS[:2]

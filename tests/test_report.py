@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llm_al.config import load_config
-from llm_al.report import format_table, summarize
+from llm_al.analysis.table import format_table, summarize
 
 
 def _run(strategy, ordering, s, o, i, chrf):
@@ -64,7 +64,7 @@ def test_results_from_before_a_config_section_existed_are_reused(tmp_path):
 
     from llm_al.config import to_dict
     from llm_al.errors import UserError
-    from llm_al.experiment import _done
+    from llm_al.run.experiment import _done
 
     cfg = to_dict(load_config())
     old = {k: v for k, v in cfg.items() if k != "loop"}
@@ -99,7 +99,7 @@ def test_budgets_axis_gives_one_row_per_budget_paired_within_the_budget():
 
 
 def test_probe_cost_is_charged_to_the_strategies_that_need_it():
-    from llm_al.report import _cost, strategy_cost
+    from llm_al.analysis.table import _cost, strategy_cost
 
     cost = {"loss_tokens_needed": 1000, "loss_seconds": 2.0,
             "probe_mc_dropout": {"seconds": 30.0, "tokens_scored": 8000},

@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-import llm_al.features as features_mod
-import llm_al.resources as resources
+import llm_al.features.engine as features_mod
+import llm_al.run.resources as resources
 from conftest import pool_records
-from llm_al.annotate import csv_escape, csv_unescape, export_for_annotation, import_annotations
-from llm_al.data import load_pool, records_to_pool
+from llm_al.data.annotate import csv_escape, csv_unescape, export_for_annotation, import_annotations
+from llm_al.data.pool import load_pool, records_to_pool
 from llm_al.errors import UserError
 from llm_al.evaluate import generate
-from llm_al.cache import ShardedCache
-from llm_al.features import compute_loss_features
-from llm_al.grid import Cell
+from llm_al.features.cache import ShardedCache
+from llm_al.features.engine import compute_loss_features
+from llm_al.run.grid import Cell
 from llm_al.io import confined
 
 # ---------------------------------------------------------------- resumable scoring
@@ -80,8 +80,8 @@ def test_scoring_killed_with_sigkill_resumes(tiny_model, tiny_model_dir, tmp_pat
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from llm_al.data import load_pool
-        from llm_al.features import compute_loss_features
+        from llm_al.data.pool import load_pool
+        from llm_al.features.engine import compute_loss_features
         from llm_al.models import load_model
         model, tok = load_model({str(tiny_model_dir)!r}, device="cpu")
         def on_chunk(n):
@@ -192,7 +192,8 @@ Usage = namedtuple("Usage", "total used free")
 
 
 def test_lora_parameter_estimate_matches_peft(tiny_model):
-    from llm_al.train import TrainConfig, attach_lora, detach_lora
+    from llm_al.train import attach_lora, detach_lora
+    from llm_al.config import TrainConfig
 
     model, _ = tiny_model
     estimate = resources.lora_parameters(model, 4, "all-linear")
@@ -228,7 +229,7 @@ def test_run_fails_fast_on_a_full_disk(tiny_model_dir, pool_file, tmp_path, cach
     test.write_text(json.dumps({"source": "Add", "target": "Ajouter"}) + "\n")
     monkeypatch.setattr(resources.shutil, "disk_usage", lambda p: Usage(10**9, 10**9 - 1000, 1000))
     trained = []
-    monkeypatch.setattr("llm_al.experiment.train_lora", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr("llm_al.run.experiment.train_lora", lambda *a, **k: trained.append(1))
     out = tmp_path / "out"
     rc = main(["demo", f"data.pool={pool_file}", f"data.test={test}", f"model.name={tiny_model_dir}", "budget=4",
                "seeds=[0]", "strategies=[random, perplexity]", "progress=false", f"out_dir={out}"])
@@ -238,7 +239,7 @@ def test_run_fails_fast_on_a_full_disk(tiny_model_dir, pool_file, tmp_path, cach
 
 def test_an_unwritable_feature_cache_fails_before_scoring(tiny_model, tmp_path, monkeypatch):
     from llm_al.config import ModelConfig
-    from llm_al.pipeline import compute_features
+    from llm_al.run.pipeline import compute_features
 
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import pool_records
-from llm_al.data import records_to_pool
-from llm_al.features import (MIN_K_FRACTIONS, STAT_COLUMNS, _min_k_means, _takes_block_masks,
-                             response_token_stats, token_scores)
-from llm_al.formatting import Tokenized, pack_suffixes, plan_rows, shared_prefix_length, tokenize
+from llm_al.data.pool import records_to_pool
+from llm_al.features.engine import (STAT_COLUMNS, _min_k_means, _takes_block_masks, response_token_stats, token_scores)
+from llm_al.types import MIN_K_FRACTIONS
+from llm_al.features.formatting import Tokenized, pack_suffixes, plan_rows, shared_prefix_length, tokenize
 
 K = len(MIN_K_FRACTIONS)
 
@@ -146,7 +146,7 @@ def test_plain_padded_rows_and_eager_attention_give_the_same_answer(tiny_model, 
                                                                     monkeypatch):
     model, tok = tiny_model
     ref = reference_stats(model, system_items)
-    monkeypatch.setattr("llm_al.features._takes_block_masks", lambda *a: False)   # e.g. flash-attention
+    monkeypatch.setattr("llm_al.features.engine._takes_block_masks", lambda *a: False)   # e.g. flash-attention
     np.testing.assert_allclose(response_token_stats(model, system_items, tok.pad_token_id, max_batch=5), ref,
                                atol=2e-5, rtol=0)
     monkeypatch.undo()
@@ -168,7 +168,7 @@ def test_gpt2_scorer_model_is_packed_correctly(system_items):
 
 # ---------------------------------------------------------------------------- the feature and its strategy
 def test_build_features_splits_min_k_and_min_k_plus_columns():
-    from llm_al.features import build_features
+    from llm_al.features.engine import build_features
 
     stats = np.array([[6.0, 3.0, 3, *range(1, K + 1), *range(10, 10 + K)]], dtype=np.float64)
     assert stats.shape[1] == len(STAT_COLUMNS)
@@ -180,7 +180,7 @@ def test_build_features_splits_min_k_and_min_k_plus_columns():
 def test_min_k_plus_strategy_prefers_unfamiliar_or_familiar():
     from conftest import synthetic_features
     from llm_al.errors import ConfigError, FeatureUnavailableError
-    from llm_al.strategies import run_strategy
+    from llm_al.strategies.base import run_strategy
 
     f = synthetic_features(6)
     f.min_k_plus = np.repeat(-np.arange(6, dtype=np.float32)[:, None], K, axis=1)      # row i: -i
@@ -198,7 +198,7 @@ def test_min_k_plus_strategy_prefers_unfamiliar_or_familiar():
 def test_blocked_token_scores_equal_one_call_bit_for_bit():
     """On CPU the scoring pass runs token_scores over blocks of CPU_SCORE_ROWS rows (cache-sized):
     the blocks must not change a single bit of the per-token scores."""
-    from llm_al.features import CPU_SCORE_ROWS, token_scores_blocked
+    from llm_al.features.engine import CPU_SCORE_ROWS, token_scores_blocked
 
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(10 * CPU_SCORE_ROWS + 3, 5000, generator=gen) * 4      # a ragged last block

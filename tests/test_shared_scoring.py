@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import pool_records
-from llm_al.data import records_to_pool
-from llm_al.features import _text_key, compute_loss_features, loss_cache_plan
+from llm_al.data.pool import records_to_pool
+from llm_al.features.engine import compute_loss_features, loss_cache_plan
+from llm_al.features.cache import text_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +38,7 @@ def _held(tiny_model, pool, tmp_path, held: int):
                                          str(next(model.parameters()).dtype), 128, False)
     todo = sorted(range(len(keys)), key=lambda i: -items.lengths[i])
     chunks = [todo[s: s + 8] for s in range(0, len(todo), 8)]
-    locks = [cache.path / ".claims" / f"{_text_key(*(keys[i] for i in c))}.lock" for c in chunks]
+    locks = [cache.path / ".claims" / f"{text_key(*(keys[i] for i in c))}.lock" for c in chunks]
     locks[held].parent.mkdir(parents=True)
     locks[held].write_text(f"{os.getpid()} {socket.gethostname()}\n")
     return ref, keys, chunks, locks
@@ -83,8 +84,8 @@ def test_two_processes_scoring_one_pool_share_the_work(tiny_model_dir, tmp_path)
         import json, os, sys, time
         from pathlib import Path
         import numpy as np
-        from llm_al.data import load_pool
-        from llm_al.features import compute_loss_features
+        from llm_al.data.pool import load_pool
+        from llm_al.features.engine import compute_loss_features
         from llm_al.models import load_model
         me = int(sys.argv[1])
         model, tok = load_model({str(tiny_model_dir)!r}, device="cpu")

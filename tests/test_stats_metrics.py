@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from llm_al.metrics import METRICS, score_all
-from llm_al.report import paired_verdict as verdict
-from llm_al.stats import bootstrap_ci, paired_comparison
+from llm_al.analysis.table import paired_verdict as verdict
+from llm_al.analysis.stats import bootstrap_ci, paired_comparison
 
 
 def test_bootstrap_ci_covers_the_mean_and_shrinks_with_n():
@@ -78,7 +78,7 @@ def test_paired_verdict_refuses_one_or_two_seeds():
 
 
 def test_sign_flip_test_has_exact_small_sample_values_and_finds_real_effects():
-    from llm_al.stats import sign_flip_p
+    from llm_al.analysis.stats import sign_flip_p
 
     rng = np.random.default_rng(0)
     assert sign_flip_p(np.array([-6.9, -3.1, -0.8]), rng) == pytest.approx(0.25)      # 2 of 8 assignments
@@ -101,7 +101,7 @@ def test_three_same_signed_seeds_only_lean():
 
 
 def test_non_finite_differences_give_no_test_and_no_verdict():
-    from llm_al.stats import sign_flip_p
+    from llm_al.analysis.stats import sign_flip_p
 
     assert np.isnan(sign_flip_p(np.array([1.0, np.nan, 2.0]), np.random.default_rng(0)))   # was p = 0
     assert np.isnan(sign_flip_p(np.array([1.0, np.inf, 2.0]), np.random.default_rng(0)))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from llm_al.errors import BudgetError, ConfigError, FeatureUnavailableError
-from llm_al.features import Features
-from llm_al.strategies import run_strategy
-from llm_al.stream import StreamSelector, default_warmup, sorted_quantile
+from llm_al.types import Features
+from llm_al.strategies.base import run_strategy
+from llm_al.strategies.stream import StreamSelector, default_warmup, sorted_quantile
 
 
 def ramp_features(n: int) -> Features:
@@ -125,7 +125,7 @@ def test_stream_errors_name_what_is_wrong():
 
 
 def test_pipeline_computes_the_feature_named_by():
-    from llm_al.pipeline import strategy_needs
+    from llm_al.run.pipeline import strategy_needs
 
     assert strategy_needs("stream", {}) == {"loss"}
     assert strategy_needs("stream", {"by": "entropy"}) == {"entropy"}

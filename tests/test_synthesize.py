@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import pool_records
-from llm_al.data import load_pool, records_to_pool
+from llm_al.data.pool import load_pool, records_to_pool
 from llm_al.errors import UserError
-from llm_al.synthesize import (
+from llm_al.run.synthesize import (
     char_ngrams,
     deduplicate,
     jaccard_matrix,
@@ -103,7 +103,7 @@ def test_synthesize_counts_with_scripted_outputs(tiny_model, monkeypatch):
         seen_prompts.extend(prompts)
         return [[tok(scripted[i % len(scripted)], add_special_tokens=False)["input_ids"]] for i in range(len(prompts))]
 
-    monkeypatch.setattr("llm_al.gen_probes.generate_ids", fake_generate)
+    monkeypatch.setattr("llm_al.strategies.generation.generate_ids", fake_generate)
     pool = records_to_pool(pool_records(8), labelled=False)
     records, report = synthesize(pool, [3, 1, 0, 2, 4, 5], model, tok, 4, seeds_per_prompt=2, max_rounds=1)
     assert (report.generated, report.empty_or_long, report.duplicates, report.kept) == (4, 1, 2, 1)

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from conftest import pool_records
-from llm_al.data import records_to_pool
-from llm_al.formatting import tokenize
-from llm_al.train import TrainConfig, detach_lora, ordered_batches, save_adapter, train_lora
+from llm_al.data.pool import records_to_pool
+from llm_al.features.formatting import tokenize
+from llm_al.train import detach_lora, ordered_batches, save_adapter, train_lora
+from llm_al.config import TrainConfig
 
 CFG = TrainConfig(epochs=2, batch_size=3, lr=1e-2, lora_r=4, lora_alpha=8, lora_dropout=0.0)
 
@@ -122,7 +123,7 @@ def _train_with_oom(model, items, pad_id, too_big, seed=3):
     embedding and the first layer have run, whenever `too_big(ids)` holds for its (B, T) input ids.
     Returns (lora weights, result, on_batch calls, the input ids of the passes that counted: those
     of each step's last attempt)."""
-    from llm_al.features import out_of_memory_errors
+    from llm_al.features.memory import out_of_memory_errors
 
     assert torch.OutOfMemoryError in out_of_memory_errors()
     current, steps, calls = {}, [], []

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conftest import pool_records, synthetic_features
-from llm_al.data import records_to_pool
+from llm_al.data.pool import records_to_pool
 from llm_al.errors import ConfigError, FeatureUnavailableError
-from llm_al.features import MIN_K_FRACTIONS, Features, direct_items, response_token_stats
-from llm_al.formatting import tokenize
-from llm_al.strategies import run_strategy
+from llm_al.features.engine import direct_items, response_token_stats
+from llm_al.types import Features, MIN_K_FRACTIONS
+from llm_al.features.formatting import tokenize
+from llm_al.strategies.base import run_strategy
 
 
 def test_entropy_picks_the_highest():

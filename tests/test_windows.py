@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm_al.analysis import partial_spearman
+from llm_al.analysis.protocol import partial_spearman
 from llm_al.errors import ConfigError
-from llm_al.features import Features
-from llm_al.strategies import run_strategy
-from llm_al.writeup import write_report
+from llm_al.types import Features
+from llm_al.strategies.base import run_strategy
+from llm_al.analysis.writeup import write_report
 from test_writeup import _cfg, _write
 
 

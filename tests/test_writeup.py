@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llm_al import analysis
+from llm_al.analysis import protocol as analysis
 from llm_al.errors import UserError
-from llm_al.writeup import write_report
+from llm_al.analysis.writeup import write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -211,8 +211,8 @@ def test_deterministic_and_matplotlib_stays_out_of_import(comparison, tmp_path):
     again = write_report(root, tmp_path / "again")
     for name in ("report.md", "report.html", "strategies.csv", "correlations.csv"):
         assert again[name].read_bytes() == files[name].read_bytes(), name
-    code = ("import sys, llm_al.writeup; assert 'matplotlib' not in sys.modules; "
-            f"llm_al.writeup.write_report({str(root)!r}, {str(tmp_path / 'sub')!r}); "
+    code = ("import sys, llm_al.analysis.writeup; assert 'matplotlib' not in sys.modules; "
+            f"llm_al.analysis.writeup.write_report({str(root)!r}, {str(tmp_path / 'sub')!r}); "
             "assert 'matplotlib.pyplot' not in sys.modules")     # a bare Figure: no global backend switch
     subprocess.run([sys.executable, "-c", code], check=True)
 

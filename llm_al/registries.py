@@ -1,0 +1,57 @@
+"""The registries, one per kind of plug-in, each knowing the module whose import fills it.
+
+They live here, below every layer, so that `config` can check a strategy or ordering name without
+importing the strategies (the first lookup imports the home module; see registry.Registry). The
+plug-ins register where they are defined:
+
+    @STRATEGIES.register(name, description, needs=(...))   in a module of llm_al/strategies/
+    @PROBES.register(name, description, provides=(...))     beside the strategies that use the scores
+    @ORDERINGS.register(name, description, needs=(...))     in llm_al/orderings.py
+    @METRICS.register(name, description, ...)               in llm_al/metrics.py (imports nothing above it)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from llm_al.registry import Registry
+
+StrategyFn = Callable[..., "object"]
+"""fn(features, budget, rng, **params) -> types.Selection"""
+ProbeFn = Callable[..., "tuple[dict, dict]"]
+"""fn(ctx: features.probes.ProbeContext) -> (scores by name, cost)"""
+OrderingFn = Callable[..., "object"]
+"""fn(indices, features, rng) -> a permutation of indices (see orderings.py)"""
+
+STRATEGIES: Registry[StrategyFn] = Registry("strategy", "strategies", home="llm_al.strategies")
+PROBES: Registry[ProbeFn] = Registry("probe", home="llm_al.strategies")
+ORDERINGS: Registry[OrderingFn] = Registry("ordering", home="llm_al.orderings")
+
+
+# ---------------------------------------------------------------------------- probe lookups
+def provider(feature: str):
+    """The registered probe that provides `feature`, or None."""
+    for name in PROBES.names():
+        entry = PROBES.get(name)
+        if feature in entry.meta.get("provides", ()):
+            return entry
+    return None
+
+
+def provided_names() -> list[str]:
+    return sorted(f for name in PROBES.names() for f in PROBES.get(name).meta.get("provides", ()))
+
+
+def matrix_names() -> list[str]:
+    """Provided names that are (N, D) matrices (e.g. sparse n-gram counts; a probe lists them in
+    its `matrices` meta), not per-example scores: no strategy may rank or average them as one."""
+    return sorted(f for name in PROBES.names() for f in PROBES.get(name).meta.get("matrices", ()))
+
+
+def needs_model(features: set[str]) -> bool:
+    return any(provider(f) is not None and provider(f).meta.get("needs_model", True) for f in features)
+
+
+def hint(feature: str) -> str | None:
+    entry = provider(feature)
+    return None if entry is None else f"the {entry.name!r} probe ({entry.description})"

@@ -1,0 +1,168 @@
+"""The steps shared by `llm-al run/demo` and `llm-al select`: read the data, compute the features a
+set of strategies and orderings needs (each at most once, cached on disk)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from llm_al import models
+
+from llm_al.features import probes
+from llm_al.data.pool import Pool, drop_overlap, load_pool, records_to_pool, split_pool
+from llm_al.data.demo import EMBEDDED_POOL, SYSTEM_PROMPT, TEMPLATE, demo_records
+from llm_al.strategies.diversity import WEIGHTED_DEFAULT
+from llm_al.errors import FeatureUnavailableError
+from llm_al.features.engine import build_features, compute_embeddings, compute_loss_features, ifd_from_stats
+from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES, Features
+from llm_al.orderings import ORDERINGS
+from llm_al.seeds import rng
+from llm_al.strategies.base import STRATEGIES
+
+log = logging.getLogger("llm_al")
+
+
+@dataclass
+class Data:
+    pool: Pool
+    test: Pool | None
+    notes: list[str]
+
+
+def load_data(cfg, seed: int = 0, need_test: bool = True) -> Data:
+    """Pool and test set per a DataConfig: the embedded demo, or files with an optional seeded split.
+    Test examples that also sit in the pool are removed from the pool (no train/test leak)."""
+    notes: list[str] = []
+    if cfg.pool == EMBEDDED_POOL:
+        system = cfg.system_prompt if cfg.system_prompt is not None else SYSTEM_PROMPT
+        pool_rows, test_rows = demo_records()
+        pool = records_to_pool(pool_rows, path=EMBEDDED_POOL, system_prompt=system, translation_template=TEMPLATE)
+        test = None if cfg.test is not None else records_to_pool(
+            test_rows, path=EMBEDDED_POOL + ":test", system_prompt=system, translation_template=TEMPLATE)
+    else:
+        system = cfg.system_prompt
+        pool = load_pool(cfg.pool, fields=cfg.fields, system_prompt=system, split=cfg.split)
+        test = None
+    if pool.duplicates:
+        notes.append(f"{len(pool.duplicates)} exact duplicate rows dropped from the pool "
+                     f"(rows {', '.join(str(d) for d, _ in pool.duplicates[:10])}{'...' if len(pool.duplicates) > 10 else ''})")
+    if cfg.test is not None:
+        test = load_pool(cfg.test, fields=cfg.fields, system_prompt=system, split=cfg.split)
+    elif test is None and need_test:
+        pool, test = split_pool(pool, cfg.test_size, seed=int(rng(seed, "split").integers(2**31)))
+        notes.append(f"no test set given: held out {len(test)} pool examples (seeded split)")
+    if test is not None:
+        pool, removed = drop_overlap(pool, test)
+        if removed:
+            notes.append(f"{removed} pool examples also in the test set were removed from the pool")
+        if cfg.max_test is not None:
+            test = test.subset(range(min(cfg.max_test, len(test))))
+    if cfg.max_pool is not None and cfg.max_pool < len(pool):
+        keep = np.sort(rng(seed, "pool_sample").choice(len(pool), cfg.max_pool, replace=False))
+        pool = pool.subset(keep.tolist())
+        notes.append(f"pool sampled down to {cfg.max_pool} examples (max_pool)")
+    for note in notes:
+        log.info(note)
+    return Data(pool, test, notes)
+
+
+def strategy_needs(name: str, params: dict) -> set[str]:
+    """Features a strategy call needs: its registered `needs`, plus the features its parameters
+    name. Convention: a parameter `by` names one feature; the keys of `weights` name features."""
+    fn = STRATEGIES.get(name)
+    needs = set(fn.meta.get("needs", ()))
+    defaults = {p.name: p.default for p in inspect.signature(fn.fn).parameters.values()}
+    if "by" in defaults:
+        needs.add(params.get("by", defaults["by"]))
+    if "weights" in defaults:
+        needs.update((params.get("weights") or defaults["weights"] or WEIGHTED_DEFAULT).keys())
+    return needs
+
+
+def needed_features(strategies: Iterable[tuple[str, dict]], ordering_names: Iterable[str]) -> set[str]:
+    needs: set[str] = set()
+    for name, params in strategies:
+        needs |= strategy_needs(name, params)
+    for name in ordering_names:
+        needs.update(ORDERINGS.get(name).meta.get("needs", ()))
+    return needs
+
+
+def compute_features(pool: Pool, needs: set[str], model_cfg, model_and_tokenizer=None,
+                     progress: bool = True, cfg=None) -> Features:
+    """Only what `needs` asks for. `model_and_tokenizer` reuses a loaded model; else one is loaded.
+    `cfg` (an ExperimentConfig) supplies the probe, train and eval settings probes use; defaults
+    when None."""
+    cache_dir = models.cache_root() / "features"
+    if needs - {"length"}:                  # every other feature is cached: fail now, not after scoring
+        from llm_al.run.resources import check_writable
+
+        check_writable(cache_dir, "the feature cache (set LLM_AL_CACHE to a writable folder)")
+    stats: dict[str, np.ndarray] = {}
+    cost: dict = {}
+    probe_needs = needs & set(probes.provided_names())
+    if probe_needs and probes.needs_model(probe_needs) and model_and_tokenizer is None:
+        model_and_tokenizer = models.load_model(model_cfg.name, model_cfg.device, dtype=model_cfg.dtype,
+                                                trust_remote_code=model_cfg.trust_remote_code)
+
+    def passes(name: str, model, tokenizer, which: set[bool], prefix: str = "") -> None:
+        """The with-prompt (False) and/or without-prompt (True) passes of one model."""
+        key = models.fingerprint(name)
+        for direct in sorted(which):
+            s, c = compute_loss_features(model, tokenizer, pool.examples, cache_dir, key, model_cfg.max_length,
+                                         model_cfg.score_max_tokens, progress, direct=direct)
+            stats[prefix + ("direct" if direct else "loss")] = s
+            cost.update({prefix + k: v for k, v in c.items()})
+
+    which = {d for d, group in ((False, LOSS_FEATURES), (True, DIRECT_FEATURES)) if needs & group}
+    if which:
+        model, tokenizer = model_and_tokenizer or models.load_model(
+            model_cfg.name, model_cfg.device, dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code)
+        passes(model_cfg.name, model, tokenizer, which)
+    scorer_ifd = None
+    if "scorer_ifd" in needs:
+        if not model_cfg.scorer:
+            raise FeatureUnavailableError("scorer_ifd (Superfiltering) needs a second, small scorer model: "
+                                          "set model.scorer to a hub id or local folder (e.g. a GPT-2-size model)")
+        scorer, scorer_tok = models.load_model(model_cfg.scorer, model_cfg.device, dtype=model_cfg.dtype,
+                                               trust_remote_code=model_cfg.trust_remote_code)
+        passes(model_cfg.scorer, scorer, scorer_tok, {False, True}, prefix="scorer_")
+        scorer_ifd = ifd_from_stats(stats["scorer_loss"], stats["scorer_direct"])
+        del scorer
+    embeddings = None
+    if "embeddings" in needs:
+        embedder = models.load_embedder(model_cfg.embedder, model_cfg.device)
+        embeddings, c = compute_embeddings(embedder, [ex.text for ex in pool.examples], cache_dir,
+                                           models.fingerprint(model_cfg.embedder), progress_bar=progress)
+        cost.update(c)
+    features = build_features(pool.examples, pool.ids, loss_stats=stats.get("loss"), direct_stats=stats.get("direct"),
+                              scorer_ifd=scorer_ifd, embeddings=embeddings, cost=cost)
+    if probe_needs:
+        model, tokenizer = model_and_tokenizer or (None, None)
+        ctx = probe_context(pool.examples, model, tokenizer, model_cfg, cfg, progress,
+                            cache_dir=cache_dir,   # model-free probes: no fingerprint (it may convert a model)
+                            model_key=models.fingerprint(model_cfg.name) if probes.needs_model(probe_needs) else "")
+        scores, probe_cost = probes.run_probes(probe_needs, ctx)
+        features.scores.update(scores)
+        features.cost.update({f"probe_{k}": v for k, v in probe_cost.items()})
+    return features
+
+
+def probe_context(examples, model, tokenizer, model_cfg, cfg, progress: bool, *, labelled=None,
+                  cache_dir=None, model_key: str = "") -> probes.ProbeContext:
+    """The ProbeContext for `examples`, with the probe/train/eval settings of `cfg` (or defaults)."""
+    from llm_al.config import OverlapConfig
+    from llm_al.config import EvalConfig
+    from llm_al.config import TrainConfig
+
+    return probes.ProbeContext(
+        examples=examples, model=model, tokenizer=tokenizer, model_cfg=model_cfg,
+        probe_cfg=cfg.probe if cfg is not None else probes.ProbeConfig(),
+        train_cfg=cfg.train if cfg is not None else TrainConfig(),
+        eval_cfg=cfg.eval if cfg is not None else EvalConfig(),
+        overlap_cfg=cfg.overlap if cfg is not None else OverlapConfig(),
+        labelled=labelled, cache_dir=cache_dir, model_key=model_key, progress=progress)
