@@ -29,10 +29,35 @@ from llm_al.errors import UserError
 log = logging.getLogger("llm_al")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is the same one line and exit status 2 as every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"llm-al: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _count(minimum: int):
+    """An argparse type: an integer >= minimum, said in one line otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _count(1), _count(0)
+
+
 def _parser() -> argparse.ArgumentParser:
     from llm_al.config import EvalConfig
 
-    p = argparse.ArgumentParser(prog="llm-al", description="Choose the few examples worth fine-tuning an LLM on, "
+    p = _Parser(prog="llm-al", description="Choose the few examples worth fine-tuning an LLM on, "
                                 "and measure whether the choice beat random.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -46,20 +71,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan and its estimated cost, run nothing")
     run.add_argument("--ray", action="store_true",
                      help="score the pool and spread the runs over Ray workers (pip install 'llm-al[ray]')")
-    run.add_argument("--workers", type=int, default=None, help="with --ray: workers (default: one per GPU)")
+    run.add_argument("--workers", type=POSITIVE, default=None, help="with --ray: workers (default: one per GPU)")
     run.add_argument("--ray-address", default=None,
                      help="with --ray: a running cluster, e.g. HEAD_IP:6379 (default: $RAY_ADDRESS, else a local one)")
 
     sel = sub.add_parser("select", help="select a subset of a pool and write it in the pool's format")
     sel.add_argument("pool", help="JSONL/JSON/CSV/Parquet file, saved `datasets` folder or hub dataset id")
     sel.add_argument("--strategy", default="random", help="strategy spec, e.g. kcenter or perplexity:band=middle")
-    sel.add_argument("--budget", type=int, required=True)
-    sel.add_argument("--out", required=True, help="output file; its extension sets the format (default: the pool's)")
+    sel.add_argument("--budget", type=POSITIVE, required=True)
+    sel.add_argument("--out", required=True, help="output file; its extension sets the format (default: the pool's); "
+                     "a name ending in / is a datasets folder")
     sel.add_argument("--export-shape", default="input", choices=["input", "alpaca", "messages"],
                      help="records as read (default), Alpaca {instruction, input, output}, or chat {messages}")
     sel.add_argument("--explain", action="store_true",
                      help="add why each example was picked: its k-means cluster and nearest earlier pick (embeddings)")
-    sel.add_argument("--seed", type=int, default=0)
+    sel.add_argument("--seed", type=NON_NEGATIVE, default=0)
     sel.add_argument("--model", default=None, help="causal LM for loss-based strategies (default: embedded SmolLM2)")
     sel.add_argument("--embedder", default=None, help="sentence-transformers model (default: embedded MiniLM)")
     sel.add_argument("--scorer", default=None, help="small causal LM for superfiltering (scorer IFD)")
@@ -67,9 +93,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="map a column to a role (prompt, response, system, input, instruction, messages, "
                           "source, target, source_lang, target_lang); repeatable")
     sel.add_argument("--system-prompt", default=None)
+    _language_options(sel)
     sel.add_argument("--split", default="train", help="split of a datasets folder / hub dataset")
     sel.add_argument("--device", default="auto")
-    sel.add_argument("--max-length", type=int, default=512, help="tokens per example for loss scoring")
+    sel.add_argument("--max-length", type=POSITIVE, default=512, help="tokens per example for loss scoring")
     sel.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model (off by default)")
     sel.add_argument("--dry-run", action="store_true",
                      help="print what would be scored and its estimated time; load no model, write nothing")
@@ -85,15 +112,17 @@ def _parser() -> argparse.ArgumentParser:
     ov.add_argument("--reference-split", default="train",
                     help="the split of a DatasetDict folder or hub dataset reference (default: train)")
     ov.add_argument("--test", default=None, help="a test set to measure overlap with (any pool format)")
-    ov.add_argument("--n", type=int, default=8, help="word n-gram length")
-    ov.add_argument("--out", default=None, help="write per-example overlap columns beside the records (pool format)")
+    ov.add_argument("--n", type=POSITIVE, default=8, help="word n-gram length")
+    ov.add_argument("--out", default=None, help="write per-example overlap columns beside the records (pool format; "
+                    "a name ending in / is a datasets folder)")
     ov.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
+    _language_options(ov)
     ov.add_argument("--embedder", default=None,
                     help="sentence-transformers model for ref_similarity (default: embedded MiniLM)")
     ov.add_argument("--no-similarity", action="store_true",
                     help="skip the embedding similarity to the reference (ref_similarity)")
-    ov.add_argument("--sample-passages", type=int, default=2000, help="ref_similarity: reference passages sampled")
-    ov.add_argument("--passage-words", type=int, default=64, help="ref_similarity: words per reference passage")
+    ov.add_argument("--sample-passages", type=POSITIVE, default=2000, help="ref_similarity: reference passages sampled")
+    ov.add_argument("--passage-words", type=POSITIVE, default=64, help="ref_similarity: words per reference passage")
     ov.add_argument("--dry-run", action="store_true",
                     help="say whether the reference index is cached or what building it costs; index, embed, write nothing")
 
@@ -102,39 +131,47 @@ def _parser() -> argparse.ArgumentParser:
     exp = ann_sub.add_parser("export", help="choose unlabelled prompts and write them for annotators (JSONL or CSV)")
     exp.add_argument("pool", help="a pool whose examples may lack responses")
     exp.add_argument("--strategy", default="random", help="a label-free strategy: random or an embedding-based one")
-    exp.add_argument("--budget", type=int, required=True)
+    exp.add_argument("--budget", type=POSITIVE, required=True)
     exp.add_argument("--out", required=True, help="the file for annotators (.jsonl or .csv)")
-    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--seed", type=NON_NEGATIVE, default=0)
     exp.add_argument("--drafts", action="store_true", help="pre-fill draft responses with the model (--model)")
     exp.add_argument("--model", default=None, help="causal LM for drafts and model-based strategies (default: embedded SmolLM2)")
-    exp.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens,
+    exp.add_argument("--max-new-tokens", type=POSITIVE, default=EvalConfig.max_new_tokens,
                      help=f"longest draft in tokens (default: eval.max_new_tokens, {EvalConfig.max_new_tokens})")
     exp.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
+    _language_options(exp)
     exp.add_argument("--dry-run", action="store_true",
                      help="print what would be scored or drafted and its estimated time; load no model, write nothing")
     syn = ann_sub.add_parser("synthesize", help="write new prompts near the ones the model is least sure about "
                              "(an unlabelled pool file for export)")
     syn.add_argument("pool", help="a pool (responses optional); its prompts seed the few-shot prompts")
     syn.add_argument("--out", required=True, help="the new unlabelled pool file (.jsonl)")
-    syn.add_argument("--n", type=int, required=True, help="new prompts to keep")
+    syn.add_argument("--n", type=POSITIVE, required=True, help="new prompts to keep")
     syn.add_argument("--from-strategy", default="greedy_logprob",
                      help="label-free strategy ranking the pool prompts to imitate (default: greedy_logprob, least sure first)")
-    syn.add_argument("--seeds-per-prompt", type=int, default=3, help="pool prompts shown in each few-shot prompt")
-    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--seeds-per-prompt", type=POSITIVE, default=3, help="pool prompts shown in each few-shot prompt")
+    syn.add_argument("--seed", type=NON_NEGATIVE, default=0)
     syn.add_argument("--model", default=None, help="causal LM that ranks and writes (default: embedded SmolLM2)")
     syn.add_argument("--temperature", type=float, default=1.0)
-    syn.add_argument("--max-new-tokens", type=int, default=EvalConfig.max_new_tokens)
+    syn.add_argument("--max-new-tokens", type=POSITIVE, default=EvalConfig.max_new_tokens)
     syn.add_argument("--threshold", type=float, default=0.8,
                      help="character 3-gram Jaccard at or above which a new prompt counts as a near-duplicate")
-    syn.add_argument("--max-rounds", type=int, default=5, help="generation rounds at most, until --n are kept")
+    syn.add_argument("--max-rounds", type=POSITIVE, default=5, help="generation rounds at most, until --n are kept")
     syn.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
     syn.add_argument("--dry-run", action="store_true",
                      help="print what ranking and writing would cost; load no model, write nothing")
     imp = ann_sub.add_parser("import", help="validate a filled annotation file and write the pool with its responses")
     imp.add_argument("filled", help="the annotation file, filled in")
     imp.add_argument("--pool", required=True, help="the pool the prompts were exported from")
-    imp.add_argument("--out", required=True, help="where to write the pool with the new responses merged in")
-    imp.add_argument("--partial", action="store_true", help="accept a file that answers only some exported prompts")
+    imp.add_argument("--out", required=True, help="where to write the labelled examples (the pool's labelled rows and "
+                     "the new ones; a name ending in / is a datasets folder)")
+    imp.add_argument("--partial", action="store_true", help="accept a file that answers only some exported prompts: "
+                     "blank responses and unedited drafts stay unlabelled")
+    imp.add_argument("--accept-drafts", action="store_true",
+                     help="take responses still equal to the model's draft as labels (refused by default)")
+    imp.add_argument("--keep-unlabelled", action="store_true",
+                     help="write the whole merged pool, unlabelled rows included (default: labelled rows only, "
+                          "ready for select)")
     imp.add_argument("--field", action="append", default=[], metavar="ROLE=COLUMN")
 
     rep = sub.add_parser("report", help="write a Markdown + self-contained HTML report (plots, statistics) of a results dir")
@@ -144,6 +181,13 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list strategies, orderings and metrics")
     sub.add_parser("doctor", help="report the environment (torch, GPU, embedded assets, cache, offline state)")
     return p
+
+
+def _language_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source-lang", default=None,
+                        help="translation pairs: the source language where the records name none (e.g. English)")
+    parser.add_argument("--target-lang", default=None,
+                        help="translation pairs: the target language where the records name none (e.g. fr, French)")
 
 
 def _setup_logging() -> None:
@@ -184,6 +228,7 @@ def cmd_experiment(recipe: str | None, overrides: list[str], dry_run: bool = Fal
     from llm_al.analysis.table import format_table
 
     cfg = load_config(recipe, overrides)
+    _check_run_dir(cfg, recipe, dry_run)
     if dry_run:
         from llm_al.run.estimate import plan_experiment
 
@@ -204,6 +249,7 @@ def cmd_ray(args: argparse.Namespace) -> None:
     if not args.ray:
         raise UserError("--workers and --ray-address go with --ray (e.g. llm-al run recipe.yaml --ray --workers 4)")
     cfg = load_config(args.recipe, args.overrides)
+    _check_run_dir(cfg, args.recipe, False)
     workers = args.workers if args.workers is not None else default_workers(args.ray_address)
     summary = run_sweep_ray(cfg, workers, address=args.ray_address)
     print(format_table(summary))
@@ -211,6 +257,25 @@ def cmd_ray(args: argparse.Namespace) -> None:
           f"over {workers} Ray workers")
     for w in summary["workers"]:
         print(f"  {w['worker']}{' (final summary)' if w.get('final') else ''}: {len(w['ran'])} runs, {w['seconds']:.0f} s")
+
+
+def _check_run_dir(cfg, recipe: str | None, dry_run: bool) -> None:
+    """out_dir must be a folder that can be written and none of the run's input files."""
+    from llm_al.io import check_output
+
+    check_output(cfg.out_dir, [cfg.data.pool, cfg.data.test, recipe], folder=True, label="out_dir",
+                 probe=not dry_run)
+
+
+def _check_subset_out(out: str, inputs: list, pool_format: str, dry_run: bool) -> str:
+    """The format `out` will be written in (export.output_format), after the one output check:
+    not an input, not a folder where a file is meant (or the reverse), writable."""
+    from llm_al.data.export import output_format
+    from llm_al.io import check_output
+
+    fmt = output_format(out, None, pool_format)
+    check_output(out, inputs, folder=fmt == "datasets", replaces_folder=fmt == "datasets", probe=not dry_run)
+    return fmt
 
 
 def _fields(items: list[str]) -> dict | None:
@@ -232,13 +297,16 @@ def cmd_overlap(args: argparse.Namespace) -> None:
     from llm_al.run.pipeline import load_data
     from llm_al.features.reference_index import reference_index, reference_index_dir, selection_overlap
 
+    languages = (args.source_lang, args.target_lang)
     if args.pool == EMBEDDED_POOL:          # the demo pool, with its fixed test set unless one is given
         data = load_data(DataConfig(pool=args.pool), need_test=True)
         pool, test = data.pool, data.test
     else:
-        pool, test = load_pool(args.pool, fields=_fields(args.field)), None
+        pool, test = load_pool(args.pool, fields=_fields(args.field), languages=languages), None
     if args.test:
-        test = load_pool(args.test, fields=_fields(args.field))
+        test = load_pool(args.test, fields=_fields(args.field), languages=languages)
+    if args.out:
+        _check_subset_out(args.out, [args.pool, args.test, args.reference], pool.format, args.dry_run)
     if args.dry_run:
         from llm_al.config import ModelConfig
         from llm_al.run.estimate import plan_overlap
@@ -314,19 +382,16 @@ def _reference_similarity(args: argparse.Namespace, pool):
 
 
 def cmd_annotate(args: argparse.Namespace) -> None:
-    """Export: pick among the unlabelled prompts, optionally draft responses. Import: validate the
-    filled file completely, then write the merged pool (nothing is written if any row is bad)."""
-    from llm_al.data.annotate import annotation_format as _annotation_format
-    from llm_al.data.annotate import (export_for_annotation, import_annotations, merge_labelled, read_manifest,
-                                 unlabelled_indices)
+    """Export: pick among the unlabelled prompts, optionally draft responses. Import: see
+    cmd_annotate_import. Synthesize: new prompts near the least-sure pool prompts."""
     from llm_al.config import ModelConfig, parse_strategy
+    from llm_al.data.annotate import annotation_format, export_for_annotation, unlabelled_indices
     from llm_al.data.pool import load_pool
-    from llm_al.data.export import write_subset
-    from llm_al.io import write_text
+    from llm_al.io import check_output, write_text
     from llm_al.run.pipeline import compute_features, needed_features
-    from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
     from llm_al.seeds import rng
-    from llm_al.strategies.base import run_strategy
+    from llm_al.strategies.base import STRATEGIES, run_strategy
+    from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
 
     if args.annotate_command == "synthesize":
         from llm_al.run.synthesize import prepare_synthesis, run_synthesis
@@ -336,7 +401,8 @@ def cmd_annotate(args: argparse.Namespace) -> None:
 
             pool, _, _, needs, model_cfg = prepare_synthesis(args.pool, args.out, args.from_strategy,
                                                              _fields(args.field), args.model,
-                                                             (args.n, args.seeds_per_prompt, args.max_rounds))
+                                                             (args.n, args.seeds_per_prompt, args.max_rounds),
+                                                             dry_run=True)
             print(plan_synthesize(pool, args.from_strategy, needs, model_cfg, args.n, args.seeds_per_prompt,
                                   args.max_rounds, args.max_new_tokens))
             return
@@ -351,27 +417,22 @@ def cmd_annotate(args: argparse.Namespace) -> None:
         print(f"then: llm-al annotate export {report.path} --budget {report.kept} --out TO_ANNOTATE.csv")
         return
     if args.annotate_command == "import":
-        if Path(args.out).resolve() == Path(args.pool).resolve():
-            raise UserError(f"--out {args.out!r} is the pool itself; write the merged pool to a new file")
-        pool = load_pool(args.pool, fields=_fields(args.field), labelled=False)
-        manifest = Path(str(args.filled) + ".ids.json")
-        asked = pool
-        if manifest.exists():           # check completeness against what was exported, not the whole pool
-            exported = read_manifest(manifest)
-            asked = pool.subset([i for i, ex in enumerate(pool.examples) if ex.prompt_id in exported])
-        new, report = import_annotations(args.filled, asked, require_all=manifest.exists() and not args.partial)
-        merged = merge_labelled(pool, new)
-        path = write_subset(merged, list(range(len(merged))), args.out)
-        print(report.summary())
-        print(f"{len(new)} responses merged; {len(merged)} examples -> {path}")
+        cmd_annotate_import(args)
         return
     name, params = parse_strategy(args.strategy)
+    STRATEGIES.check(name, params)
     needs = needed_features([(name, params)], [])
     if needs & (LOSS_FEATURES | DIRECT_FEATURES | {"scorer_ifd"}):
         raise UserError(f"strategy {name!r} reads reference responses ({', '.join(sorted(needs))}), which unlabelled "
                         "prompts do not have; use random or an embedding-based strategy (kcenter, kmeans, "
                         "facility_location, idds)")
-    pool = load_pool(args.pool, fields=_fields(args.field), labelled=False)
+    annotation_format(Path(args.out), args.out)
+    check_output(args.out, [args.pool], probe=not args.dry_run)
+    check_output(str(args.out) + ".ids.json", [args.pool], label="the export's id list", probe=not args.dry_run)
+    pool = load_pool(args.pool, fields=_fields(args.field), labelled=False,
+                     languages=(args.source_lang, args.target_lang))
+    if pool.duplicates:
+        print(_duplicates_note(pool))
     todo = unlabelled_indices(pool)
     if not todo:
         raise UserError(f"{args.pool}: every example already has a response; nothing to annotate")
@@ -380,7 +441,6 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     if args.model:                      # model-based label-free strategies (greedy_logprob) score with it too
         model_cfg.name = args.model
     _check_strategy_call(name, params, args.budget, len(candidates))
-    _annotation_format(Path(args.out), args.out)
     if args.dry_run:
         from llm_al.run.estimate import plan_annotate_export
 
@@ -402,26 +462,24 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     path = export_for_annotation(pool, chosen, args.out, drafts=drafts)
     write_text(str(path) + ".ids.json", json.dumps([pool.examples[i].prompt_id for i in chosen]))
     print(f"{len(chosen)} of {len(todo)} unlabelled prompts chosen with {args.strategy} -> {path}")
-    print(f"fill the 'response' column, then: llm-al annotate import {path} --pool {args.pool} --out MERGED")
+    print(f"fill the 'response' column, then: llm-al annotate import {path} --pool {args.pool} --out LABELLED.jsonl")
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     import numpy as np
 
     from llm_al.config import DataConfig, ModelConfig, parse_strategy
-    from llm_al.data.export import choose_output_format, write_subset
+    from llm_al.data.export import write_subset
     from llm_al.run.pipeline import compute_features, load_data, needed_features
     from llm_al.seeds import rng
-    from llm_al.strategies.base import run_strategy
+    from llm_al.strategies.base import STRATEGIES, run_strategy
 
     fields = _fields(args.field)
-    if Path(args.out).resolve() == Path(args.pool).resolve():
-        raise UserError(f"--out {args.out!r} is the pool itself; choose another file")
     name, params = parse_strategy(args.strategy)
+    STRATEGIES.check(name, params)                  # parameter values, in the first second
     needs = needed_features([(name, params)], []) | ({"embeddings"} if args.explain else set())
-    data_cfg = DataConfig(pool=args.pool, fields=fields, system_prompt=args.system_prompt, split=args.split)
+    data_cfg = DataConfig(pool=args.pool, fields=fields, system_prompt=args.system_prompt, split=args.split,
+                          source_lang=args.source_lang, target_lang=args.target_lang)
     model_cfg = ModelConfig(device=args.device, max_length=args.max_length, trust_remote_code=args.trust_remote_code)
     if args.model:
         model_cfg.name = args.model
@@ -429,8 +487,8 @@ def cmd_select(args: argparse.Namespace) -> None:
         model_cfg.embedder = args.embedder
     model_cfg.scorer = args.scorer
     pool = load_data(data_cfg, seed=args.seed, need_test=False).pool
+    output_format = _check_subset_out(args.out, [args.pool], pool.format, args.dry_run)
     _check_strategy_call(name, params, args.budget, len(pool))        # before any scoring
-    output_format = choose_output_format(Path(args.out).expanduser(), None, pool.format)
     if args.dry_run:
         from llm_al.run.estimate import plan_select
 
@@ -453,19 +511,47 @@ def cmd_select(args: argparse.Namespace) -> None:
 
 
 def _check_strategy_call(name: str, params: dict, budget: int, pool_size: int) -> None:
-    """The checks `run_strategy` makes that need no features (the budget fits the pool, the
-    parameters are the strategy's), made before any scoring, and by --dry-run."""
-    import inspect
-
-    from llm_al.errors import ConfigError
+    """The checks `run_strategy` makes that need no features (the parameters are the strategy's
+    and valid, the budget fits the pool), made before any scoring, and by --dry-run."""
     from llm_al.strategies.base import STRATEGIES, check_budget
 
-    fn = STRATEGIES.get(name).fn
+    STRATEGIES.check(name, params)
     check_budget(budget, pool_size)
-    try:
-        inspect.signature(fn).bind(None, budget, None, **params)
-    except TypeError as err:
-        raise ConfigError(f"strategy {name!r}: {err}") from None
+
+
+def _duplicates_note(pool) -> str:
+    shown = ", ".join(str(d) for d, _ in pool.duplicates[:10]) + ("..." if len(pool.duplicates) > 10 else "")
+    return f"{pool.path}: {len(pool.duplicates)} exact duplicate rows dropped (rows {shown})"
+
+
+def cmd_annotate_import(args: argparse.Namespace) -> None:
+    """Validate the filled file completely, then write the labelled examples (with
+    --keep-unlabelled the whole merged pool); nothing is written if any row is bad."""
+    from llm_al.data.annotate import import_annotations, merge_labelled, read_manifest
+    from llm_al.data.pool import load_pool
+    from llm_al.data.export import write_subset
+
+    manifest = Path(str(args.filled) + ".ids.json")
+    if not Path(args.filled).expanduser().is_file():
+        raise UserError(f"{args.filled}: no such file")
+    pool = load_pool(args.pool, fields=_fields(args.field), labelled=False)
+    _check_subset_out(args.out, [args.filled, args.pool, manifest], pool.format, False)
+    asked = pool
+    if manifest.exists():           # check completeness against what was exported, not the whole pool
+        exported = read_manifest(manifest)
+        asked = pool.subset([i for i, ex in enumerate(pool.examples) if ex.prompt_id in exported])
+    new, report = import_annotations(args.filled, asked, require_all=manifest.exists() and not args.partial,
+                                     partial=args.partial, accept_drafts=args.accept_drafts)
+    merged = merge_labelled(pool, new)
+    keep = [i for i, ex in enumerate(merged.examples) if args.keep_unlabelled or ex.is_labelled]
+    if not keep:
+        raise UserError(f"{args.filled}: no labelled examples to write (nothing answered, and the pool has no "
+                        "labelled rows); --keep-unlabelled writes the merged pool anyway")
+    path = write_subset(merged, keep, args.out)
+    print(report.summary())
+    left = len(merged) - len(keep)
+    what = "examples" if args.keep_unlabelled else f"labelled examples ({left} unlabelled left out; --keep-unlabelled)"
+    print(f"{len(new)} responses merged; {len(keep)} {what} -> {path}")
 
 
 def _options_last(argv: list[str], options: dict[str, int]) -> list[str]:
@@ -512,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             from llm_al.analysis.writeup import write_report
 
+            from llm_al.io import check_output
+
+            check_output(args.out or Path(args.results_dir) / "report", folder=True)
             files = write_report(args.results_dir, args.out)
             print("\n".join(f"wrote {p}" for p in files.values()))
     except UserError as err:

@@ -66,6 +66,10 @@ class DataConfig:
     """Keep a seeded random sample of this many pool examples (None: all)."""
     max_test: int | None = None
     """Keep the first this many test examples (None: all)."""
+    source_lang: str | None = None
+    """Translation pools: the source language of pairs whose records name none (e.g. English)."""
+    target_lang: str | None = None
+    """Translation pools: the target language of pairs whose records name none (e.g. fr or French)."""
 
 
 @dataclass
@@ -270,10 +274,10 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if "random" not in [parse_strategy(s)[0] for s in self.strategies]:
             self.strategies = ["random", *self.strategies]
-        for spec in self.strategies:
-            STRATEGIES.get(parse_strategy(spec)[0])
+        for spec in self.strategies:                 # names and parameter values, before any work
+            STRATEGIES.check(*parse_strategy(spec))
         for name in self.orderings:
-            ORDERINGS.get(name)
+            ORDERINGS.check(name)
         valid = (*FEATURE_NAMES, *provided_names())
         for name in self.features:
             if name not in valid:

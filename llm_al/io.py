@@ -10,7 +10,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def _current_umask() -> int:
@@ -33,19 +33,86 @@ _UMASK = _current_umask()           # read once: mkstemp makes 0600 files, a pla
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success rename it to `path`."""
+    """Yield a temporary path in the target's folder; on success rename it to `path`. A target
+    that cannot be written (a folder, a parent that is a file, no permission) is a UserError
+    naming it, raised before the caller's work."""
+    from llm_al.errors import UserError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_output(path, label=str(path), probe=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)        # the permissions a plain open() would have given
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as err:
+            raise UserError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), *,
+                 folder: bool = False, replaces_folder: bool = False, label: str = "--out",
+                 probe: bool = True) -> Path:
+    """The one check every command makes on where it will write, before any model or corpus work.
+    A UserError naming the path when `out`:
+    - is one of `inputs` (the same file through symlinks, "..", or a hard link), or, with
+      `replaces_folder` (a folder written by swapping it in whole), holds one of them;
+    - is an existing folder where a file is meant (`folder=False`), or a file where a folder is;
+    - lies under a file, or where nothing can be created (no permission, a read-only file system;
+      with `probe`, a temporary file is created and removed in the nearest existing folder to be sure).
+    Inputs that are not local paths (hub ids, "embedded:...") are passed over. Returns the path."""
+    from llm_al.errors import UserError
+
+    path = Path(out).expanduser()
+    where = path.resolve()
+    for item in inputs:
+        if item is None:
+            continue
+        inp = Path(item).expanduser()
+        if not os.path.lexists(inp):
+            continue
+        same = where == inp.resolve() or (path.exists() and _same_file(path, inp))
+        inside = replaces_folder and inp.resolve().is_relative_to(where)
+        if same or inside:
+            what = "is" if same else "holds"
+            raise UserError(f"{label} {str(out)!r} {what} the input {str(item)!r}; writing there would destroy it: "
+                            "choose another path")
+    if path.is_dir() and not folder:
+        raise UserError(f"{label} {str(out)!r} is an existing folder; give a file name")
+    if path.exists() and not path.is_dir() and folder:
+        raise UserError(f"{label} {str(out)!r} is an existing file; give a folder name")
+    ancestor = where.parent if not path.exists() or not folder else where
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{label} {str(out)!r}: {str(ancestor)!r} is a file, so nothing can be created under it")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{label} {str(out)!r}: no permission to write in {str(ancestor)!r}")
+    if probe:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".llm_al-write-check.", dir=ancestor)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as err:
+            raise UserError(f"{label} {str(out)!r}: cannot write in {str(ancestor)!r} "
+                            f"({err.strerror or err})") from None
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def confined(root: str | os.PathLike, *parts: str) -> Path:

@@ -106,7 +106,7 @@ def test_each_shape_merges_into_a_pool_that_reloads(tmp_path, shape, fmt):
     if shape == "messages":
         assert (rows[0]["system"], rows[0]["prompt"]) == ("S", "user: a\nassistant: b\nuser: c")
     rows[1]["response"] = "r1"
-    new, report = import_annotations(write_rows(out, rows), pool)
+    new, report = import_annotations(write_rows(out, rows), pool, accept_drafts=True)
     assert (report.unchanged, report.from_scratch) == (1, 1)
     merged = merge_labelled(pool, new)
     assert [ex.response for ex in merged.examples] == ["d0", "r1"]
@@ -123,7 +123,7 @@ def test_drafts_changed_and_unchanged(tmp_path):
     assert [r["response"] for r in rows] == [r["draft"] for r in rows] == drafts
     rows[1]["response"] = "Four."
     rows[2]["response"] = "two lines\n"  # whitespace-only edits count as unchanged
-    new, report = import_annotations(write_rows(out, rows), pool)
+    new, report = import_annotations(write_rows(out, rows), pool, accept_drafts=True)
     assert (report.changed, report.unchanged, report.from_scratch, report.accepted) == (1, 3, 0, 4)
     assert [ex.response for ex in new] == ["Oui.", "Four.", "two lines\n", "Because."]
 
@@ -177,7 +177,7 @@ def no_response_column(rows):
 
 
 BAD = {  # name -> (mutation, the needles of the error, for each format)
-    "missing rows": (drop_rows, ["3 of the 4 exported examples have no row", "require_all=False"]),
+    "missing rows": (drop_rows, ["3 of the 4 exported examples have no row", "--partial"]),
     "empty response": (empty_response, ["row 2", "empty 'response'"]),
     "unknown id": (unknown_id, ["row 2", "unknown llm_al_id '0123456789abcdef'"]),
     "duplicate id": (duplicate_id, ["row 3", "appears twice (rows 1 and 3)"]),

@@ -156,7 +156,7 @@ def test_unwritable_output_directory_fails_before_work(tmp_path, pool_file, caps
     blocker = tmp_path / "file"
     blocker.write_text("x")
     err = _bad(["demo", f"out_dir={blocker / 'sub'}", f"data.pool={pool_file}"], tmp_path, capsys)
-    assert "cannot write to output directory" in err
+    assert "is a file, so nothing can be created under it" in err
 
 
 @pytest.mark.parametrize("strategy", ["ifd", "superfiltering", "min_k:k=0.5,prefer=familiar", "entropy"])
@@ -352,7 +352,11 @@ def test_annotation_round_trip_through_the_cli(tmp_path, tiny_model_dir, cache_d
         w.writeheader()
         w.writerows(rows)
     assert main(["annotate", "import", str(sheet), "--pool", str(pool), "--out", str(merged)]) == 0
-    back = load_pool(str(merged), labelled=False)
+    back = load_pool(str(merged))                   # labelled rows only: ready for select
+    assert len(back) == 3
+    full = tmp_path / "full.jsonl"
+    assert main(["annotate", "import", str(sheet), "--pool", str(pool), "--out", str(full), "--keep-unlabelled"]) == 0
+    back = load_pool(str(full), labelled=False)
     assert sum(ex.is_labelled for ex in back.examples) == 3 and len(back) == 5
     # the export's manifest makes a file that drops a chosen prompt incomplete
     with sheet.open("w", encoding="utf-8", newline="") as fh:

@@ -319,7 +319,7 @@ BAD = [
     ("kmeans", {"max_iter": 0}, "max_iter=0"),
     ("facility_location", {"max_dense": -5}, "max_dense=-5"),
     ("facility_location", {"knn": 0}, "knn=0"),
-    ("facility_location", {"approx": "yes"}, "approx='yes'.*auto, true or false"),
+    ("facility_location", {"approx": "yes"}, "approx='yes'.*true or false or auto"),
     ("deita", {"threshold": -2.0}, "threshold=-2.0"),
     ("deita", {"by": "perplexity"}, "by='perplexity'.*loss, entropy, length, n_tokens"),
     ("idds", {"lam": 1.5}, r"lam=1.5.*\[0, 1\]"),
@@ -332,9 +332,9 @@ BAD = [
     ("cluster_stratified", {"clusters": 41}, r"clusters=41.*\[1, 40\]"),
     ("weighted", {"weights": {"loss": 1.0, "perplexity": 1.0}}, "'perplexity'.*loss, entropy, length, n_tokens"),
     ("weighted", {"weights": {"loss": float("nan")}}, "nan"),
-    ("weighted", {"weights": {"loss": 0.0}}, "non-zero"),
+    ("weighted", {"weights": {"loss": 0.0}}, "not all 0"),
     ("weighted", {"weights": {}}, "weights={}"),
-    ("kmeans", {"k": 3}, "kmeans.*unexpected keyword"),
+    ("kmeans", {"k": 3}, "kmeans.*no parameter 'k'"),
 ]
 
 

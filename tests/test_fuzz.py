@@ -286,8 +286,8 @@ def filled_rows(draw, exported: list[tuple[int, dict]]) -> list:
 @given(data=st.data(), fmt=st.sampled_from([".csv", ".jsonl"]), out_ext=st.sampled_from([".jsonl", ".csv"]),
        manifest=st.sampled_from([None, "ok", "corrupt", "not-a-list"]))
 def test_fuzz_annotate_import_cli(scratch, annotate_setup, data, fmt, out_ext, manifest):
-    """`llm-al annotate import` on a damaged file: exit 0 with a loadable merged pool, or exit 2
-    with a message naming the file and no --out file."""
+    """`llm-al annotate import` on a damaged file: exit 0 with a loadable file of the labelled
+    examples, or exit 2 with a message naming the file and no --out file."""
     pool_path, pool, exported = annotate_setup
     rows = data.draw(filled_rows(exported[fmt]))
     blob = data.draw(damaged_bytes(serialize(rows, fmt.lstrip("."))))
@@ -308,7 +308,7 @@ def test_fuzz_annotate_import_cli(scratch, annotate_setup, data, fmt, out_ext, m
         rc = main(["annotate", "import", str(filled), "--pool", str(pool_path), "--out", str(out)])
     if rc == 0:
         merged = load_pool(str(out), labelled=False)
-        assert len(merged) == len(pool) and any(ex.is_labelled for ex in merged.examples)
+        assert 1 <= len(merged) <= len(pool) and all(ex.is_labelled for ex in merged.examples)
         TRIED["import ok"] = TRIED.get("import ok", 0) + 1
     else:
         assert rc == 2, err.getvalue()

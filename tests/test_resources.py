@@ -300,9 +300,9 @@ def test_annotation_csv_guards_formulas_and_imports_them_back_exactly(tmp_path):
     assert [r["response"] for r in rows] == ["'@SUM(1)", "'+5", "''-x", "fine"]
     for r in rows:                                                       # no cell a spreadsheet would evaluate
         assert all(not v[:1] in ("=", "+", "-", "@") for v in r.values())
-    examples, report = import_annotations(out, pool)
+    examples, report = import_annotations(out, pool, accept_drafts=True)
     assert [ex.response for ex in examples] == drafts and report.unchanged == 4
     jsonl = export_for_annotation(pool, range(4), tmp_path / "todo.jsonl", drafts=drafts)
     assert [json.loads(line)["response"] for line in jsonl.read_text().splitlines()] == drafts   # JSON: as is
-    assert [ex.response for ex in import_annotations(jsonl, pool)[0]] == drafts
+    assert [ex.response for ex in import_annotations(jsonl, pool, accept_drafts=True)[0]] == drafts
 

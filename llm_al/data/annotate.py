@@ -43,7 +43,8 @@ def csv_unescape(text: str) -> str:
 
 @dataclass(frozen=True)
 class ImportReport:
-    """What an annotation file held. `changed` + `unchanged` + `from_scratch` == `accepted`."""
+    """What an annotation file held. `changed` + `unchanged` + `from_scratch` == `accepted`;
+    `skipped_blank` and `skipped_drafts` rows (partial imports) stay unlabelled."""
 
     path: str
     rows: int  # data rows in the file
@@ -52,11 +53,15 @@ class ImportReport:
     unchanged: int  # rows left as the draft (compared after stripping whitespace)
     from_scratch: int  # rows that had no draft
     notes: dict[str, str] = field(default_factory=dict)  # llm_al_id -> the annotator's note, if any
+    skipped_blank: int = 0  # rows left blank (partial import): still unlabelled
+    skipped_drafts: int = 0  # rows still holding the unedited draft (partial import): still unlabelled
 
     def summary(self) -> str:
+        skipped = (f"; skipped as unlabelled: {self.skipped_blank} blank, {self.skipped_drafts} unedited drafts"
+                   if self.skipped_blank or self.skipped_drafts else "")
         return (f"{self.path}: {self.accepted} of {self.rows} rows accepted ({self.changed} drafts edited, "
-                f"{self.unchanged} drafts kept as they were, {self.from_scratch} written from scratch; "
-                f"{len(self.notes)} with notes)")
+                f"{self.unchanged} drafts accepted unedited, {self.from_scratch} written from scratch; "
+                f"{len(self.notes)} with notes){skipped}")
 
 
 def unlabelled_indices(pool: Pool) -> list[int]:
@@ -205,12 +210,18 @@ def _with_response(ex: Example, response: str, shape: str) -> Example:
     return ex.with_response(response, rec)
 
 
-def import_annotations(path: str | Path, pool: Pool, *, require_all: bool = True) -> tuple[list[Example], ImportReport]:
+def import_annotations(path: str | Path, pool: Pool, *, require_all: bool = True, partial: bool = False,
+                       accept_drafts: bool = False) -> tuple[list[Example], ImportReport]:
     """The annotated examples of `path` (a file written by `export_for_annotation` and filled in),
     in file order, and a report. `pool` is the pool or subset that was exported: each row's
-    `llm_al_id` must be the prompt_id of one of its unlabelled examples, no id may repeat, every
-    response must be non-empty and, with `require_all`, every unlabelled example of `pool` must
-    have a row. All rows are checked before anything is returned; nothing is written."""
+    `llm_al_id` must be the prompt_id of one of its unlabelled examples, no id may repeat and,
+    with `require_all`, every unlabelled example of `pool` must have a row.
+
+    A draft is not a label: a row whose response still equals its draft (after stripping
+    whitespace) is refused, unless `accept_drafts` (take it as the label) or `partial` (leave it
+    unlabelled). A blank response is refused unless `partial` (left unlabelled). All rows are
+    checked before anything is returned; nothing is written. Messages name the command-line flags
+    (--partial, --accept-drafts) that map to these arguments."""
     label = str(path)
     rows = _read(Path(path).expanduser(), label)
     from_csv = annotation_format(Path(path), label) == "csv"
@@ -218,8 +229,8 @@ def import_annotations(path: str | Path, pool: Pool, *, require_all: bool = True
     done = {ex.prompt_id: ex for ex in pool.examples if ex.is_labelled}
     seen: dict[str, int] = {}
     answered: list[tuple[Example, str]] = []
-    changed = unchanged = from_scratch = 0
-    notes = {}
+    changed = unchanged = from_scratch = skipped_blank = skipped_drafts = 0
+    notes, drafted = {}, []
     for n, rec in rows:
         where = (label, n)
         ex_id = _cell(rec, "llm_al_id", where).strip()
@@ -234,26 +245,40 @@ def import_annotations(path: str | Path, pool: Pool, *, require_all: bool = True
             raise DataError(f"llm_al_id {ex_id!r} appears twice (rows {seen[ex_id]} and {n})", *where)
         seen[ex_id] = n
         response, draft = _cell(rec, "response", where, from_csv), _cell(rec, "draft", where, from_csv)
-        if not response.strip():
-            raise DataError(f"empty 'response' for llm_al_id {ex_id!r}", *where)
         note = _cell(rec, "notes", where, from_csv).strip()
         if note:
             notes[ex_id] = note
+        if not response.strip():
+            if not partial:
+                raise DataError(f"empty 'response' for llm_al_id {ex_id!r}; fill it in, or pass --partial to import "
+                                "only the answered rows (the rest stay unlabelled)", *where)
+            skipped_blank += 1
+            continue
         if not draft.strip():
             from_scratch += 1
         elif response.strip() == draft.strip():
+            if not accept_drafts:
+                drafted.append(n)
+                skipped_drafts += partial
+                continue
             unchanged += 1
         else:
             changed += 1
         answered.append((targets[ex_id], response))
+    if drafted and not partial:
+        shown = ", ".join(map(str, drafted[:10])) + (f" and {len(drafted) - 10} more" if len(drafted) > 10 else "")
+        raise DataError(f"{len(drafted)} of {len(rows)} rows still hold the model's draft unedited (rows {shown}); "
+                        "a draft is not a label: edit them, pass --partial to import only the edited rows (the "
+                        "drafts stay unlabelled), or --accept-drafts to take the drafts as labels", label)
     if require_all:
         missing = [pid for pid in targets if pid not in seen]
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             raise DataError(f"{len(missing)} of the {len(targets)} exported examples have no row: {shown} "
-                            "(pass require_all=False to import a partial file)", label)
+                            "(pass --partial to import a partial file)", label)
     examples = [_with_response(ex, response, pool.shape) for ex, response in answered]
-    report = ImportReport(label, len(rows), len(examples), changed, unchanged, from_scratch, notes)
+    report = ImportReport(label, len(rows), len(examples), changed, unchanged, from_scratch, notes,
+                          skipped_blank, skipped_drafts)
     return examples, report
 
 

@@ -79,12 +79,23 @@ def _write_datasets(records: list[dict], out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def choose_output_format(out: Path, format: str | None, pool_format: str) -> str:
-    supported = f"{', '.join(_WRITE_EXTENSIONS)}, or a folder (datasets)"
+def output_format(out: str | os.PathLike, format: str | None, pool_format: str) -> str:
+    """The format `write_subset` writes `out` in: `format` if given; "datasets" (a save_to_disk
+    folder) for a name ending in "/" or an existing datasets folder; else the file extension's;
+    else, with no extension, the pool's own format."""
+    supported = f"{', '.join(_WRITE_EXTENSIONS)}, or a folder (datasets; a name ending in /)"
     if format is not None:
         if format not in _OUTPUT_FORMATS:
             raise UserError(f"unknown output format {format!r}; valid formats: {', '.join(_OUTPUT_FORMATS)}")
         return format
+    if str(out).endswith(("/", os.sep)):
+        return "datasets"
+    out = Path(out).expanduser()
+    if out.is_dir():
+        if (out / "dataset_info.json").exists() or (out / "dataset_dict.json").exists():
+            return "datasets"
+        raise UserError(f"{out} is an existing folder, not a datasets folder; give a file name, or a new folder "
+                        "name ending in / for a datasets folder")
     if out.suffix.lower() in _WRITE_EXTENSIONS:
         return _WRITE_EXTENSIONS[out.suffix.lower()]
     if not out.suffix and pool_format in _OUTPUT_FORMATS:
@@ -120,7 +131,7 @@ def write_subset(pool: Pool, indices: Sequence[int], out: str, *, columns: dict[
     source records as read, Alpaca, or chat messages), each with the extra `columns` (aligned with
     `indices`), atomically; return the path written."""
     out_path = Path(out).expanduser()
-    fmt = choose_output_format(out_path, format, pool.format)
+    fmt = output_format(out, format, pool.format)
     indices = [int(i) for i in indices]
     if not indices:
         raise UserError(f"{out}: no examples to write")

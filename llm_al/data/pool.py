@@ -22,6 +22,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from llm_al.errors import DataError
+
+log = logging.getLogger("llm_al")
 
 DEFAULT_TRANSLATION_TEMPLATE = "Translate this {source_lang} text into {target_lang}:\n{source}"
 ROLES = ("prompt", "response", "system", "input", "instruction", "messages",
@@ -143,6 +146,7 @@ class _Plan:
     mapped: dict[str, str] = field(default_factory=dict)  # column the user named -> its role
     codes: tuple[str | None, str | None] = (None, None)  # WMT source/target language codes
     labelled: bool = True  # False: the response (assistant turn, output, target) may be missing
+    langs: tuple[str | None, str | None] = (None, None)  # source/target language where a record names none
 
 
 def is_missing(value: Any) -> bool:
@@ -331,8 +335,8 @@ def _messages(rec: dict, plan: _Plan, template: str, where: Row) -> list[dict[st
             src_name, tgt_name, source, target = _wmt(rec, plan.codes, where, plan.labelled)
         else:
             source, target = get("source"), get("target", plan.labelled)
-            src_name = _language(get("source_lang", False), "the source language")
-            tgt_name = _language(get("target_lang", False), "the target language")
+            src_name = _language(get("source_lang", False) or plan.langs[0], "the source language")
+            tgt_name = _language(get("target_lang", False) or plan.langs[1], "the target language")
         user = template.format(source_lang=src_name, target_lang=tgt_name, source=source)
         msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": target}]
     if msgs[-1]["content"] is None:  # unlabelled: no response
@@ -363,18 +367,22 @@ def _check_options(fields: Any, system_prompt: Any, template: Any, label: str) -
 
 
 def _build(rows: list[tuple[int, Any]], path: str | None, format: str, fields: dict[str, str] | None,
-           system_prompt: str | None, template: str, labelled: bool = True) -> Pool:
+           system_prompt: str | None, template: str, labelled: bool = True,
+           languages: tuple[str | None, str | None] = (None, None)) -> Pool:
     label = path or "in-memory records"
     _check_options(fields, system_prompt, template, label)
     if not rows:
         raise DataError("no examples (the source is empty)", label)
-    plan, examples, kept, duplicates = None, [], {}, []
+    plan, examples, kept, duplicates, unnamed = None, [], {}, [], 0
     for row, rec in rows:
         where = (label, row)
         if not isinstance(rec, dict):
             raise DataError(f"expected a record with named fields, got {type(rec).__name__} {_short(rec)}", *where)
-        plan = plan or replace(_plan(rec, fields, where, labelled), labelled=labelled)
+        plan = plan or replace(_plan(rec, fields, where, labelled), labelled=labelled, langs=tuple(languages))
         msgs = _messages(rec, plan, template, where)
+        unnamed += plan.build == "translation" and any(
+            not _text(rec, plan.cols[role], where, False) and not name
+            for role, name in zip(("source_lang", "target_lang"), plan.langs))
         ex_id = content_id(msgs)  # unlabelled: the prompt messages only, i.e. its prompt_id
         if ex_id in kept:
             duplicates.append((row, kept[ex_id]))
@@ -384,17 +392,24 @@ def _build(rows: list[tuple[int, Any]], path: str | None, format: str, fields: d
         if injected:
             msgs.insert(0, {"role": "system", "content": system_prompt})
         examples.append(Example(ex_id, tuple(msgs), row, rec, injected))
+    if unnamed:
+        log.warning(f"{label}: {unnamed} translation pairs name no source or target language, so their prompt "
+                    "says 'the source language' / 'the target language'; name them with --source-lang/--target-lang "
+                    "(data.source_lang / data.target_lang in a recipe)")
     return Pool(examples, path, format, plan.shape, duplicates)
 
 
 def records_to_pool(records: list[dict], *, path: str | None = None, format: str = "memory",
                     fields: dict[str, str] | None = None, system_prompt: str | None = None,
-                    translation_template: str = DEFAULT_TRANSLATION_TEMPLATE, labelled: bool = True) -> Pool:
+                    translation_template: str = DEFAULT_TRANSLATION_TEMPLATE, labelled: bool = True,
+                    languages: tuple[str | None, str | None] = (None, None)) -> Pool:
     """A pool from records already in memory; rows are numbered from 1 in list order. With
-    `labelled=False` records may lack their responses (see the module docstring)."""
+    `labelled=False` records may lack their responses (see the module docstring). `languages`:
+    the (source, target) language of translation pairs whose records name none."""
     if isinstance(records, (dict, str, bytes)):
         raise DataError(f"expected a list of records, got {type(records).__name__}", path)
-    return _build(list(enumerate(records, 1)), path, format, fields, system_prompt, translation_template, labelled)
+    return _build(list(enumerate(records, 1)), path, format, fields, system_prompt, translation_template, labelled,
+                  languages)
 
 
 # ---------------------------------------------------------------- reading files
@@ -527,11 +542,12 @@ def read_rows(spec: str, *, split: str = "train") -> tuple[list[tuple[int, Any]]
 
 def load_pool(spec: str, *, fields: dict[str, str] | None = None, system_prompt: str | None = None,
               split: str = "train", translation_template: str = DEFAULT_TRANSLATION_TEMPLATE,
-              labelled: bool = True) -> Pool:
+              labelled: bool = True, languages: tuple[str | None, str | None] = (None, None)) -> Pool:
     """Load a pool from a file, a `save_to_disk` folder or a hub id (see `read_rows`). With
-    `labelled=False` records may lack their responses; those that have one stay labelled."""
+    `labelled=False` records may lack their responses; those that have one stay labelled.
+    `languages`: the (source, target) language of translation pairs whose records name none."""
     rows, fmt = read_rows(spec, split=split)
-    return _build(rows, str(spec), fmt, fields, system_prompt, translation_template, labelled)
+    return _build(rows, str(spec), fmt, fields, system_prompt, translation_template, labelled, languages)
 
 
 # ---------------------------------------------------------------- splitting and overlap

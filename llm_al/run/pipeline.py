@@ -45,13 +45,15 @@ def load_data(cfg, seed: int = 0, need_test: bool = True) -> Data:
             test_rows, path=EMBEDDED_POOL + ":test", system_prompt=system, translation_template=TEMPLATE)
     else:
         system = cfg.system_prompt
-        pool = load_pool(cfg.pool, fields=cfg.fields, system_prompt=system, split=cfg.split)
+        pool = load_pool(cfg.pool, fields=cfg.fields, system_prompt=system, split=cfg.split,
+                         languages=(cfg.source_lang, cfg.target_lang))
         test = None
     if pool.duplicates:
         notes.append(f"{len(pool.duplicates)} exact duplicate rows dropped from the pool "
                      f"(rows {', '.join(str(d) for d, _ in pool.duplicates[:10])}{'...' if len(pool.duplicates) > 10 else ''})")
     if cfg.test is not None:
-        test = load_pool(cfg.test, fields=cfg.fields, system_prompt=system, split=cfg.split)
+        test = load_pool(cfg.test, fields=cfg.fields, system_prompt=system, split=cfg.split,
+                         languages=(cfg.source_lang, cfg.target_lang))
     elif test is None and need_test:
         pool, test = split_pool(pool, cfg.test_size, seed=int(rng(seed, "split").integers(2**31)))
         notes.append(f"no test set given: held out {len(test)} pool examples (seeded split)")

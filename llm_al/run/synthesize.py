@@ -29,6 +29,7 @@ import numpy as np
 
 from llm_al.data.pool import Example, Pool, is_missing
 from llm_al.errors import UserError
+from llm_al.io import check_output
 
 FEW_SHOT_HEADER = "Here are example requests:"
 FEW_SHOT_ASK = "Write one new request of the same kind. Reply with the request only."
@@ -280,20 +281,21 @@ def check_counts(n: int, seeds_per_prompt: int, max_rounds: int) -> None:
 
 
 def prepare_synthesis(pool_spec: str, out: str | Path, strategy: str, fields: dict[str, str] | None,
-                      model_name: str | None, counts: tuple[int, int, int]) -> tuple:
+                      model_name: str | None, counts: tuple[int, int, int], dry_run: bool = False) -> tuple:
     """The checks and the loading `run_synthesis` (and its --dry-run) does before any model work:
     (pool, strategy name, its params, the features it needs, the ModelConfig). `counts` are
     (n, seeds_per_prompt, max_rounds), checked first."""
     from llm_al.config import ModelConfig, parse_strategy
     from llm_al.data.pool import load_pool
+    from llm_al.strategies.base import STRATEGIES
 
     check_counts(*counts)
 
-    if Path(out).expanduser().resolve() == Path(pool_spec).expanduser().resolve():
-        raise UserError(f"--out {out!r} is the pool itself; write the new prompts to a new file")
     if Path(out).suffix.lower() not in (".jsonl", ".ndjson"):
         raise UserError(f"{out}: synthesized prompts are written as JSON Lines; use a .jsonl file name")
+    check_output(out, [pool_spec], probe=not dry_run)
     name, params = parse_strategy(strategy)
+    STRATEGIES.check(name, params)
     needs = label_free_needs(name, params)
     pool = load_pool(pool_spec, fields=fields, labelled=False)
     model_cfg = ModelConfig()

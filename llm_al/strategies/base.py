@@ -11,12 +11,13 @@ tie-breaking); set-based ones (k-center) select greedily and report what drove e
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
 from llm_al.errors import BudgetError, ConfigError
 from llm_al.registries import STRATEGIES
+from llm_al.registry import matches
 from llm_al.types import Features, Selection
 
 
@@ -48,7 +49,7 @@ def from_scores(scores: np.ndarray, budget: int, rng: np.random.Generator, name:
 def run_strategy(name: str, features: Features, budget: int, rng: np.random.Generator,
                  **params: Any) -> Selection:
     """Look up, check and run a strategy; the one entry point the rest of llm_al uses."""
-    entry = STRATEGIES.get(name)
+    entry = STRATEGIES.check(name, params)              # parameter values, before any feature is read
     check_budget(budget, len(features))
     for need in entry.meta.get("needs", ()):
         features.require(need)
@@ -77,7 +78,8 @@ BANDS = ("low", "middle", "high")
     "band of base-model response loss: band=high (most uncertain, default), middle, or low (most familiar)",
     needs=("loss",),
 )
-def perplexity_band(features: Features, budget: int, rng: np.random.Generator, band: str = "high") -> Selection:
+def perplexity_band(features: Features, budget: int, rng: np.random.Generator,
+                    band: Literal["low", "middle", "high"] = "high") -> Selection:
     """Uncertainty sampling by response perplexity under the untrained model (Perlitz et al. 2023
     use sequence likelihood; "middle" follows the perplexity-band pruning of Marion et al. 2023).
     Scores are the mean response NLL; `band` decides which end of the ranking is taken."""
@@ -120,7 +122,9 @@ def kcenter_greedy(x: np.ndarray, budget: int, first: int) -> tuple[np.ndarray, 
 
 @STRATEGIES.register("kcenter", "greedy k-center (core-set) over sentence embeddings: covers the pool evenly",
                      needs=("embeddings",))
-def kcenter(features: Features, budget: int, rng: np.random.Generator, device: str = "auto") -> Selection:
+def kcenter(features: Features, budget: int, rng: np.random.Generator,
+            device: Annotated[str, matches(r"auto|cpu|cuda(:\d+)?", "must be auto, cpu, cuda or cuda:N")] = "auto",
+            ) -> Selection:
     """Core-set selection (Sener & Savarese, ICLR 2018) with a seeded random first centre.
     device="cpu": numpy, the plain greedy loop up to 20,000 examples and scale.kcenter_fast above
     (the same picks, fewer passes over a large pool; tests/test_scale.py); "cuda" (or "cuda:N"):

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping, Sequence
+from typing import Annotated, Literal
 
 import numpy as np
 
 from llm_al.errors import ConfigError
-from llm_al.types import SCALAR_FEATURES, Features, Selection
+from llm_al.registry import Constraint, above, at_least, between, one_of
 from llm_al.strategies.base import STRATEGIES, kcenter_greedy, top_k
+from llm_al.types import SCALAR_FEATURES, Features, Selection
 
 SCORE_FIELDS = SCALAR_FEATURES   # per-example Features fields a hybrid can use
 
@@ -32,6 +34,18 @@ def score_fields() -> list[str]:
 
     return [*SCORE_FIELDS, *(f for f in provided_names() if f not in matrix_names())]
 THEN = ("kcenter", "facility_location")
+ScoreName = Annotated[str, one_of(score_fields)]
+"""A `by=` parameter: the name of a per-example score (checked when the strategy spec is parsed)."""
+PositiveInt = Annotated[int, at_least(1)]
+
+
+def _weights_ok(w: Mapping) -> bool:
+    return bool(w) and set(w) <= set(score_fields()) and all(np.isfinite(v) for v in w.values()) and any(w.values())
+
+
+Weights = Annotated[Mapping[str, float], Constraint(
+    _weights_ok, lambda: f"must map per-example scores ({', '.join(score_fields())}) to finite numbers, not all 0",
+    ({}, {"not-a-score": 1.0}, {"loss": 0.0}))]
 
 
 # ---------------------------------------------------------------------------- validation
@@ -113,7 +127,7 @@ def kmeans_pp_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
     return np.array(chosen, dtype=np.int64)
 
 
-def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: PositiveInt = 100) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means from a seeded k-means++ start. Returns (centroids (k, D), labels (N,)), the
     labels being the nearest centroid of each row. A cluster that empties keeps its old centroid."""
     x = np.asarray(x, dtype=np.float64)                      # (N, D)
@@ -135,7 +149,7 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 100)
 @STRATEGIES.register("kmeans", "k-means with k = budget over embeddings; the example nearest each centroid",
                      needs=("embeddings",))
 def kmeans_representatives(features: Features, budget: int, rng: np.random.Generator,
-                           max_iter: int = 100) -> Selection:
+                           max_iter: PositiveInt = 100) -> Selection:
     """Cluster representatives (Chang et al., "On Training Instance Selection for Few-Shot Neural
     Text Generation", ACL 2021; small-text's EmbeddingKMeans, after Zhdanov 2019): k-means with
     k = budget, then for each non-empty cluster, largest first, the pool example nearest its
@@ -215,8 +229,8 @@ KNN_EXACT_MAX = 50_000   # facility_location approx="auto": the exact kNN graph 
 
 @STRATEGIES.register("facility_location", "lazy-greedy facility location over (1+cos)/2: picks that best "
                      "represent the whole pool (a k-nearest-neighbour graph above max_dense)", needs=("embeddings",))
-def facility_location(features: Features, budget: int, rng: np.random.Generator, max_dense: int = 20000,
-                      knn: int = 32, approx: bool | str = "auto") -> Selection:
+def facility_location(features: Features, budget: int, rng: np.random.Generator, max_dense: PositiveInt = 20000,
+                      knn: PositiveInt = 32, approx: bool | Literal["auto"] = "auto") -> Selection:
     """Submodular facility location, maximised by lazy greedy (Minoux 1978; the (1 - 1/e) greedy
     guarantee of Nemhauser et al. 1978), as in CRAIG (Mirzasoleiman et al., ICML 2020) and in
     Superfiltering's diversity variant (Li et al., ACL 2024), which runs it on top of IFD
@@ -257,8 +271,8 @@ def facility_location(features: Features, budget: int, rng: np.random.Generator,
 # ---------------------------------------------------------------------------- DEITA
 @STRATEGIES.register("deita", "DEITA threshold greedy: walk down a score (by=loss), skip examples with cosine "
                      ">= threshold to any accepted one", needs=("embeddings",))
-def deita(features: Features, budget: int, rng: np.random.Generator, by: str = "loss",
-          threshold: float = 0.9) -> Selection:
+def deita(features: Features, budget: int, rng: np.random.Generator, by: ScoreName = "loss",
+          threshold: Annotated[float, above(-1)] = 0.9) -> Selection:
     """Score-first, diversity-aware selection (Liu et al., "What makes good data for alignment?",
     ICLR 2024): walk the pool in descending `by` (random tie-break) and accept an example only if
     its cosine similarity to every accepted one is below `threshold` (> 1 disables the filter).
@@ -306,7 +320,7 @@ def deita(features: Features, budget: int, rng: np.random.Generator, by: str = "
 # ---------------------------------------------------------------------------- IDDS
 @STRATEGIES.register("idds", "in-domain diversity sampling: typical of the pool, unlike what is already chosen",
                      needs=("embeddings",))
-def idds(features: Features, budget: int, rng: np.random.Generator, lam: float = 0.67,
+def idds(features: Features, budget: int, rng: np.random.Generator, lam: Annotated[float, between(0, 1)] = 0.67,
          labelled: Sequence[int] | None = None) -> Selection:
     """In-Domain Diversity Sampling (Tsvigun et al., "Active Learning for Abstractive Text
     Summarization", Findings of EMNLP 2022; implemented in ATGen): greedily pick the example
@@ -351,9 +365,9 @@ def idds(features: Features, budget: int, rng: np.random.Generator, lam: float =
 # ---------------------------------------------------------------------------- hybrids
 @STRATEGIES.register("score_then_diversify", "top fraction of the pool by a score (by=loss), then k-center or "
                      "facility location inside it", needs=("embeddings",))
-def score_then_diversify(features: Features, budget: int, rng: np.random.Generator, by: str = "loss",
-                         descending: bool = True, fraction: float | None = None,
-                         then: str = "kcenter") -> Selection:
+def score_then_diversify(features: Features, budget: int, rng: np.random.Generator, by: ScoreName = "loss",
+                         descending: bool = True, fraction: Annotated[float, between(0, 1, lo_open=True)] | None = None,
+                         then: Literal["kcenter", "facility_location"] = "kcenter") -> Selection:
     """Filter then diversify, the recipe of Superfiltering's diversity variant (Li et al., ACL 2024:
     IFD filter, then facility location) and of DEITA's score-first design: keep the top `fraction`
     of the pool by `by` (highest first unless descending=False; random tie-break), then run
@@ -406,8 +420,8 @@ def allocate(sizes: np.ndarray, budget: int) -> np.ndarray:
 
 @STRATEGIES.register("cluster_stratified", "k-means clusters get budget shares by size; best by a score "
                      "(by=loss) within each", needs=("embeddings",))
-def cluster_stratified(features: Features, budget: int, rng: np.random.Generator, by: str = "loss",
-                       descending: bool = True, clusters: int | None = None, max_iter: int = 100) -> Selection:
+def cluster_stratified(features: Features, budget: int, rng: np.random.Generator, by: ScoreName = "loss",
+                       descending: bool = True, clusters: PositiveInt | None = None, max_iter: PositiveInt = 100) -> Selection:
     """Cluster-stratified selection: proportional-allocation stratified sampling (strata = k-means
     clusters of the embeddings, as in the cluster-based selection of Chang et al., ACL 2021), with
     a score ranking inside each stratum: k-means the embeddings into `clusters` groups (default
@@ -440,7 +454,7 @@ WEIGHTED_DEFAULT = {"loss": 1.0}
 @STRATEGIES.register("weighted", "weighted sum of rank-normalised features, e.g. weights={loss: 1, length: -0.5}",
                      needs=())
 def weighted(features: Features, budget: int, rng: np.random.Generator,
-             weights: Mapping[str, float] | None = None) -> Selection:
+             weights: Weights | None = None) -> Selection:
     """Linear scalarisation of several per-example scores, each rank-normalised to [0, 1] (ties
     share their mean rank) so that units do not matter; a negative weight prefers low values.
     weights=None means {"loss": 1.0}, which picks the same set as perplexity band=high. Picks the

@@ -23,17 +23,17 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from typing import Sequence
+from typing import Annotated, Literal, Sequence
 
 import numpy as np
 from scipy import sparse
 
 from llm_al.strategies import diversity   # module import: diversity and this module import each other via strategies
 from llm_al.errors import ConfigError
-from llm_al.types import Features
 from llm_al.features.probes import PROBES, ProbeContext
+from llm_al.registry import at_least
 from llm_al.strategies.base import STRATEGIES, top_k
-from llm_al.types import Selection
+from llm_al.types import Features, Selection
 
 NGRAM_DIM = 2**20                      # hashed columns of `ngram_counts`
 _WORD = re.compile(r"\w+")             # unicode word characters (letters, digits, underscore)
@@ -139,7 +139,8 @@ def drop_shared_columns(x: sparse.csr_matrix) -> sparse.csr_matrix:
 @STRATEGIES.register("delfy", "DelFy decayed log-frequency of prompt n-grams (Zeng et al. 2019); mode=paper "
                      "(default, one pass as in the paper) or greedy (re-decay after each pick)",
                      needs=("ngram_counts",))
-def delfy(features: Features, budget: int, rng: np.random.Generator, decay: float = 1.0, mode: str = "paper",
+def delfy(features: Features, budget: int, rng: np.random.Generator, decay: Annotated[float, at_least(0)] = 1.0,
+          mode: Literal["paper", "greedy"] = "paper",
           drop_shared: bool = True) -> Selection:
     """Decay Logarithm Frequency (Zeng, Garg, Chatterjee, Nallasamy & Paulik, "Empirical Evaluation
     of Active Learning Techniques for Neural MT", DeepLo 2019): prefer examples made of n-grams that

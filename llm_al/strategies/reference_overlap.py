@@ -249,7 +249,8 @@ def note_ties(s: np.ndarray, idx: np.ndarray, by: str, strategy: str) -> None:
 
 @STRATEGIES.register("novel", "least like the reference corpus first: lowest by= (default ref_overlap, n-gram "
                      "overlap; or ref_vocab, ref_span, ref_similarity, any score)", needs=())
-def novel(features: Features, budget: int, rng: np.random.Generator, by: str = "ref_overlap") -> Selection:
+def novel(features: Features, budget: int, rng: np.random.Generator,
+          by: diversity.ScoreName = "ref_overlap") -> Selection:
     """The examples with the lowest `by`: text the reference (a pre-training stand-in) has not seen.
     Sources: the pre-training interaction of Flores et al. 2026 (docs/research-protocol.md); domain
     overlap as a data criterion, Gururangan et al. 2020 and DSIR (Xie et al. 2023). A hybrid with
@@ -262,7 +263,8 @@ def novel(features: Features, budget: int, rng: np.random.Generator, by: str = "
 
 @STRATEGIES.register("familiar", "most like the reference corpus first: highest by= (default ref_overlap, n-gram "
                      "overlap; or ref_vocab, ref_span, ref_similarity, any score)", needs=())
-def familiar(features: Features, budget: int, rng: np.random.Generator, by: str = "ref_overlap") -> Selection:
+def familiar(features: Features, budget: int, rng: np.random.Generator,
+          by: diversity.ScoreName = "ref_overlap") -> Selection:
     """The examples with the highest `by`: text most like the reference (a pre-training stand-in),
     which the model may already half know. Sources as for `novel` (Flores et al. 2026; Gururangan
     et al. 2020; DSIR, Xie et al. 2023). Hybrid: `weighted` with weights={ref_overlap: 1, loss: 1}."""

@@ -22,13 +22,15 @@ from __future__ import annotations
 import bisect
 import math
 
+from typing import Annotated
+
 import numpy as np
 
 from llm_al.strategies import diversity   # module import: diversity and this module import each other via strategies
 from llm_al.errors import ConfigError
-from llm_al.types import Features
+from llm_al.registry import at_least
 from llm_al.strategies.base import STRATEGIES, check_budget
-from llm_al.types import Selection
+from llm_al.types import Features, Selection
 
 
 def default_warmup(stream_length: int) -> int:
@@ -95,8 +97,8 @@ class StreamSelector:
 
 @STRATEGIES.register("stream", "stream-based selective sampling: one pass in random order, take an example when "
                      "its score (by=loss) passes an adaptive quantile threshold", needs=())
-def stream(features: Features, budget: int, rng: np.random.Generator, by: str = "loss", higher: bool = True,
-           warmup: int | None = None) -> Selection:
+def stream(features: Features, budget: int, rng: np.random.Generator, by: diversity.ScoreName = "loss",
+           higher: bool = True, warmup: Annotated[int, at_least(0)] | None = None) -> Selection:
     """Stream-based selective sampling (Cohn, Atlas & Ladner 1994; Settles 2009, sec. 2.2) over any
     per-example score `by` (a Features field or probe score; the pipeline computes it). The pool is
     read once in a seeded random order; see StreamSelector for the threshold. `higher=False` takes

@@ -3,12 +3,14 @@ for IFD, a second pass without the prompt). Each scores every pool example; `top
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 
 from llm_al.errors import ConfigError
-from llm_al.types import Features, MIN_K_FRACTIONS
+from llm_al.registry import above, one_of
 from llm_al.strategies.base import STRATEGIES, from_scores, top_k
-from llm_al.types import Selection
+from llm_al.types import MIN_K_FRACTIONS, Features, Selection
 
 
 @STRATEGIES.register("entropy", "highest mean predictive entropy over the response tokens (teacher-forced)",
@@ -19,13 +21,17 @@ def mean_entropy(features: Features, budget: int, rng: np.random.Generator) -> S
     return from_scores(features.require("entropy").astype(np.float64), budget, rng, "mean token entropy (nats)")
 
 
+MinKFraction = Annotated[float, one_of(MIN_K_FRACTIONS)]     # the fractions the scoring pass computes
+Prefer = Literal["unfamiliar", "familiar"]
+
+
 @STRATEGIES.register(
     "min_k",
     "Min-K% Prob: mean of the lowest k% response-token log-probs; prefer=unfamiliar (default) or familiar",
     needs=("min_k",),
 )
-def min_k_prob(features: Features, budget: int, rng: np.random.Generator, k: float = 0.2,
-               prefer: str = "unfamiliar") -> Selection:
+def min_k_prob(features: Features, budget: int, rng: np.random.Generator, k: MinKFraction = 0.2,
+               prefer: Prefer = "unfamiliar") -> Selection:
     """Min-K% Prob (Shi et al., ICLR 2024), a membership score: a high mean of the k% least likely
     tokens suggests text seen in pre-training. `prefer=unfamiliar` picks the lowest (novel) ones,
     `familiar` the highest."""
@@ -50,8 +56,8 @@ def _membership(features: Features, name: str, k: float, prefer: str, budget: in
     "Min-K%++: mean of the lowest k% standardised response-token log-probs; prefer=unfamiliar (default) or familiar",
     needs=("min_k_plus",),
 )
-def min_k_plus(features: Features, budget: int, rng: np.random.Generator, k: float = 0.2,
-               prefer: str = "unfamiliar") -> Selection:
+def min_k_plus(features: Features, budget: int, rng: np.random.Generator, k: MinKFraction = 0.2,
+               prefer: Prefer = "unfamiliar") -> Selection:
     """Min-K%++ (Zhang et al., "Min-K%++: Improved baseline for detecting pre-training data from
     large language models", ICLR 2025): each response token's log-prob standardised against the
     model's next-token distribution, z_t = (log p(x_t) - mu_t) / sigma_t with mu_t the expected
@@ -77,7 +83,7 @@ def _ifd_select(ifd: np.ndarray, budget: int, rng: np.random.Generator, max_ifd:
 
 @STRATEGIES.register("ifd", "highest instruction-following difficulty (Cherry LLM); IFD > max_ifd (1.0) ranked last",
                      needs=("ifd",))
-def ifd(features: Features, budget: int, rng: np.random.Generator, max_ifd: float | None = 1.0) -> Selection:
+def ifd(features: Features, budget: int, rng: np.random.Generator, max_ifd: Annotated[float, above(0)] | None = 1.0) -> Selection:
     """IFD (Li et al., NAACL 2024): the response's loss given the prompt divided by its loss alone,
     both under the untrained model; high IFD = the prompt helps little, so the example is hard."""
     return _ifd_select(features.require("ifd"), budget, rng, max_ifd, "ifd")
@@ -86,7 +92,7 @@ def ifd(features: Features, budget: int, rng: np.random.Generator, max_ifd: floa
 @STRATEGIES.register("superfiltering", "IFD computed by a separate small scorer model (model.scorer), as in Superfiltering",
                      needs=("scorer_ifd",))
 def superfiltering(features: Features, budget: int, rng: np.random.Generator,
-                   max_ifd: float | None = 1.0) -> Selection:
+                   max_ifd: Annotated[float, above(0)] | None = 1.0) -> Selection:
     """Superfiltering (Li et al., ACL 2024): IFD from a small, cheap model (GPT-2 in the paper)
     picks data for a larger one."""
     return _ifd_select(features.require("scorer_ifd"), budget, rng, max_ifd, "superfiltering")

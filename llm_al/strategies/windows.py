@@ -14,12 +14,14 @@ metric.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
+from llm_al.registry import between
 from llm_al.strategies import diversity  # attributes read at call time: diversity imports strategies, which imports us
-from llm_al.types import Features
 from llm_al.strategies.base import STRATEGIES, check_budget
-from llm_al.types import Selection
+from llm_al.types import Features, Selection
 
 
 def window_indices(scores: np.ndarray, budget: int, start: float, rng: np.random.Generator) -> np.ndarray:
@@ -33,8 +35,8 @@ def window_indices(scores: np.ndarray, budget: int, start: float, rng: np.random
 
 @STRATEGIES.register("window", "a contiguous window of the ranking by a score (by=loss): start=0 the lowest "
                      "(easiest) budget, 1 the highest, 0.5 the middle", needs=())
-def window(features: Features, budget: int, rng: np.random.Generator, by: str = "loss",
-           start: float = 0.5) -> Selection:
+def window(features: Features, budget: int, rng: np.random.Generator, by: diversity.ScoreName = "loss",
+           start: Annotated[float, between(0, 1)] = 0.5) -> Selection:
     """Contiguous window of the ascending ranking by `by` (any per-example score: loss under the
     base model or, with model.scoring_adapter, a warm-started one; ifd; length; a probe score).
     Difficulty windows are how curriculum and data-pruning studies probe which part of the
