@@ -30,14 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from llm_al.io import write_text
-from llm_al.features.overlap import (
-    NgramIndex,
-    hash_batch,
-    build_index,
-    example_overlap,
-    reference_texts,
-    words,
-)
+from llm_al.features.overlap import NgramIndex, hash_batch, build_index, reference_texts, words
+from llm_al.features.overlap_stats import example_overlap
 
 TOKENS, SMALL_TOKENS, LARGE_TOKENS = 20_000_000, 2_000_000, 100_000_000
 BLOCK, CHUNK, SHARD_TOKENS = 100_000, 5_000_000, 4_000_000  # CHUNK: the default chunk_tokens

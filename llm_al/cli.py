@@ -12,6 +12,9 @@
     llm-al doctor                               what the environment has and lacks
 
 User errors print one line (`llm-al: error: ...`) and exit with status 2, without a traceback.
+
+Over 450 lines because it holds the argparse tables (_parser) and one short handler per command;
+the work itself is in llm_al.api and the layers below.
 """
 
 from __future__ import annotations
@@ -223,9 +226,9 @@ def cmd_list() -> None:
 
 
 def cmd_experiment(recipe: str | None, overrides: list[str], dry_run: bool = False) -> None:
-    from llm_al.config import load_config
-    from llm_al.run.experiment import run_experiment
+    from llm_al import api
     from llm_al.analysis.table import format_table
+    from llm_al.config import load_config
 
     cfg = load_config(recipe, overrides)
     _check_run_dir(cfg, recipe, dry_run)
@@ -234,7 +237,7 @@ def cmd_experiment(recipe: str | None, overrides: list[str], dry_run: bool = Fal
 
         print(plan_experiment(cfg))
         return
-    summary = run_experiment(cfg)
+    summary = api.run(cfg)
     print(format_table(summary))
     print(f"\nResults: {cfg.out_dir}/ (summary.json, table.md, runs/*.json); "
           f"total {summary['total_seconds']:.0f} s")
@@ -293,7 +296,7 @@ def cmd_overlap(args: argparse.Namespace) -> None:
     from llm_al.data.export import write_subset
     from llm_al.config import DataConfig
     from llm_al.data.demo import EMBEDDED_POOL
-    from llm_al.features.overlap import example_overlap
+    from llm_al.features.overlap_stats import example_overlap
     from llm_al.run.pipeline import load_data
     from llm_al.features.reference_index import reference_index, reference_index_dir, selection_overlap
 
@@ -381,6 +384,30 @@ def _reference_similarity(args: argparse.Namespace, pool):
     return scores
 
 
+def cmd_annotate_synthesize(args: argparse.Namespace) -> None:
+    """New prompts near the least-sure pool prompts (llm_al/run/synthesize.py), or their --dry-run estimate."""
+    from llm_al.run.synthesize import prepare_synthesis, run_synthesis
+
+    if args.dry_run:
+        from llm_al.run.estimate import plan_synthesize
+
+        pool, _, _, needs, model_cfg = prepare_synthesis(args.pool, args.out, args.from_strategy,
+                                                         _fields(args.field), args.model,
+                                                         (args.n, args.seeds_per_prompt, args.max_rounds),
+                                                         dry_run=True)
+        print(plan_synthesize(pool, args.from_strategy, needs, model_cfg, args.n, args.seeds_per_prompt,
+                              args.max_rounds, args.max_new_tokens))
+        return
+    report = run_synthesis(args.pool, args.out, args.n, strategy=args.from_strategy,
+                           seeds_per_prompt=args.seeds_per_prompt, seed=args.seed, model_name=args.model,
+                           fields=_fields(args.field), temperature=args.temperature,
+                           max_new_tokens=args.max_new_tokens, threshold=args.threshold,
+                           max_rounds=args.max_rounds)
+    print(report.summary())
+    print(f"{report.kept} new prompts -> {report.path}")
+    print(f"then: llm-al annotate export {report.path} --budget {report.kept} --out TO_ANNOTATE.csv")
+
+
 def cmd_annotate(args: argparse.Namespace) -> None:
     """Export: pick among the unlabelled prompts, optionally draft responses. Import: see
     cmd_annotate_import. Synthesize: new prompts near the least-sure pool prompts."""
@@ -394,27 +421,7 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
 
     if args.annotate_command == "synthesize":
-        from llm_al.run.synthesize import prepare_synthesis, run_synthesis
-
-        if args.dry_run:
-            from llm_al.run.estimate import plan_synthesize
-
-            pool, _, _, needs, model_cfg = prepare_synthesis(args.pool, args.out, args.from_strategy,
-                                                             _fields(args.field), args.model,
-                                                             (args.n, args.seeds_per_prompt, args.max_rounds),
-                                                             dry_run=True)
-            print(plan_synthesize(pool, args.from_strategy, needs, model_cfg, args.n, args.seeds_per_prompt,
-                                  args.max_rounds, args.max_new_tokens))
-            return
-
-        report = run_synthesis(args.pool, args.out, args.n, strategy=args.from_strategy,
-                               seeds_per_prompt=args.seeds_per_prompt, seed=args.seed, model_name=args.model,
-                               fields=_fields(args.field), temperature=args.temperature,
-                               max_new_tokens=args.max_new_tokens, threshold=args.threshold,
-                               max_rounds=args.max_rounds)
-        print(report.summary())
-        print(f"{report.kept} new prompts -> {report.path}")
-        print(f"then: llm-al annotate export {report.path} --budget {report.kept} --out TO_ANNOTATE.csv")
+        cmd_annotate_synthesize(args)
         return
     if args.annotate_command == "import":
         cmd_annotate_import(args)
@@ -466,48 +473,37 @@ def cmd_annotate(args: argparse.Namespace) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from llm_al.config import DataConfig, ModelConfig, parse_strategy
+    from llm_al import api
+    from llm_al.config import parse_strategy
     from llm_al.data.export import write_subset
-    from llm_al.run.pipeline import compute_features, load_data, needed_features
-    from llm_al.seeds import rng
-    from llm_al.strategies.base import STRATEGIES, run_strategy
+    from llm_al.run.pipeline import needed_features
+    from llm_al.strategies.base import STRATEGIES
 
-    fields = _fields(args.field)
     name, params = parse_strategy(args.strategy)
     STRATEGIES.check(name, params)                  # parameter values, in the first second
     needs = needed_features([(name, params)], []) | ({"embeddings"} if args.explain else set())
-    data_cfg = DataConfig(pool=args.pool, fields=fields, system_prompt=args.system_prompt, split=args.split,
-                          source_lang=args.source_lang, target_lang=args.target_lang)
-    model_cfg = ModelConfig(device=args.device, max_length=args.max_length, trust_remote_code=args.trust_remote_code)
-    if args.model:
-        model_cfg.name = args.model
-    if args.embedder:
-        model_cfg.embedder = args.embedder
-    model_cfg.scorer = args.scorer
-    pool = load_data(data_cfg, seed=args.seed, need_test=False).pool
+    model_cfg = api.model_config(args.model, embedder=args.embedder, scorer=args.scorer, device=args.device,
+                                 max_length=args.max_length, trust_remote_code=args.trust_remote_code)
+    pool = api.load_pool(args.pool, fields=_fields(args.field), system_prompt=args.system_prompt, split=args.split,
+                         source_lang=args.source_lang, target_lang=args.target_lang, seed=args.seed)
     output_format = _check_subset_out(args.out, [args.pool], pool.format, args.dry_run)
-    _check_strategy_call(name, params, args.budget, len(pool))        # before any scoring
+    api.check_selection(pool, args.strategy, args.budget)        # before any scoring
     if args.dry_run:
         from llm_al.run.estimate import plan_select
 
         print(plan_select(pool, args.strategy, needs, model_cfg, args.budget, args.out, output_format))
         return
-    features = compute_features(pool, needs, model_cfg)
-    sel = run_strategy(name, features, args.budget, rng(args.seed, "subset"), **params)
+    picks = api.select(pool, args.strategy, args.budget, seed=args.seed, model=model_cfg, explain=args.explain)
     columns = {
-        "llm_al_id": [pool.ids[i] for i in sel.indices],
-        "llm_al_rank": list(range(1, len(sel.indices) + 1)),
-        "llm_al_score": [None if s != s else round(float(s), 6) for s in sel.scores],
+        "llm_al_id": [p.id for p in picks],
+        "llm_al_rank": [p.rank for p in picks],
+        "llm_al_score": [None if p.score is None else round(p.score, 6) for p in picks],
     }
-    if args.explain:
-        from llm_al.strategies.explain import explain_selection
-
-        columns.update(explain_selection(features, sel.indices, pool.ids, np.random.default_rng(args.seed)))
-    path = write_subset(pool, sel.indices.tolist(), args.out, columns=columns, shape=args.export_shape)
-    print(f"selected {len(sel.indices)} of {len(pool)} examples with {args.strategy} (seed {args.seed}) -> {path}")
-    print(f"llm_al_score is the {sel.score_name}; llm_al_rank is the pick order")
+    for col in picks[0].explanation:
+        columns[col] = [p.explanation[col] for p in picks]
+    path = write_subset(pool, [p.index for p in picks], args.out, columns=columns, shape=args.export_shape)
+    print(f"selected {len(picks)} of {len(pool)} examples with {args.strategy} (seed {args.seed}) -> {path}")
+    print(f"llm_al_score is the {picks[0].reason}; llm_al_rank is the pick order")
 
 
 def _check_strategy_call(name: str, params: dict, budget: int, pool_size: int) -> None:
@@ -596,12 +592,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "annotate":
             cmd_annotate(args)
         elif args.command == "report":
-            from llm_al.analysis.writeup import write_report
-
+            from llm_al import api
             from llm_al.io import check_output
 
             check_output(args.out or Path(args.results_dir) / "report", folder=True)
-            files = write_report(args.results_dir, args.out)
+            files = api.report(args.results_dir, args.out)
             print("\n".join(f"wrote {p}" for p in files.values()))
     except UserError as err:
         print(f"llm-al: error: {err}", file=sys.stderr)

@@ -423,3 +423,19 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
 
 def to_dict(cfg: ExperimentConfig) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def config_from(source: ExperimentConfig | str | Path | None = None, delta: dict | None = None) -> ExperimentConfig:
+    """A validated config from a recipe file (None: the defaults) or an existing config, with `delta`
+    merged in last: a nested mapping ({"train": {"lr": 5e-4}}) or dotted keys ({"train.lr": 5e-4})."""
+    values = dataclasses.asdict(source if isinstance(source, ExperimentConfig) else load_config(source))
+    nested: dict = {}
+    for key, value in (delta or {}).items():
+        node, parts = nested, key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = value
+    return _build(ExperimentConfig, _merge(values, nested, ExperimentConfig))

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from llm_al.data.annotate import export_for_annotation, import_annotations
 from llm_al.cli import main
-from llm_al.data.pool import ROLES, load_pool, read_rows
+from llm_al.data.pool import ROLES, load_pool
+from llm_al.data.formats import read_rows
 from llm_al.errors import DataError, UserError
 
 LOADER_EXAMPLES = 400

@@ -1,7 +1,9 @@
 """The package's layout rules, checked by reading the source with `ast` (nothing is imported).
 
 - no import cycle between llm_al modules (imports at the top of a file and inside functions both count);
-- no private name (`_x`, not a dunder) imported from another llm_al module.
+- no private name (`_x`, not a dunder) imported from another llm_al module;
+- no file over 450 lines unless its module docstring has a line starting "Over 450 lines because";
+- no function over 80 lines, except argument-parser tables (a name containing "parser").
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "llm_al"
+MAX_FILE_LINES = 450
+MAX_FUNCTION_LINES = 80
 
 
 def _module_name(path: Path) -> str:
@@ -159,6 +163,28 @@ def test_no_private_name_imported_across_modules():
                if name and name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
                and imported != importer]
     assert not private, "private names imported across modules:\n" + "\n".join(private)
+
+
+def _has_reason(path: Path) -> bool:
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    return any(line.strip().startswith("Over 450 lines because") for line in doc.splitlines())
+
+
+def test_no_long_file_without_a_reason():
+    long = [f"{_module_name(p)}: {n} lines" for p in modules().values()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES and not _has_reason(p)]
+    assert not long, f"files over {MAX_FILE_LINES} lines with no reason at the top:\n" + "\n".join(long)
+
+
+def test_no_long_function():
+    long = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "parser" not in node.name:
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{module}.{node.name}: {n} lines")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(sorted(long))
 
 
 @pytest.mark.parametrize("rule", ["cycle", "private"])

@@ -14,19 +14,8 @@ import pytest
 
 from llm_al.features.dsir import hashed_ngram_features, importance_kl, log_importance
 from llm_al.errors import UnknownNameError, UserError
-from llm_al.features.overlap import (
-    NgramIndex,
-    _merge_runs,
-    build_index,
-    example_overlap,
-    fingerprint_files,
-    ngram_hashes,
-    reference_texts,
-    subset_overlap,
-    test_overlap,
-    word_hashes,
-    words,
-)
+from llm_al.features.overlap import (NgramIndex, _merge_runs, build_index, fingerprint_files, ngram_hashes, reference_texts, word_hashes, words)
+from llm_al.features.overlap_stats import example_overlap, subset_overlap, test_overlap
 
 NATO = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa"
 REF = [NATO, "Sphinx of black quartz, judge my vow: five boxing wizards jump quickly over the lazy dogs."]

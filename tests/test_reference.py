@@ -15,7 +15,8 @@ import pytest
 from llm_al.data import reference
 from llm_al.cli import main
 from llm_al.errors import DataError, UserError
-from llm_al.features.overlap import build_index, example_overlap
+from llm_al.features.overlap import build_index
+from llm_al.features.overlap_stats import example_overlap
 from llm_al.data.reference import fingerprint_files, reference_texts, reference_units
 
 NATO = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm_al.strategies.diversity import dense_similarity, facility_location_greedy, kmeans, unit
+from llm_al.strategies.kernels.dense import dense_similarity, facility_location_greedy, kmeans, unit
 from llm_al.errors import BudgetError, ConfigError
 from llm_al.types import Features
 from llm_al.strategies.kernels.knn import facility_location_sparse, knn_faiss, knn_graph, knn_ivf, knn_recall, knn_rows

@@ -61,19 +61,28 @@ def _setup(doc: Document, c: Context, failed: list[dict], floor: dict | None) ->
         doc.findings.append(f"{len(failed)} failed run(s) excluded from every statistic.")
 
 
-def _vs_random(doc: Document, c: Context) -> None:
-    doc.add("h", "2. Strategies vs random")
+def comparisons(c: Context) -> tuple[dict[tuple, object], dict[tuple, dict]]:
+    """Each (strategy, ordering, budget) against the random runs of the same ordering and budget:
+    (every group -> its analysis.StrategyVsRandom, or a string saying why it was not compared;
+    the compared groups -> one row of the comparison table, with the Holm-adjusted p)."""
     results = {k: c.compare(k, ("random", k[1], k[2])) for k in c.groups if k[0] != "random"}
-    if not results:
-        doc.absent("no strategy other than random in this directory")
-        return
     tested = {k: {"label": c.label(*k), "strategy": k[0], "ordering": k[1], "budget": k[2], **res.to_dict()}
               for k, res in results.items() if not isinstance(res, str)}
-    lines = []
     if tested:
         adj = analysis.holm({str(k): r["p"] for k, r in tested.items()})
         for k, r in tested.items():
             r["p_holm"] = adj[str(k)]["p_adjusted"]
+    return results, tested
+
+
+def _vs_random(doc: Document, c: Context) -> None:
+    doc.add("h", "2. Strategies vs random")
+    results, tested = comparisons(c)
+    if not results:
+        doc.absent("no strategy other than random in this directory")
+        return
+    lines = []
+    if tested:
         doc.add("table", ["strategy", "n", "mean", "random mean (n)", "diff", "95% CI", "test", "p", "p Holm",
                           "win rate", "pct of random", "verdict"],
                 [[r["label"], str(r["n_strategy"]), fmt(r["strategy_mean"]), f"{fmt(r['random_mean'])} ({r['n_random']})",
@@ -340,15 +349,14 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({err}); delete it to have `llm-al run` redo that run") from None
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write report.md, report.html (self-contained), PNG plots and CSV tables for a results directory
-    (`runs/*.json`; summary.json and config.yaml when present) into out_dir (default results_dir/report).
-    Returns {file name: path} of everything written."""
+def load_results(results_dir: str | Path) -> tuple[Context, list[dict], dict | None]:
+    """The runs of a results directory (`runs/*.json`; summary.json and config.yaml when present),
+    grouped by (strategy, ordering, budget): (the Context the sections read, the failed run
+    records, the untrained floor's record or None)."""
     results = Path(results_dir)
     paths = sorted((results / "runs").glob("*.json"))
     if not paths:
         raise UserError(f"{results} holds no runs/*.json: not a results directory of `llm-al run`")
-    out = Path(out_dir) if out_dir is not None else results / "report"
     records = [(p, _read_json(p)) for p in paths]
     floor = next((r for _, r in records if r.get("strategy") == "untrained"), None)
     ok = [(p, r) for p, r in records if r.get("strategy") != "untrained" and r.get("status") == "ok"]
@@ -368,7 +376,18 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     orank = {o: i for i, o in enumerate(cfg.get("orderings", []))}
     order = sorted(groups, key=lambda k: (budget_key(k[2]), orank.get(k[1], 99), k[1], rank.get(k[0], 99), k[0]))
     c = Context({k: sorted(groups[k], key=lambda r: str(r.seeds)) for k in order}, primary, higher, cfg, summary,
-             seeded_rng(int((cfg.get("seeds") or [0])[0]), "stats"))
+                seeded_rng(int((cfg.get("seeds") or [0])[0]), "stats"))
+    return c, failed, floor
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write report.md, report.html (self-contained), PNG plots and CSV tables for a results directory
+    (`runs/*.json`; summary.json and config.yaml when present) into out_dir (default results_dir/report).
+    Returns {file name: path} of everything written."""
+    results = Path(results_dir)
+    c, failed, floor = load_results(results)
+    out = Path(out_dir) if out_dir is not None else results / "report"
+    primary, cfg = c.primary, c.cfg
     doc = Document(out)
     if not c.runs:
         doc.findings.append("no successful runs: nothing to analyse.")

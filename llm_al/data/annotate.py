@@ -21,7 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from llm_al.data.pool import Example, Pool, is_missing, json_loads, read_rows
+from llm_al.data.pool import Example, Pool, is_missing
+
+from llm_al.data.formats import json_loads, read_rows
 from llm_al.errors import DataError, UserError
 from llm_al.io import atomic_path
 

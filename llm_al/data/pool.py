@@ -18,19 +18,16 @@ and its unlabelled original; `llm_al.data.annotate` matches annotations by it.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from llm_al.data.formats import json_loads, read_rows, record_keys, short_repr
 from llm_al.errors import DataError
 
 log = logging.getLogger("llm_al")
@@ -48,10 +45,6 @@ SHAPES_HELP = ("'messages' (a list of {role, content}); 'conversations' (ShareGP
                "'source' + 'target' (+ optional 'source_lang', 'target_lang')")
 _CHAT_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
                "gpt": "assistant", "model": "assistant"}
-_READ_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
-                    ".tsv": "tsv", ".parquet": "parquet"}
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 Row = tuple[str, int]  # (file label, 1-based row) for error messages
 
@@ -153,52 +146,22 @@ def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _keys(rec: dict) -> str:
-    return ", ".join(map(str, rec)) or "(none)"
-
-
 def _text(rec: dict, names: Sequence[str], where: Row, required: bool = True) -> str | None:
     """The first present field of `names` as non-empty text; None if optional and absent."""
     name = next((n for n in names if n in rec and not is_missing(rec[n])), None)
     if name is None:
         if required:
             alts = " or ".join(repr(n) for n in names)
-            raise DataError(f"missing field {alts}; fields found: {_keys(rec)}", *where)
+            raise DataError(f"missing field {alts}; fields found: {record_keys(rec)}", *where)
         return None
     value = rec[name]
     if not isinstance(value, str):
-        raise DataError(f"field {name!r} must be text, got {type(value).__name__} {_short(value)}", *where)
+        raise DataError(f"field {name!r} must be text, got {type(value).__name__} {short_repr(value)}", *where)
     if not value.strip():
         if required:
             raise DataError(f"field {name!r} is empty", *where)
         return None
     return value
-
-
-def json_loads(text: str) -> Any:
-    """json.loads, with nesting too deep for the parser and integers over Python's 4300-digit
-    limit reported as JSONDecodeError too (they raise RecursionError / ValueError)."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        raise
-    except RecursionError:
-        raise json.JSONDecodeError("arrays or objects nested too deeply", text, 0) from None
-    except ValueError as e:
-        raise json.JSONDecodeError(f"a number too long to read ({str(e).split(':')[0]})", text, 0) from None
-    escape = _SURROGATE_ESCAPE.search(text)
-    if escape:  # a \ud800-style escape decodes to a lone surrogate unless it is half of a pair
-        try:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise json.JSONDecodeError("a lone UTF-16 surrogate escape (\\uD800-\\uDFFF) is not valid Unicode text",
-                                       text, escape.start()) from None
-    return data
 
 
 def _container(value: Any, name: str, where: Row) -> Any:
@@ -214,10 +177,10 @@ def _container(value: Any, name: str, where: Row) -> Any:
 def _chat(rec: dict, name: str, where: Row, labelled: bool = True) -> list[dict[str, str]]:
     """Messages from a list of {role, content} or ShareGPT {from, value} turns."""
     if name not in rec or is_missing(rec[name]):
-        raise DataError(f"missing field {name!r}; fields found: {_keys(rec)}", *where)
+        raise DataError(f"missing field {name!r}; fields found: {record_keys(rec)}", *where)
     turns = _container(rec[name], name, where)
     if not isinstance(turns, (list, tuple)) or not turns:
-        raise DataError(f"field {name!r} must be a non-empty list of messages, got {_short(turns)}", *where)
+        raise DataError(f"field {name!r} must be a non-empty list of messages, got {short_repr(turns)}", *where)
     last = turns[-1] if isinstance(turns[-1], dict) else {}
     last_role = last.get("role", last.get("from"))
     if (not labelled and len(turns) > 1 and isinstance(last_role, str) and _CHAT_ROLES.get(last_role) == "assistant"
@@ -226,14 +189,14 @@ def _chat(rec: dict, name: str, where: Row, labelled: bool = True) -> list[dict[
     msgs = []
     for i, turn in enumerate(turns, 1):
         if not isinstance(turn, dict):
-            raise DataError(f"{name}[{i}] must be an object with 'role' and 'content', got {_short(turn)}", *where)
+            raise DataError(f"{name}[{i}] must be an object with 'role' and 'content', got {short_repr(turn)}", *where)
         role = turn.get("role", turn.get("from"))
         content = turn.get("content", turn.get("value"))
         if not isinstance(role, str) or role not in _CHAT_ROLES:  # a list or dict role is not hashable
             raise DataError(f"{name}[{i}] has role {role!r}; valid roles: system, user, assistant "
                             "(ShareGPT: system, human, gpt, model)", *where)
         if not isinstance(content, str) or not content.strip():
-            raise DataError(f"{name}[{i}] ({role}) must have non-empty text content, got {_short(content)}", *where)
+            raise DataError(f"{name}[{i}] ({role}) must have non-empty text content, got {short_repr(content)}", *where)
         msgs.append({"role": _CHAT_ROLES[role], "content": content})
     for i, msg in enumerate(msgs[1:], 2):
         if msg["role"] == "system":
@@ -255,11 +218,11 @@ def _wmt(rec: dict, codes: tuple[str | None, str | None], where: Row,
     """(source name, target name, source text, target text) of a {'en': .., 'fr': ..} pair. Unlabelled,
     the target may be empty, null or (if fields name target_lang) absent."""
     if is_missing(rec.get("translation")):
-        raise DataError(f"missing field 'translation'; fields found: {_keys(rec)}", *where)
+        raise DataError(f"missing field 'translation'; fields found: {record_keys(rec)}", *where)
     pair = _container(rec["translation"], "translation", where)
     if not isinstance(pair, dict):
         raise DataError(f"field 'translation' must be an object of two languages like "
-                        f"{{'en': '...', 'fr': '...'}}, got {_short(pair)}", *where)
+                        f"{{'en': '...', 'fr': '...'}}, got {short_repr(pair)}", *where)
     present = {k: v for k, v in pair.items() if not is_missing(v)}
     pair = present if labelled or len(present) >= 2 else pair  # unlabelled: a null value names the target
     src = codes[0] or next((k for k in pair if k != codes[1]), None)
@@ -309,7 +272,7 @@ def _plan(rec: dict, fields: dict[str, str] | None, where: Row, labelled: bool =
         if "source" in rec:
             return _Plan("translation", "translation", cols)
     raise DataError(f"cannot tell which fields hold the prompt and the response; fields found: "
-                    f"{_keys(rec)}. Accepted shapes: {SHAPES_HELP}. Map other columns with "
+                    f"{record_keys(rec)}. Accepted shapes: {SHAPES_HELP}. Map other columns with "
                     f"--field prompt=question --field response=answer (in a recipe: data.fields) "
                     f"(roles: {', '.join(ROLES)})", *where)
 
@@ -318,7 +281,7 @@ def _messages(rec: dict, plan: _Plan, template: str, where: Row) -> list[dict[st
     """The chat messages of one record (before any system-prompt injection)."""
     for col, role in plan.mapped.items():
         if col not in rec and (plan.labelled or role not in ("response", "target")):
-            raise DataError(f"column {col!r} (mapped to {role!r}) is missing; fields found: {_keys(rec)}", *where)
+            raise DataError(f"column {col!r} (mapped to {role!r}) is missing; fields found: {record_keys(rec)}", *where)
 
     def get(role: str, required: bool = True) -> str | None:
         return _text(rec, plan.cols[role], where, required)
@@ -349,20 +312,20 @@ def _messages(rec: dict, plan: _Plan, template: str, where: Row) -> list[dict[st
 
 def _check_options(fields: Any, system_prompt: Any, template: Any, label: str) -> None:
     if fields is not None and not isinstance(fields, dict):
-        raise DataError(f"fields must map roles to column names, e.g. {{'prompt': 'question'}}, got {_short(fields)}", label)
+        raise DataError(f"fields must map roles to column names, e.g. {{'prompt': 'question'}}, got {short_repr(fields)}", label)
     unknown = sorted(set(fields or {}) - set(ROLES))
     if unknown:
         raise DataError(f"{label}: unknown role(s) in fields: {', '.join(map(repr, unknown))}; "
                         f"valid roles: {', '.join(ROLES)}")
     for role, col in (fields or {}).items():
         if not isinstance(col, str) or not col:
-            raise DataError(f"fields[{role!r}] must be a column name, got {_short(col)}", label)
+            raise DataError(f"fields[{role!r}] must be a column name, got {short_repr(col)}", label)
     if system_prompt is not None and not isinstance(system_prompt, str):
-        raise DataError(f"system_prompt must be text, got {_short(system_prompt)}", label)
+        raise DataError(f"system_prompt must be text, got {short_repr(system_prompt)}", label)
     try:
         template.format(source_lang="x", target_lang="y", source="z")
     except (KeyError, IndexError, ValueError, AttributeError) as e:
-        raise DataError(f"translation template {_short(template)} is invalid ({type(e).__name__}: {e}); "
+        raise DataError(f"translation template {short_repr(template)} is invalid ({type(e).__name__}: {e}); "
                         "it may use only {source_lang}, {target_lang} and {source}", label) from None
 
 
@@ -377,7 +340,7 @@ def _build(rows: list[tuple[int, Any]], path: str | None, format: str, fields: d
     for row, rec in rows:
         where = (label, row)
         if not isinstance(rec, dict):
-            raise DataError(f"expected a record with named fields, got {type(rec).__name__} {_short(rec)}", *where)
+            raise DataError(f"expected a record with named fields, got {type(rec).__name__} {short_repr(rec)}", *where)
         plan = plan or replace(_plan(rec, fields, where, labelled), labelled=labelled, langs=tuple(languages))
         msgs = _messages(rec, plan, template, where)
         unnamed += plan.build == "translation" and any(
@@ -412,134 +375,6 @@ def records_to_pool(records: list[dict], *, path: str | None = None, format: str
                   languages)
 
 
-# ---------------------------------------------------------------- reading files
-
-
-def _read_text(path: Path, label: str) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read the file ({e.strerror or e})", label) from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DataError(f"line {line}: not valid UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-                        f"{e.start}); save the file as UTF-8", label) from None
-
-
-def _jsonl_rows(text: str, label: str) -> list[tuple[int, Any]]:
-    rows = []
-    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit in a string
-        if line.strip():
-            try:
-                rows.append((n, json_loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(f"line {n} is not valid JSON: {e.msg} (column {e.colno})", label) from None
-    return rows
-
-
-def _read_json(text: str, label: str) -> tuple[list[tuple[int, Any]], str]:
-    if not text.strip():
-        return [], "json"
-    try:
-        data = json_loads(text)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # JSON Lines saved as .json (as `Dataset.to_json` does)
-            return _jsonl_rows(text, label), "jsonl"
-        raise DataError(f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})", label) from None
-    if isinstance(data, dict):
-        lists = [k for k, v in data.items() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataError(f"expected a list of records, or an object holding one list such as "
-                            f"{{'data': [...]}}; found an object with keys: {_keys(data)}", label)
-        data = data[lists[0]]
-    if not isinstance(data, list):
-        raise DataError(f"expected a list of records, got {type(data).__name__}", label)
-    return list(enumerate(data, 1)), "json"
-
-
-def _read_csv(text: str, label: str, delimiter: str) -> list[tuple[int, Any]]:
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # long responses are normal
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    rows = []
-    try:
-        header = reader.fieldnames or []
-        repeated = sorted({h for h in header if header.count(h) > 1})
-        if repeated:
-            raise DataError(f"the header repeats column(s): {', '.join(repeated)}", label)
-        for n, rec in enumerate(reader, 1):
-            if None in rec:
-                raise DataError(f"has {len(header) + len(rec[None])} cells but the header has "
-                                f"{len(header)} columns", label, n)
-            rows.append((n, {k: (None if v == "" else v) for k, v in rec.items()}))  # empty = missing
-    except csv.Error as e:
-        raise DataError(f"line {reader.line_num}: not valid CSV ({e})", label) from None
-    return rows
-
-
-def _read_parquet(path: Path, label: str) -> list[tuple[int, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return list(enumerate(pq.read_table(path).to_pylist(), 1))
-    except (pa.ArrowException, OSError, ValueError) as e:
-        raise DataError(f"not a readable Parquet file ({e})", label) from None
-
-
-def _read_datasets(path: Path, label: str, split: str) -> list[tuple[int, Any]]:
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as e:  # noqa: BLE001 (datasets raises many kinds for a folder it cannot read)
-        raise DataError(f"a folder that is not a dataset saved with save_to_disk "
-                        f"({type(e).__name__}: {_short(str(e), 200)})", label) from None
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise DataError(f"no split {split!r}; splits: {', '.join(ds)}", label)
-        ds = ds[split]
-    return list(enumerate(ds.to_list(), 1))
-
-
-def _read_hub(spec: str, split: str) -> list[tuple[int, Any]]:
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(spec, split=split)
-    except Exception as e:  # noqa: BLE001 (network, auth, missing split, bad script: all the same to the user)
-        raise DataError(f"neither a local file nor a reachable Hugging Face hub dataset "
-                        f"({type(e).__name__}: {_short(str(e), 200)}). Offline machines "
-                        f"(HF_DATASETS_OFFLINE=1) can load only local files and cached datasets", spec) from None
-    return list(enumerate(ds.to_list(), 1))
-
-
-def read_rows(spec: str, *, split: str = "train") -> tuple[list[tuple[int, Any]], str]:
-    """The raw records of a .jsonl/.ndjson/.json/.csv/.tsv/.parquet file, a `save_to_disk` folder or
-    a hub id (`owner/name`), as (1-based row, record) pairs (JSON Lines: line numbers; CSV: empty
-    cells are None), and the format read."""
-    spec = str(spec)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return _read_datasets(path, spec, split), "datasets"
-    if path.is_file():
-        fmt = _READ_EXTENSIONS.get(path.suffix.lower())
-        if fmt is None:
-            raise DataError(f"unknown format {path.suffix or '(no extension)'!r}; supported: "
-                            f"{', '.join(_READ_EXTENSIONS)}, or a datasets save_to_disk folder", spec)
-        if fmt == "parquet":
-            return _read_parquet(path, spec), fmt
-        if fmt == "jsonl":
-            return _jsonl_rows(_read_text(path, spec), spec), fmt
-        if fmt == "json":
-            return _read_json(_read_text(path, spec), spec)
-        return _read_csv(_read_text(path, spec), spec, "\t" if fmt == "tsv" else ","), fmt
-    if _HUB_ID.fullmatch(spec) and not path.suffix:
-        return _read_hub(spec, split), "datasets"
-    raise DataError("no such file", spec)
-
-
 def load_pool(spec: str, *, fields: dict[str, str] | None = None, system_prompt: str | None = None,
               split: str = "train", translation_template: str = DEFAULT_TRANSLATION_TEMPLATE,
               labelled: bool = True, languages: tuple[str | None, str | None] = (None, None)) -> Pool:
@@ -558,7 +393,7 @@ def split_pool(pool: Pool, test_size: int | float, seed: int) -> tuple[Pool, Poo
     Each part keeps the pool's order."""
     n = len(pool)
     if isinstance(test_size, (bool, np.bool_)) or not isinstance(test_size, (int, float, np.number)):
-        raise DataError(f"test_size must be a count or a fraction in (0, 1), got {_short(test_size)}")
+        raise DataError(f"test_size must be a count or a fraction in (0, 1), got {short_repr(test_size)}")
     if isinstance(test_size, (float, np.floating)):
         if not 0 < test_size < 1:
             raise DataError(f"test_size {test_size} as a fraction must lie strictly between 0 and 1")

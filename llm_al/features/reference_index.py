@@ -4,7 +4,8 @@ overlap of a selection with it and with the test set (llm_al/features/overlap.py
 from __future__ import annotations
 
 from llm_al import models
-from llm_al.features.overlap import build_index, fingerprint_files, subset_overlap, test_overlap
+from llm_al.features.overlap import build_index, fingerprint_files
+from llm_al.features.overlap_stats import subset_overlap, test_overlap
 
 
 def reference_index_dir(spec: str, n: int, field: str = "text", split: str = "train"):

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from llm_al.strategies.diversity import kmeans, unit
+from llm_al.strategies.kernels.dense import kmeans, unit
 from llm_al.types import Features
 
 

@@ -17,6 +17,10 @@ gradient length, and query-by-committee. All read the reference response (needs_
 
 Dropout masks are a pure function of (probe.seed, the example's token ids, pass, layer, position,
 feature), not of the batch an example lands in, so a cached score is the score a fresh run gives.
+
+Over 450 lines because the family's three model probes (MC dropout, gradient length, committee)
+share the model-state helpers and the per-row cache plumbing above them; its four strategies are
+the last 40 lines.
 """
 
 from __future__ import annotations

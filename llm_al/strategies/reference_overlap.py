@@ -45,7 +45,8 @@ from llm_al.features.engine import compute_embeddings
 from llm_al.features.cache import text_key
 from llm_al.types import Features
 from llm_al.io import atomic_path
-from llm_al.features.overlap import example_overlap, fingerprint_files, reference_texts
+from llm_al.features.overlap import fingerprint_files, reference_texts
+from llm_al.features.overlap_stats import example_overlap
 from llm_al.features.probes import PROBES, ProbeContext
 from llm_al.strategies.base import STRATEGIES, top_k
 from llm_al.types import Selection

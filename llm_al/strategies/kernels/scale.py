@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+from typing import Callable
 
 import numpy as np
 
@@ -152,6 +153,38 @@ def kcenter_fast(x: np.ndarray, budget: int, first: int, block: int = 8192, hot:
         return kcenter_lazy(x, budget, first, block, hot, candidates, chunk)
 
 
+def _refresh(rows: np.ndarray, k: int, theta: float, x: np.ndarray, val: np.ndarray, src: np.ndarray,
+             folded: np.ndarray, sq64: np.ndarray, cen64: np.ndarray, csq64: np.ndarray, fold: Callable,
+             block: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fold the picks each row missed, `chunk` at a time, oldest first, leaving a row cold as
+    soon as its bound falls below theta; make the rest exact. Returns them, ascending, with
+    their float32 rows. (kcenter_lazy's step; `val`, `src` and `folded` are updated in place.)"""
+    dim = x.shape[1]
+    rows = rows[np.argsort(folded[rows], kind="stable")]
+    kept, kept_x = [np.empty(0, dtype=np.int64)], [np.empty((0, dim), dtype=np.float32)]
+    for s in range(0, len(rows), block):
+        r = rows[s : s + block]
+        xr = rows_as(x, r)                               # (b, D)
+        while len(r) and folded[r].min() < k:
+            lo = int(folded[r].min())
+            at = folded[r] == lo
+            ra, xa = (r, xr) if at.all() else (r[at], xr[at])
+            val[ra], src[ra] = fold(val[ra], src[ra], ra, xa, lo, min(k, lo + chunk), False)
+            folded[ra] = min(k, lo + chunk)
+            live = val[r] >= theta
+            if not live.all():
+                r, xr = r[live], xr[live]
+        e = np.flatnonzero(src[r] >= 0)
+        val[r[e]], src[r[e]] = exact_sq_dist(xr, e, sq64[r], cen64, csq64, src[r[e]]), -1
+        live = val[r] >= theta
+        kept.append(r[live])
+        kept_x.append(xr[live])
+    rows, xk = np.concatenate(kept), np.concatenate(kept_x)
+    kept_x.clear()                                       # (so that only two copies of the hot rows coexist)
+    order = np.argsort(rows)
+    return rows[order], xk[order]
+
+
 def kcenter_lazy(x: np.ndarray, budget: int, first: int, block: int, hot: int | None, candidates: int,
                  chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """kcenter_fast without the BLAS thread limit."""
@@ -179,32 +212,7 @@ def kcenter_lazy(x: np.ndarray, budget: int, first: int, block: int, hot: int | 
         return fold_min(v, s, xr, sq32[rows], sq64[rows], cen32, cen64, csq32, csq64, lo, hi, exact)
 
     def refresh(rows: np.ndarray, k: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
-        """Fold the picks each row missed, `chunk` at a time, oldest first, leaving a row cold as
-        soon as its bound falls below theta; make the rest exact. Returns them, ascending, with
-        their float32 rows."""
-        rows = rows[np.argsort(folded[rows], kind="stable")]
-        kept, kept_x = [np.empty(0, dtype=np.int64)], [np.empty((0, dim), dtype=np.float32)]
-        for s in range(0, len(rows), block):
-            r = rows[s : s + block]
-            xr = rows_as(x, r)                               # (b, D)
-            while len(r) and folded[r].min() < k:
-                lo = int(folded[r].min())
-                at = folded[r] == lo
-                ra, xa = (r, xr) if at.all() else (r[at], xr[at])
-                val[ra], src[ra] = fold(val[ra], src[ra], ra, xa, lo, min(k, lo + chunk), False)
-                folded[ra] = min(k, lo + chunk)
-                live = val[r] >= theta
-                if not live.all():
-                    r, xr = r[live], xr[live]
-            e = np.flatnonzero(src[r] >= 0)
-            val[r[e]], src[r[e]] = exact_sq_dist(xr, e, sq64[r], cen64, csq64, src[r[e]]), -1
-            live = val[r] >= theta
-            kept.append(r[live])
-            kept_x.append(xr[live])
-        rows, xk = np.concatenate(kept), np.concatenate(kept_x)
-        kept_x.clear()                                       # (so that only two copies of the hot rows coexist)
-        order = np.argsort(rows)
-        return rows[order], xk[order]
+        return _refresh(rows, k, theta, x, val, src, folded, sq64, cen64, csq64, fold, block, chunk)
 
     take(0, first, rows_as(x, np.array([first]))[0])
     k, theta = 1, np.inf
