@@ -114,19 +114,18 @@ def write_profile(fn, device: str, path: Path) -> None:
 
 
 def kcenter_section(n: int, device: str, dim: int = 384, budget: int = 500) -> list[str]:
-    """scale.kcenter_torch on `device` over n x dim float32 points vs strategies.kcenter_greedy (numpy,
+    """kcenter.kcenter_torch on `device` over n x dim float32 points vs kcenter.kcenter_greedy (numpy,
     this machine's CPUs) on the same points; the picks must agree (random Gaussian data: no near-ties)."""
-    from llm_al.strategies.kernels import scale
-    from llm_al.strategies import base as strategies
+    from llm_al.strategies.kernels import kcenter
 
     x = np.random.default_rng(0).standard_normal((n, dim), dtype=np.float32)
-    scale.kcenter_torch(x[: min(n, 20_000)], min(budget, 50), 0, device=device)                   # warm-up
-    (ti, td), sec_t = timed(lambda: scale.kcenter_torch(x, budget, 0, device=device), device)
-    (ni, nd), sec_n = timed(lambda: strategies.kcenter_greedy(x, budget, 0), "cpu")
+    kcenter.kcenter_torch(x[: min(n, 20_000)], min(budget, 50), 0, device=device)                   # warm-up
+    (ti, td), sec_t = timed(lambda: kcenter.kcenter_torch(x, budget, 0, device=device), device)
+    (ni, nd), sec_n = timed(lambda: kcenter.kcenter_greedy(x, budget, 0), "cpu")
     same = int(np.argmin(np.append(ti == ni, False)))                        # picks equal up to here
     return [f"k-center, {n:,} x {dim} float32 (Gaussian), budget {budget}, first pick 0:",
-            f"  scale.kcenter_torch on {device} (copy to the device included): {sec_t:.2f} s",
-            f"  strategies.kcenter_greedy (numpy, {os.cpu_count()} CPUs): {sec_n:.2f} s  ->  {sec_n / sec_t:.1f}x",
+            f"  kcenter.kcenter_torch on {device} (copy to the device included): {sec_t:.2f} s",
+            f"  kcenter.kcenter_greedy (numpy, {os.cpu_count()} CPUs): {sec_n:.2f} s  ->  {sec_n / sec_t:.1f}x",
             f"  identical picks: {same} of {budget}; max |distance diff| at pick "
             f"{float(np.nanmax(np.abs(td - nd) / np.maximum(np.abs(nd), 1e-12))):.1e} (relative)"]
 

@@ -1,4 +1,4 @@
-"""Benchmark of llm_al.strategies.kernels.scale and llm_al.strategies.kernels.knn: selection at 10k, 100k and 1M embeddings against the plain code.
+"""Benchmark of llm_al.strategies.kernels: selection at 10k, 100k and 1M embeddings against the plain code.
 
     .venv/bin/python eval/bench_selection.py                  # ~35 min on 2 busy CPU cores; ~2 GB of temp disk
     .venv/bin/python eval/bench_selection.py --sizes 1000000  # one size only: printed, the results file kept
@@ -10,12 +10,12 @@ runs in a child process that loads the whole array into memory first: "peak MB" 
 peak RSS (VmHWM) minus its peak right after loading, i.e. memory beyond the embeddings.
 Compared in the same run, one measurement each:
   * k-center, budget 500: the plain loop (one (N, D) matvec per pick, strategies.kcenter_greedy)
-    vs scale.kcenter_fast and scale.kcenter_torch on CPU torch, and whether their picks agree;
+    vs kcenter.kcenter_fast and kcenter.kcenter_torch on CPU torch, and whether their picks agree;
     at 1M also kcenter_fast on float16-rounded rows (how soon float16 changes the picks);
   * k-means, k = 500, 5 Lloyd steps: diversity.kmeans (dense float64, k-means++ over all rows)
-    vs scale.kmeans_large (numpy and faiss backends), with the inertia each reaches;
+    vs kmeans.kmeans_large (numpy and faiss backends), with the inertia each reaches;
   * facility location, budget 500: dense (diversity, N x N; 10k) vs a 32-NN graph + the sparse
-    lazy greedy (knn.facility_location_sparse), the graph exact (knn.knn_graph; up to 100k) or
+    lazy greedy (facility.facility_location_sparse), the graph exact (knn.knn_graph; up to 100k) or
     approximate (knn.knn_ivf at every N, nprobe 8 and at 100k also 4; faiss HNSW at 100k), with
     each approximate graph's recall@32 against the exact one (at 1M: against the exact neighbours
     of 1000 sampled rows, knn.knn_rows) and the dense objective of its picks relative to the
@@ -120,9 +120,7 @@ def load(path: str) -> np.ndarray:
 
 def child(task: str, data: str, out: str) -> None:
     """Run one measurement in this process and print a JSON line."""
-    from llm_al.strategies import diversity
-    from llm_al.strategies.kernels import knn
-    from llm_al.strategies.kernels import scale
+    from llm_al.strategies.kernels import facility, kcenter, kmeans, knn
 
     x = load(data)                                           # (N, D) float32, fully in memory
     rng = np.random.default_rng(SEED)
@@ -146,15 +144,15 @@ def child(task: str, data: str, out: str) -> None:
     if task == "kcenter_plain":
         idx, dist = plain_kcenter(x, BUDGET, 0)
     elif task in ("kcenter_fast", "kcenter_fast16"):
-        idx, dist = scale.kcenter_fast(x, BUDGET, 0)
+        idx, dist = kcenter.kcenter_fast(x, BUDGET, 0)
     elif task == "kcenter_torch":
-        idx, dist = scale.kcenter_torch(x, BUDGET, 0, device="cpu")
+        idx, dist = kcenter.kcenter_torch(x, BUDGET, 0, device="cpu")
     elif task == "kmeans_dense":
-        c, labels = diversity.kmeans(x, K_MEANS, rng, max_iter=ITERS)
+        c, labels = kmeans.kmeans(x, K_MEANS, rng, max_iter=ITERS)
     elif task in ("kmeans_numpy", "kmeans_faiss"):
-        c, labels = scale.kmeans_large(x, K_MEANS, rng, max_iter=ITERS, backend=task.split("_")[1])
+        c, labels = kmeans.kmeans_large(x, K_MEANS, rng, max_iter=ITERS, backend=task.split("_")[1])
     elif task == "fl_dense":
-        idx, _ = diversity.facility_location_greedy(diversity.dense_similarity(x, len(x), "bench"), BUDGET)
+        idx, _ = facility.facility_location_greedy(facility.dense_similarity(x, len(x), "bench"), BUDGET)
     elif task.startswith("fl_"):                             # fl_knn (exact), fl_ivf, fl_ivf<nprobe>, fl_hnsw
         kind = task[3:]
         if kind == "knn":
@@ -164,7 +162,7 @@ def child(task: str, data: str, out: str) -> None:
         else:
             graph = knn.knn_ivf(x, KNN, rng, nprobe=int(kind[3:]) if kind[3:] else None)
         info["knn_seconds"] = time.perf_counter() - start
-        idx, _ = knn.facility_location_sparse(graph, BUDGET)
+        idx, _ = facility.facility_location_sparse(graph, BUDGET)
     elif task == "knn_rows":                                 # exact neighbours of RECALL_ROWS sampled rows
         rows = np.sort(rng.choice(len(x), RECALL_ROWS, replace=False))
         exact = knn.knn_rows(x, rows, KNN)
@@ -335,7 +333,7 @@ def main(sizes: tuple[int, ...] = SIZES) -> None:
         lines.append(text)
 
     load = os.getloadavg()
-    say(f"bench_selection: llm_al.strategies.kernels.scale and llm_al.strategies.kernels.knn at 10k-1M embeddings, {time.strftime('%Y-%m-%d %H:%M')}")
+    say(f"bench_selection: llm_al.strategies.kernels at 10k-1M embeddings, {time.strftime('%Y-%m-%d %H:%M')}")
     say(f"machine: {machine()}")
     say(f"load average at start: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min): the machine is shared, and "
         f"other jobs' CPU use slows both sides of each comparison")
@@ -365,7 +363,7 @@ def main(sizes: tuple[int, ...] = SIZES) -> None:
             f = run_child("kcenter_fast", data, out("kc_fast"))
             (pi, pd), (fi, fd) = np.load(out("kc_plain")), np.load(out("kc_fast"))
             agree = int(np.argmin(pi == fi)) if (pi != fi).any() else len(pi)
-            row("kcenter_fast", n, "scale.kcenter_fast", f,
+            row("kcenter_fast", n, "kcenter.kcenter_fast", f,
                 f"speed-up {p['seconds'] / f['seconds']:.1f}x; {first_equal(pi, fi)}; max |dist diff| "
                 f"{np.nanmax(np.abs(pd[:agree] - fd[:agree])) if agree > 1 else 0:.1e}")
             if agree < len(pi):
@@ -373,7 +371,7 @@ def main(sizes: tuple[int, ...] = SIZES) -> None:
             g = run_child("kcenter_torch", data, out("kc_torch"))
             ti, td = np.load(out("kc_torch"))
             agree = int(np.argmin(pi == ti)) if (pi != ti).any() else len(pi)
-            row("kcenter_torch", n, "scale.kcenter_torch, device=cpu (CPU torch)", g,
+            row("kcenter_torch", n, "kcenter.kcenter_torch, device=cpu (CPU torch)", g,
                 f"speed-up {p['seconds'] / g['seconds']:.1f}x; {first_equal(pi, ti)}; max |dist diff| "
                 f"{np.nanmax(np.abs(pd[:agree] - td[:agree])) if agree > 1 else 0:.1e}")
             if n == SIZES[-1]:
@@ -383,7 +381,7 @@ def main(sizes: tuple[int, ...] = SIZES) -> None:
                     f"kcenter_fast's speed-up over it {p2['seconds'] / f['seconds']:.1f}x; "
                     f"picks as on 1 thread: {same2}")
                 h = run_child("kcenter_fast16", data, out("kc_fast16"))
-                row("kcenter_fast16", n, "scale.kcenter_fast on float16-rounded rows", h,
+                row("kcenter_fast16", n, "kcenter.kcenter_fast on float16-rounded rows", h,
                     f"vs float32 rows: {first_equal(fi, np.load(out('kc_fast16'))[0])} (why kcenter_torch is float32)")
 
             # k-means
@@ -394,7 +392,7 @@ def main(sizes: tuple[int, ...] = SIZES) -> None:
             for backend in ("numpy", "faiss"):
                 r = run_child(f"kmeans_{backend}", data, out("km"))
                 ratio = f"speed-up {rows['kmeans_dense', n]['seconds'] / r['seconds']:.1f}x; " if n <= 100_000 else ""
-                row(f"kmeans_{backend}", n, f"scale.kmeans_large backend={backend}", r,
+                row(f"kmeans_{backend}", n, f"kmeans.kmeans_large backend={backend}", r,
                     f"{ratio}inertia {r['inertia']:.4f}")
 
             # facility location: dense (10k), exact kNN graph (<= 100k), approximate graphs

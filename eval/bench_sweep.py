@@ -120,7 +120,7 @@ def main() -> None:
 
     import llm_al.train
     from llm_al import models
-    from llm_al.run import experiment
+    from llm_al.run import cell, experiment
     from llm_al.config import load_config
 
     timers = Timers()
@@ -129,7 +129,7 @@ def main() -> None:
         (experiment, "compute_features", "features (cold)"), (experiment, "reference_index", "overlap index"),
         (experiment, "evaluate", "evaluate"), (experiment, "summarize", "summary"),
         (experiment, "write_tables", "summary"), (experiment, "write_text", "config.yaml"),
-        (experiment, "check_out_dir", "config.yaml"), (experiment, "tokenize", "tokenize"),
+        (experiment, "check_out_dir", "config.yaml"), (cell, "tokenize", "tokenize"),
         (llm_al.train, "attach_lora", "adapter attach"), (experiment, "save_adapter", "adapter save"),
         (experiment, "detach_lora", "adapter detach"), (experiment, "_describe_subset", "describe subset"),
         (experiment, "write_json", "write result"),

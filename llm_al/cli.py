@@ -26,8 +26,12 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llm_al.errors import UserError
+
+if TYPE_CHECKING:
+    from llm_al.config import ExperimentConfig
 
 log = logging.getLogger("llm_al")
 
@@ -262,7 +266,7 @@ def cmd_ray(args: argparse.Namespace) -> None:
         print(f"  {w['worker']}{' (final summary)' if w.get('final') else ''}: {len(w['ran'])} runs, {w['seconds']:.0f} s")
 
 
-def _check_run_dir(cfg, recipe: str | None, dry_run: bool) -> None:
+def _check_run_dir(cfg: ExperimentConfig, recipe: str | None, dry_run: bool) -> None:
     """out_dir must be a folder that can be written and none of the run's input files."""
     from llm_al.io import check_output
 

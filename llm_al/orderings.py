@@ -66,7 +66,7 @@ def high_ifd_first(indices: np.ndarray, features: Features, rng: np.random.Gener
                     needs=("embeddings",), seeded=True)
 def cluster_round_robin(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
     """Interleave clusters: largest cluster first in each round, members in seeded random order."""
-    from llm_al.strategies.kernels.dense import kmeans
+    from llm_al.strategies.kernels.kmeans import kmeans
 
     indices = np.asarray(indices)
     k = max(1, int(round(np.sqrt(len(indices)))))
@@ -88,7 +88,7 @@ def cluster_round_robin(indices: np.ndarray, features: Features, rng: np.random.
                     "alike (the blocked opposite of cluster_round_robin)", needs=("embeddings",), seeded=True)
 def cluster_blocks(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
     """Blocked practice: clusters in a seeded random order, members in seeded random order."""
-    from llm_al.strategies.kernels.dense import kmeans
+    from llm_al.strategies.kernels.kmeans import kmeans
 
     indices = np.asarray(indices)
     k = max(1, int(round(np.sqrt(len(indices)))))

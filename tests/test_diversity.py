@@ -10,7 +10,7 @@ from conftest import synthetic_features
 
 import llm_al.strategies.diversity  # noqa: F401  (registers its strategies)
 from llm_al.strategies.diversity import allocate, rank01
-from llm_al.strategies.kernels.dense import dense_similarity
+from llm_al.strategies.kernels.facility import dense_similarity
 from llm_al.errors import BudgetError, ConfigError, FeatureUnavailableError
 from llm_al.types import Features
 from llm_al.strategies.base import STRATEGIES, run_strategy, top_k
@@ -348,7 +348,7 @@ def test_bad_params_are_config_errors_with_the_value(name, params, message):
 def test_unit_rows_are_the_plain_formula_bit_for_bit_and_leave_the_input_alone():
     """unit() normalises in place in its own copy, block by block (memory); the values must be the
     one-shot x / norm(x) exactly, across block edges, with zero rows kept zero."""
-    from llm_al.strategies.kernels.dense import unit
+    from llm_al.strategies.kernels.rows import unit
 
     for n in (1, 3, (1 << 16) + 5):
         x = np.random.default_rng(n).standard_normal((n, 7))

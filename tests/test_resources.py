@@ -229,7 +229,7 @@ def test_run_fails_fast_on_a_full_disk(tiny_model_dir, pool_file, tmp_path, cach
     test.write_text(json.dumps({"source": "Add", "target": "Ajouter"}) + "\n")
     monkeypatch.setattr(resources.shutil, "disk_usage", lambda p: Usage(10**9, 10**9 - 1000, 1000))
     trained = []
-    monkeypatch.setattr("llm_al.run.experiment.train_lora", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr("llm_al.run.cell.train_lora", lambda *a, **k: trained.append(1))
     out = tmp_path / "out"
     rc = main(["demo", f"data.pool={pool_file}", f"data.test={test}", f"model.name={tiny_model_dir}", "budget=4",
                "seeds=[0]", "strategies=[random, perplexity]", "progress=false", f"out_dir={out}"])

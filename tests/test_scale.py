@@ -1,7 +1,7 @@
-"""llm_al.strategies.kernels.scale and llm_al.strategies.kernels.knn against the small-pool code they stand in for: kcenter_fast and
+"""llm_al.strategies.kernels (kcenter, kmeans, knn, facility) against the small-pool code they stand in for: kcenter_fast and
 kcenter_torch pick what the plain greedy loop picks, knn_graph is brute force, knn_ivf and
 knn_faiss find most of it (all of it when every list is searched), facility_location_sparse on
-the full graph is the dense lazy greedy, kmeans_large finds the clusters diversity.kmeans finds.
+the full graph is the dense lazy greedy, kmeans_large finds the clusters kmeans finds.
 A few seconds."""
 
 from __future__ import annotations
@@ -9,12 +9,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm_al.strategies.kernels.dense import dense_similarity, facility_location_greedy, kmeans, unit
+from llm_al.strategies.kernels.facility import dense_similarity, facility_location_greedy
+
+from llm_al.strategies.kernels.kmeans import kmeans
+
+from llm_al.strategies.kernels.rows import unit
 from llm_al.errors import BudgetError, ConfigError
 from llm_al.types import Features
-from llm_al.strategies.kernels.knn import facility_location_sparse, knn_faiss, knn_graph, knn_ivf, knn_recall, knn_rows
-from llm_al.strategies.kernels.scale import have_faiss, kcenter_fast, kcenter_torch, kmeans_large
-from llm_al.strategies.base import kcenter_greedy, run_strategy
+from llm_al.strategies.kernels.knn import knn_faiss, knn_graph, knn_ivf, knn_recall, knn_rows
+from llm_al.strategies.kernels.facility import facility_location_sparse
+from llm_al.strategies.kernels.kmeans import have_faiss, kmeans_large
+from llm_al.strategies.kernels.kcenter import kcenter_fast, kcenter_torch
+from llm_al.strategies.base import run_strategy
+from llm_al.strategies.kernels.kcenter import kcenter_greedy
 
 SMALL = {"hot": 40, "candidates": 8, "block": 64, "chunk": 3}   # every path: epochs, refreshes, compaction
 

@@ -9,7 +9,8 @@ import pytest
 from conftest import synthetic_features
 from llm_al.errors import BudgetError, ConfigError, FeatureUnavailableError, UnknownNameError
 from llm_al.types import Features
-from llm_al.strategies.base import STRATEGIES, kcenter_greedy, run_strategy, top_k
+from llm_al.strategies.base import STRATEGIES, run_strategy, top_k
+from llm_al.strategies.kernels.kcenter import kcenter_greedy
 
 NAMES = STRATEGIES.names()
 

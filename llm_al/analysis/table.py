@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llm_al.config import ExperimentConfig
 from llm_al.io import write_text
 from llm_al.metrics import METRICS
 from llm_al.seeds import rng
@@ -49,7 +50,7 @@ def strategy_cost(spec: str, feature_cost: dict) -> dict:
             "feature_seconds": seconds}
 
 
-def summarize(results: list[dict], floor: dict, cfg, feature_cost: dict | None = None) -> dict:
+def summarize(results: list[dict], floor: dict, cfg: ExperimentConfig, feature_cost: dict | None = None) -> dict:
     """One row per (strategy, ordering): mean and 95% bootstrap CI over runs of every metric; for
     the primary metric, the difference from random under the same ordering paired by seeds, with
     its CI and wins out of n; with several orderings, each against shuffled order (percentile among

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import sparse
 
 from llm_al.errors import FeatureUnavailableError
-from llm_al.config import ProbeConfig
+from llm_al.config import EvalConfig, ModelConfig, OverlapConfig, ProbeConfig, TrainConfig
 from llm_al.registries import PROBES, hint, matrix_names, needs_model, provided_names, provider  # noqa: F401
 
 
@@ -36,11 +36,11 @@ class ProbeContext:
     examples: Sequence[Any]                 # the pool examples to score, in order
     model: Any = None
     tokenizer: Any = None
-    model_cfg: Any = None                   # config.ModelConfig
+    model_cfg: ModelConfig | None = None
     probe_cfg: ProbeConfig = field(default_factory=ProbeConfig)
-    train_cfg: Any = None                   # train.TrainConfig (adapters a probe trains or attaches)
-    eval_cfg: Any = None                    # evaluate.EvalConfig (generation length, metric)
-    overlap_cfg: Any = None                 # config.OverlapConfig (reference corpus, n, passage sample)
+    train_cfg: TrainConfig | None = None    # adapters a probe trains or attaches
+    eval_cfg: EvalConfig | None = None      # generation length, metric
+    overlap_cfg: OverlapConfig | None = None   # reference corpus, n, passage sample
     labelled: Sequence[Any] | None = None   # examples labelled so far (loop rounds), else None
     cache_dir: Path | None = None           # per-example caches; None in loop rounds (the adapter changes)
     model_key: str = ""                     # fingerprint of the model, part of every cache key

@@ -54,6 +54,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from llm_al.config import ExperimentConfig, ModelConfig
 from llm_al import models
 from llm_al.errors import ConfigError, FeatureUnavailableError, UserError
 from llm_al.features import probes
@@ -113,7 +114,7 @@ class Scorer:
     the same functions as the single-process path (features.compute_loss_features and
     compute_embeddings, with a throwaway cache: the driver keeps the real one)."""
 
-    def __init__(self, model_cfg, env: dict | None = None):
+    def __init__(self, model_cfg: ModelConfig, env: dict | None = None):
         os.environ.update(env or {})
         self.model_cfg = model_cfg
         self.lms: dict[str, Any] = {}
@@ -160,7 +161,7 @@ class Scorer:
         return f"{socket.gethostname()}:{os.getpid()}", self.shards
 
 
-def start_scorers(num_workers: int, model_cfg, *, num_gpus: float | None = None, cpus_per_worker: float = 1,
+def start_scorers(num_workers: int, model_cfg: ModelConfig, *, num_gpus: float | None = None, cpus_per_worker: float = 1,
                   address: str | None = None) -> list:
     """`num_workers` Scorer actors (models load lazily, on each actor's first shard)."""
     _check_workers(num_workers)
@@ -189,7 +190,7 @@ def _scatter(ray, actors: list, method: str, rows: Sequence, lengths: Sequence[i
 
 
 # ---------------------------------------------------------------------------- scoring a pool
-def score_pool_ray(pool, needs: set[str], model_cfg, num_workers: int, *, actors: list | None = None,
+def score_pool_ray(pool, needs: set[str], model_cfg: ModelConfig, num_workers: int, *, actors: list | None = None,
                    num_gpus: float | None = None, cpus_per_worker: float = 1, address: str | None = None,
                    embed_batch_size: int = 64) -> Features:
     """`pipeline.compute_features(pool, needs, model_cfg)` with the model work on Ray actors.
@@ -258,7 +259,7 @@ def score_pool_ray(pool, needs: set[str], model_cfg, num_workers: int, *, actors
 
 
 # ---------------------------------------------------------------------------- sweeps
-def _sweep_task(cfg, env: dict, keep_summary: bool = False) -> dict:
+def _sweep_task(cfg: ExperimentConfig, env: dict, keep_summary: bool = False) -> dict:
     """One sweep worker: run_experiment on the shared out_dir; which cells this worker trained
     (and the summary it wrote, when `keep_summary`)."""
     os.environ.update(env)
@@ -285,7 +286,7 @@ def _sweep_task(cfg, env: dict, keep_summary: bool = False) -> dict:
     return {**report, "summary": summary} if keep_summary else report
 
 
-def run_sweep_ray(cfg, num_workers: int, *, num_gpus: float | None = None, cpus_per_worker: float = 1,
+def run_sweep_ray(cfg: ExperimentConfig, num_workers: int, *, num_gpus: float | None = None, cpus_per_worker: float = 1,
                   prescore: bool = True, address: str | None = None) -> dict:
     """Run the experiment `cfg` with its cells spread over `num_workers` Ray tasks; returns the
     summary (as run_experiment does) with `workers`: what each worker ran and how long it took."""

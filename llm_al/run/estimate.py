@@ -32,7 +32,7 @@ import numpy as np
 from llm_al import models
 
 from llm_al.features import probes
-from llm_al.config import ExperimentConfig, parse_strategy
+from llm_al.config import ExperimentConfig, ModelConfig, parse_strategy
 from llm_al.errors import FeatureUnavailableError, UserError
 from llm_al.features.engine import loss_cache_plan
 from llm_al.run.grid import cells
@@ -172,7 +172,7 @@ class Estimate:
         return sum(st.seconds for st in self.steps)
 
 
-def add_scoring(est: Estimate, examples: Sequence, needs: set[str], model_cfg, lm: Model | None = None) -> None:
+def add_scoring(est: Estimate, examples: Sequence, needs: set[str], model_cfg: ModelConfig, lm: Model | None = None) -> None:
     """The feature work `pipeline.compute_features` would do for `needs`, as steps of `est`:
     the loss passes (the cache consulted), the scorer's passes, the embeddings (the cache
     consulted) and the model-based probes (their caches not consulted: an upper bound)."""
@@ -315,7 +315,7 @@ def plan_experiment(cfg: ExperimentConfig) -> str:
     return "\n".join(lines)
 
 
-def plan_select(pool, spec: str, needs: set[str], model_cfg, budget: int, out: str, output_format: str) -> str:
+def plan_select(pool, spec: str, needs: set[str], model_cfg: ModelConfig, budget: int, out: str, output_format: str) -> str:
     """`llm-al select --dry-run`: what scoring the pool for `spec` would cost. The caller has
     checked the strategy, its parameters and the budget."""
     est = Estimate(models.pick_device(model_cfg.device))
@@ -332,7 +332,7 @@ def plan_select(pool, spec: str, needs: set[str], model_cfg, budget: int, out: s
     return "\n".join(lines)
 
 
-def plan_annotate_export(pool, candidates, spec: str, needs: set[str], model_cfg, budget: int, out: str,
+def plan_annotate_export(pool, candidates, spec: str, needs: set[str], model_cfg: ModelConfig, budget: int, out: str,
                          drafts: bool, max_new_tokens: int) -> str:
     """`llm-al annotate export --dry-run`: choosing `budget` of the unlabelled `candidates`, and
     drafting their responses with the model when `drafts`."""
@@ -432,7 +432,7 @@ def plan_overlap(pool, test, reference: str, n: int, field: str, split: str, sim
     return "\n".join(lines)
 
 
-def plan_synthesize(pool, spec: str, needs: set[str], model_cfg, n: int, seeds_per_prompt: int, max_rounds: int,
+def plan_synthesize(pool, spec: str, needs: set[str], model_cfg: ModelConfig, n: int, seeds_per_prompt: int, max_rounds: int,
                     max_new_tokens: int) -> str:
     """`llm-al annotate synthesize --dry-run`: ranking the pool prompts by `spec`, then rounds of
     few-shot generation (the first writes n prompts; later rounds only replace what de-duplication

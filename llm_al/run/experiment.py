@@ -30,10 +30,9 @@ from llm_al.config import ExperimentConfig, parse_strategy, to_dict
 from llm_al.errors import BudgetError, UserError
 from llm_al.evaluate import evaluate
 from llm_al.types import MIN_K_FRACTIONS, SCALAR_FEATURES
-from llm_al.features.formatting import tokenize
 from llm_al.io import claim, confined, write_json, write_text
+from llm_al.run.cell import order_for_training, train_in_order
 from llm_al.run.loop import run_loop
-from llm_al.orderings import run_ordering
 from llm_al.run.pipeline import compute_features, load_data, needed_features
 from llm_al.features.reference_index import reference_index, selection_overlap
 from llm_al.analysis.table import summarize, write_tables
@@ -41,7 +40,7 @@ from llm_al.run.resources import check_run_resources
 from llm_al.run.grid import Cell, cells
 from llm_al.seeds import rng, stream_seed
 from llm_al.strategies.base import run_strategy
-from llm_al.train import detach_lora, save_adapter, train_lora
+from llm_al.train import detach_lora, save_adapter
 
 log = logging.getLogger("llm_al")
 PACKAGES = ("llm-al", "torch", "transformers", "peft", "sentence-transformers", "numpy", "sacrebleu",
@@ -118,7 +117,6 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     features = compute_features(data.pool, needs, cfg.model, (model, tokenizer), cfg.progress, cfg=cfg)
     index = (reference_index(cfg.overlap.reference, cfg.overlap.n, cfg.overlap.reference_field,
                              cfg.overlap.reference_split) if cfg.overlap.reference else None)
-    pad_id = tokenizer.pad_token_id
     cfg_dict = to_dict(cfg)
     common = {"config": cfg_dict, "versions": versions(), "pool_size": len(data.pool),
               "test_size": len(data.test), "notes": data.notes}
@@ -146,7 +144,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
                 busy.append(cell.run_id)
                 continue
             log.info("running %s", cell.run_id)
-            record, model = _one_run(cfg, cell, data, features, model, tokenizer, pad_id, path, out, common, index)
+            record, model = _one_run(cfg, cell, data, features, model, tokenizer, path, out, common, index)
         results.append(record)
     if busy:
         log.info("%d cells were running in other workers: %s", len(busy), ", ".join(busy[:5]))
@@ -159,7 +157,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     return summary
 
 
-def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, out, common, index):
+def _one_run(cfg: ExperimentConfig, cell: Cell, data, features, model, tokenizer, path, out, common, index):
     """Select, order, train, evaluate; write the result. Returns (record, the base model again)."""
     streams = {"subset": stream_seed(cell.subset_seed, "subset"), "order": stream_seed(cell.order_seed, "order"),
                "init": stream_seed(cell.init_seed, "init")}
@@ -184,10 +182,9 @@ def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, ou
             return record, model
         t0 = time.perf_counter()
         sel = run_strategy(cell.name, features, cell.budget, rng(cell.subset_seed, "subset"), **cell.params)
-        order = run_ordering(cell.ordering, sel.indices, features, rng(cell.order_seed, "order"))
+        order = order_for_training(cell, sel.indices, features)
         timings["select_seconds"] = time.perf_counter() - t0
-        items = tokenize(tokenizer, [data.pool.examples[i] for i in order], cfg.model.max_length)
-        peft_model, tr = train_lora(model, items, pad_id, cfg.train, streams["init"], progress_bar=cfg.progress)
+        peft_model, tr = train_in_order(model, tokenizer, data.pool.examples, order, cell, cfg, cfg.progress)
         timings["train_seconds"] = tr.seconds
         if cfg.save_adapters:
             save_adapter(peft_model, confined(out / "adapters", path.stem))
@@ -218,7 +215,7 @@ def _one_run(cfg, cell: Cell, data, features, model, tokenizer, pad_id, path, ou
     return record, model
 
 
-def _describe_subset(cfg, data, features, index, indices) -> dict:
+def _describe_subset(cfg: ExperimentConfig, data, features, index, indices) -> dict:
     """What every run records about its chosen subset: feature means and overlap figures."""
     return {"subset_features": _subset_means(features, indices),
             "overlap": selection_overlap(index, [data.pool.examples[i] for i in indices], data.test.examples,

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from llm_al.config import ExperimentConfig
 from llm_al.orderings import ORDERINGS
 
 _UNSAFE = re.compile(r"[/\\\x00-\x1f]|\.\.")
@@ -53,7 +54,7 @@ class Cell:
         return f"{slug}-{self.ordering}-s{self.subset_seed}o{self.order_seed}i{self.init_seed}{suffix}"
 
 
-def seed_triples(cfg, ordering: str) -> list[tuple[int, int, int]]:
+def seed_triples(cfg: ExperimentConfig, ordering: str) -> list[tuple[int, int, int]]:
     if cfg.design == "paired":
         return [(k, k, k) for k in cfg.seeds]
     orders = cfg.order_seeds if ORDERINGS.get(ordering).meta.get("seeded") else cfg.order_seeds[:1]
@@ -62,7 +63,7 @@ def seed_triples(cfg, ordering: str) -> list[tuple[int, int, int]]:
     return [(s, o, o) for s, o in itertools.product(cfg.subset_seeds, orders)]
 
 
-def cells(cfg, specs: list[tuple[str, str, dict]]) -> list[Cell]:
+def cells(cfg: ExperimentConfig, specs: list[tuple[str, str, dict]]) -> list[Cell]:
     """Every run of the experiment, budgets outermost, then strategies (so a partial run has whole
     strategies at the first budgets). Runs at `cfg.budget` keep ids without a budget suffix, so a
     sweep over `budgets` reuses the runs of an earlier single-budget experiment."""

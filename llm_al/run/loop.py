@@ -18,20 +18,22 @@ import time
 
 import numpy as np
 
+from llm_al.config import ExperimentConfig
 from llm_al.features import probes
 from llm_al.evaluate import evaluate
 from llm_al.features.engine import build_features, direct_items, response_token_stats
 from llm_al.types import MODEL_FEATURES, Features
 from llm_al.features.formatting import tokenize
-from llm_al.orderings import run_ordering
+from llm_al.run.cell import order_for_training, train_in_order
+from llm_al.run.grid import Cell
 from llm_al.run.pipeline import probe_context, strategy_needs
-from llm_al.seeds import rng, stream_seed
+from llm_al.seeds import rng
 from llm_al.strategies.base import run_strategy
-from llm_al.train import detach_lora, train_lora
+from llm_al.train import detach_lora
 
 
 
-def rescore(model, tokenizer, base: Features, examples, indices: np.ndarray, needs: set[str], cfg,
+def rescore(model, tokenizer, base: Features, examples, indices: np.ndarray, needs: set[str], cfg: ExperimentConfig | None,
             labelled: list[int]) -> Features:
     """Features of pool[indices] under `model` (an adapter), keeping the base embeddings and
     scorer IFD: the one-pass statistics when `needs` asks for them, and every probe score it asks
@@ -57,7 +59,7 @@ def rescore(model, tokenizer, base: Features, examples, indices: np.ndarray, nee
     return sub
 
 
-def run_loop(cfg, cell, data, features: Features, model, tokenizer, progress: bool):
+def run_loop(cfg: ExperimentConfig, cell: Cell, data, features: Features, model, tokenizer, progress: bool):
     """All rounds of one cell. Returns (rounds list, final selection indices, final eval, model)."""
     round_size = cfg.loop.round_size(cell.budget)
     needs = strategy_needs(cell.name, cell.params)
@@ -68,10 +70,8 @@ def run_loop(cfg, cell, data, features: Features, model, tokenizer, progress: bo
     rounds, ev = [], None
     for r in range(cfg.loop.rounds + 1):
         t0 = time.perf_counter()
-        order = run_ordering(cell.ordering, np.array(labelled), features, rng(cell.order_seed, "order"))
-        items = tokenize(tokenizer, [data.pool.examples[i] for i in order], cfg.model.max_length)
-        peft_model, tr = train_lora(model, items, tokenizer.pad_token_id, cfg.train,
-                                    stream_seed(cell.init_seed, "init"), progress_bar=progress)
+        order = order_for_training(cell, labelled, features)
+        peft_model, tr = train_in_order(model, tokenizer, data.pool.examples, order, cell, cfg, progress)
         try:
             ev = evaluate(peft_model, tokenizer, data.test.examples, cfg.eval, progress)
             entry = {"round": r, "labelled": len(labelled), "metrics": ev["metrics"],

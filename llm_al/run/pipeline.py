@@ -10,6 +10,7 @@ from typing import Iterable
 
 import numpy as np
 
+from llm_al.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, OverlapConfig, TrainConfig
 from llm_al import models
 
 from llm_al.features import probes
@@ -33,7 +34,7 @@ class Data:
     notes: list[str]
 
 
-def load_data(cfg, seed: int = 0, need_test: bool = True) -> Data:
+def load_data(cfg: DataConfig, seed: int = 0, need_test: bool = True) -> Data:
     """Pool and test set per a DataConfig: the embedded demo, or files with an optional seeded split.
     Test examples that also sit in the pool are removed from the pool (no train/test leak)."""
     notes: list[str] = []
@@ -94,8 +95,8 @@ def needed_features(strategies: Iterable[tuple[str, dict]], ordering_names: Iter
     return needs
 
 
-def compute_features(pool: Pool, needs: set[str], model_cfg, model_and_tokenizer=None,
-                     progress: bool = True, cfg=None) -> Features:
+def compute_features(pool: Pool, needs: set[str], model_cfg: ModelConfig, model_and_tokenizer=None,
+                     progress: bool = True, cfg: ExperimentConfig | None=None) -> Features:
     """Only what `needs` asks for. `model_and_tokenizer` reuses a loaded model; else one is loaded.
     `cfg` (an ExperimentConfig) supplies the probe, train and eval settings probes use; defaults
     when None."""
@@ -154,13 +155,9 @@ def compute_features(pool: Pool, needs: set[str], model_cfg, model_and_tokenizer
     return features
 
 
-def probe_context(examples, model, tokenizer, model_cfg, cfg, progress: bool, *, labelled=None,
+def probe_context(examples, model, tokenizer, model_cfg: ModelConfig | None, cfg: ExperimentConfig | None, progress: bool, *, labelled=None,
                   cache_dir=None, model_key: str = "") -> probes.ProbeContext:
     """The ProbeContext for `examples`, with the probe/train/eval settings of `cfg` (or defaults)."""
-    from llm_al.config import OverlapConfig
-    from llm_al.config import EvalConfig
-    from llm_al.config import TrainConfig
-
     return probes.ProbeContext(
         examples=examples, model=model, tokenizer=tokenizer, model_cfg=model_cfg,
         probe_cfg=cfg.probe if cfg is not None else probes.ProbeConfig(),

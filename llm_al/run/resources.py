@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from llm_al.config import ExperimentConfig
 from llm_al.errors import UserError
 
 RESULT_BASE_BYTES = 16_000          # config, versions, timings of one result JSON
@@ -78,7 +79,7 @@ def check_disk_space(needs: dict[str, tuple[Path, int]]) -> None:
                             "LLM_AL_CACHE at a larger disk (save_adapters=false saves the most)")
 
 
-def check_run_resources(cfg, model, needs: set[str], *, runs: int, pool_size: int, test_size: int,
+def check_run_resources(cfg: ExperimentConfig, model, needs: set[str], *, runs: int, pool_size: int, test_size: int,
                         cache_dir: Path) -> dict[str, int]:
     """Before an experiment's long steps: the cache folder is writable and both folders have room.
     Returns the estimate (bytes)."""

@@ -17,9 +17,9 @@ import numpy as np
 
 from llm_al.errors import BudgetError, ConfigError
 from llm_al.registries import STRATEGIES
+from llm_al.strategies.kernels.kcenter import kcenter_select
 from llm_al.registry import matches
 from llm_al.types import Features, Selection
-
 
 
 def check_budget(budget: int, pool_size: int) -> None:
@@ -98,26 +98,6 @@ def perplexity_band(features: Features, budget: int, rng: np.random.Generator,
 
 
 # ---------------------------------------------------------------------------- k-center
-def kcenter_greedy(x: np.ndarray, budget: int, first: int) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy 2-approximate k-center (Gonzalez 1985): repeatedly take the point farthest from the
-    chosen set. Returns (indices in pick order, distance to the chosen set at the time of each
-    pick; NaN for the first). Euclidean distance; x is (N, D)."""
-    n = len(x)
-    x = x.astype(np.float32, copy=False)
-    sq = np.einsum("nd,nd->n", x, x)                         # (N,)
-    min_d = np.full(n, np.inf, dtype=np.float32)
-    chosen = np.empty(budget, dtype=np.int64)
-    dist_at_pick = np.full(budget, np.nan, dtype=np.float64)
-    c = first
-    for k in range(budget):
-        chosen[k] = c
-        d = np.maximum(sq + sq[c] - 2.0 * (x @ x[c]), 0.0)   # (N,) squared distance to the new centre
-        np.minimum(min_d, d, out=min_d)
-        min_d[chosen[: k + 1]] = -np.inf                     # never pick a centre twice (duplicates)
-        if k + 1 < budget:
-            c = int(np.argmax(min_d))
-            dist_at_pick[k + 1] = float(np.sqrt(max(min_d[c], 0.0)))
-    return chosen, dist_at_pick
 
 
 @STRATEGIES.register("kcenter", "greedy k-center (core-set) over sentence embeddings: covers the pool evenly",
@@ -126,9 +106,9 @@ def kcenter(features: Features, budget: int, rng: np.random.Generator,
             device: Annotated[str, matches(r"auto|cpu|cuda(:\d+)?", "must be auto, cpu, cuda or cuda:N")] = "auto",
             ) -> Selection:
     """Core-set selection (Sener & Savarese, ICLR 2018) with a seeded random first centre.
-    device="cpu": numpy, the plain greedy loop up to 20,000 examples and scale.kcenter_fast above
+    device="cpu": numpy, the plain greedy loop up to 20,000 examples and kernels.kcenter.kcenter_fast above
     (the same picks, fewer passes over a large pool; tests/test_scale.py); "cuda" (or "cuda:N"):
-    scale.kcenter_torch on that GPU (the same loop in float32 torch: kcenter_greedy's picks on
+    kernels.kcenter.kcenter_torch on that GPU (the same loop in float32 torch: kcenter_greedy's picks on
     data without float32 near-ties; on an H200 the same 500 picks at 1M x 384 in 0.68 s,
     eval/results/gpu/bench_gpu-cuda.txt); "auto": cuda
     when torch sees a GPU and the pool is above 20,000, else cpu."""
@@ -136,28 +116,7 @@ def kcenter(features: Features, budget: int, rng: np.random.Generator,
         raise ConfigError(f"strategy 'kcenter': device={device!r} is invalid; must be one of auto, cpu, cuda "
                           f"(or cuda:N)")
 
-    def cuda_available() -> bool:
-        import torch
-
-        return bool(torch.cuda.is_available())
-
     x = features.require("embeddings")
-    first = int(rng.integers(len(x)))
-    big = len(x) > 20_000            # above this: kcenter_fast on cpu, kcenter_torch under auto with a GPU
-    if device == "auto":
-        device = "cuda" if big and cuda_available() else "cpu"
-    if device != "cpu":
-        if not cuda_available():
-            raise ConfigError(f"strategy 'kcenter': device={device!r} but torch sees no CUDA GPU "
-                              f"(torch.cuda.is_available() is False); use device=auto or cpu")
-        from llm_al.strategies.kernels.scale import kcenter_torch
-
-        idx, dist = kcenter_torch(x, budget, first, device=device)
-    elif big:
-        from llm_al.strategies.kernels.scale import kcenter_fast
-
-        idx, dist = kcenter_fast(np.asarray(x, dtype=np.float32), budget, first=first)
-    else:
-        idx, dist = kcenter_greedy(x, budget, first=first)
+    idx, dist = kcenter_select(x, budget, int(rng.integers(len(x))), device)
     return Selection(idx, dist, "distance to already-chosen examples")
 

@@ -2,7 +2,7 @@
 
 Each strategy is a pure function `fn(features, budget, rng, **params) -> Selection` registered where
 it is defined, like `kcenter` in strategies/base.py; the reusable pieces (k-means, lazy-greedy facility
-location) are plain functions in strategies/kernels/dense.py. Cosine similarities are taken on
+location) are plain functions in strategies/kernels/ (kmeans.py, facility.py). Cosine similarities are taken on
 re-normalised embeddings, so a caller's non-unit vectors cannot silently change their meaning.
 
 `pool_scores`, where set, measures the same thing as `scores` (so `score_name` names both); for
@@ -21,8 +21,11 @@ import numpy as np
 
 from llm_al.errors import ConfigError
 from llm_al.registry import Constraint, above, at_least, between, one_of
-from llm_al.strategies.base import STRATEGIES, kcenter_greedy, top_k
-from llm_al.strategies.kernels.dense import dense_similarity, facility_location_greedy, kmeans, sq_dists, unit
+from llm_al.strategies.base import STRATEGIES, top_k
+from llm_al.strategies.kernels.kcenter import kcenter_greedy
+from llm_al.strategies.kernels.facility import dense_similarity, facility_location_greedy
+from llm_al.strategies.kernels.kmeans import kmeans
+from llm_al.strategies.kernels.rows import sq_dists, unit
 from llm_al.types import SCALAR_FEATURES, Features, Selection
 
 SCORE_FIELDS = SCALAR_FEATURES   # per-example Features fields a hybrid can use
@@ -86,7 +89,7 @@ def rank01(v: np.ndarray) -> np.ndarray:
     return ranks / max(len(v) - 1, 1)
 
 
-# ---------------------------------------------------------------------------- k-means (kernels.dense)
+# ---------------------------------------------------------------------------- k-means (kernels/kmeans.py)
 @STRATEGIES.register("kmeans", "k-means with k = budget over embeddings; the example nearest each centroid",
                      needs=("embeddings",))
 def kmeans_representatives(features: Features, budget: int, rng: np.random.Generator,
@@ -124,7 +127,7 @@ def kmeans_representatives(features: Features, budget: int, rng: np.random.Gener
                      "distance to its k-means centroid (lower = more representative)", pool_dist)
 
 
-# ---------------------------------------------------------------------------- facility location (kernels.dense)
+# ---------------------------------------------------------------------------- facility location (kernels/facility.py)
 KNN_EXACT_MAX = 50_000   # facility_location approx="auto": the exact kNN graph up to this many examples
 
 
@@ -158,7 +161,8 @@ def facility_location(features: Features, budget: int, rng: np.random.Generator,
     if n <= max_dense:
         idx, gains = facility_location_greedy(dense_similarity(x, max_dense, name), budget)
         return Selection(idx, gains, "facility-location marginal gain (coverage added, in (1+cos)/2 units)")
-    from llm_al.strategies.kernels.knn import facility_location_sparse, knn_graph, knn_ivf
+    from llm_al.strategies.kernels.knn import knn_graph, knn_ivf
+    from llm_al.strategies.kernels.facility import facility_location_sparse
 
     k = min(knn, n - 1)
     approximate = bool(approx) if not isinstance(approx, str) else n > KNN_EXACT_MAX

@@ -8,7 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from llm_al.strategies.kernels.dense import kmeans, unit
+from llm_al.strategies.kernels.kmeans import kmeans
+
+from llm_al.strategies.kernels.rows import unit
 from llm_al.types import Features
 
 

@@ -37,6 +37,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from llm_al.config import ModelConfig, OverlapConfig
 from llm_al import models  # `diversity` as a module: it may still be importing (strategies.py)
 
 from llm_al.strategies import diversity
@@ -56,16 +57,14 @@ T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------- settings
-def overlap_settings(ctx: ProbeContext):
+def overlap_settings(ctx: ProbeContext) -> OverlapConfig:
     """The context's OverlapConfig; the defaults (reference "pydoc") when the caller gave none."""
     if ctx.overlap_cfg is not None:
         return ctx.overlap_cfg
-    from llm_al.config import OverlapConfig
-
     return OverlapConfig()
 
 
-def require_reference(cfg, score: str) -> str:
+def require_reference(cfg: OverlapConfig, score: str) -> str:
     if not cfg.reference:
         raise FeatureUnavailableError(
             f"{score} measures overlap with a reference corpus, but none is configured: set overlap.reference "
@@ -145,7 +144,7 @@ class LazyEmbedder:
         return self.model.encode(texts, **kwargs)
 
 
-def sample_path(cfg, embedder_key: str) -> Path:
+def sample_path(cfg: OverlapConfig, embedder_key: str) -> Path:
     """Where reference_sample caches its passages: by the corpus fingerprint, the embedder key and
     the sample settings."""
     spec = require_reference(cfg, "ref_similarity")
@@ -155,7 +154,7 @@ def sample_path(cfg, embedder_key: str) -> Path:
     return models.cache_root() / "overlap" / f"sample-{key}.npz"
 
 
-def reference_sample(cfg, embedder, embedder_key: str, progress: bool = False) -> tuple[list[str], np.ndarray, dict]:
+def reference_sample(cfg: OverlapConfig, embedder, embedder_key: str, progress: bool = False) -> tuple[list[str], np.ndarray, dict]:
     """(passages, (P, D) unit embeddings, cost) of the seeded passage sample of cfg.reference.
     Cached in <cache>/overlap/ by the corpus fingerprint, the embedder key and the sample settings."""
     spec = require_reference(cfg, "ref_similarity")
@@ -192,7 +191,7 @@ def knn_similarity(x: np.ndarray, ref: np.ndarray, k: int, rows: int = 1024) -> 
     return out
 
 
-def similarity_scores(texts: Sequence[str], cfg, embedder_name: str, device: str = "auto", progress: bool = False,
+def similarity_scores(texts: Sequence[str], cfg: OverlapConfig, embedder_name: str, device: str = "auto", progress: bool = False,
                       embedder=None) -> tuple[np.ndarray, dict]:
     """(N,) ref_similarity of `texts` and the cost. The example embeddings share the features cache
     with the `embeddings` feature (same embedder key and text key), so neither is computed twice."""
@@ -216,8 +215,6 @@ def reference_similarity(ctx: ProbeContext) -> tuple[dict[str, np.ndarray], dict
     cfg = overlap_settings(ctx)
     model_cfg = ctx.model_cfg
     if model_cfg is None:
-        from llm_al.config import ModelConfig
-
         model_cfg = ModelConfig()
     scores, cost = similarity_scores([ex.text for ex in ctx.examples], cfg, model_cfg.embedder, model_cfg.device,
                                      ctx.progress)

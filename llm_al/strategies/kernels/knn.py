@@ -21,16 +21,16 @@ at a time, so `x` may be any (N, D) array, an np.memmap included.
 
 from __future__ import annotations
 
-import heapq
 
 import numpy as np
 
-from llm_al.errors import BudgetError, ConfigError
-from llm_al.strategies.kernels.scale import have_faiss, kmeans_large, rows_as
+from llm_al.errors import ConfigError
+from llm_al.strategies.kernels.kmeans import have_faiss, kmeans_large
+from llm_al.strategies.kernels.rows import rows_as
 
 
 def unit_f32(x: np.ndarray) -> np.ndarray:
-    """(b, D) rows scaled to unit norm in float64 then cast, exactly as diversity.dense_similarity."""
+    """(b, D) rows scaled to unit norm in float64 then cast, exactly as facility.dense_similarity."""
     x = np.asarray(x, dtype=np.float64)
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
@@ -143,7 +143,7 @@ def knn_recall(approx: np.ndarray, exact: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------- approximate: IVF
 def ivf_centroids(x: np.ndarray, nlist: int, rng: np.random.Generator, backend: str = "numpy") -> np.ndarray:
-    """(nlist, D) float32 k-means centroids of the unit rows: scale.kmeans_large (greedy k-means++,
+    """(nlist, D) float32 k-means centroids of the unit rows: kmeans.kmeans_large (greedy k-means++,
     then 10 Lloyd steps) on a uniform sample of 64 rows a list (all rows when N is smaller)."""
     n = len(x)
     m = min(n, 64 * nlist)
@@ -334,44 +334,3 @@ def knn_approx(x: np.ndarray, k: int, rng: np.random.Generator, backend: str = "
 
 
 # ---------------------------------------------------------------------------- facility location
-def facility_location_sparse(knn: tuple[np.ndarray, np.ndarray], budget: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lazy-greedy facility location (Minoux 1978) on a kNN graph: maximise
-    f(S) = sum_i max_{j in S} sim(i, j), sim = (1 + cos) / 2 as in diversity.facility_location,
-    where sim(i, j) counts only when j is among i's neighbours or j = i (sim(i, i) = 1, unit rows);
-    the sparse facility location of Wei et al. ("Submodularity in data subset selection and
-    active learning", ICML 2015) and of submodlib. The gain of j is 1 - cover_j (clipped at 0)
-    plus, over the rows i listing j, max(0, sim(i, j) - cover_i). With k = N - 1 (the full graph)
-    this is diversity.facility_location_greedy on the dense matrix, ties to the lower index.
-    Returns (indices in pick order, gain at each pick). Memory: ~20 bytes an edge (N k edges)
-    plus a heap of N entries."""
-    nbr, cos = knn                                           # (N, k), (N, k)
-    n, k = nbr.shape
-    if not isinstance(budget, (int, np.integer)) or not 0 < budget <= n:
-        raise BudgetError(int(budget), n)
-    flat = nbr.ravel()
-    w_rows = (cos.ravel().astype(np.float32) + np.float32(1.0)) * np.float32(0.5)   # (N k,) as dense_similarity rounds
-    gains0 = 1.0 + np.bincount(flat, weights=w_rows, minlength=n)   # (N,) float64, summed in row order
-    order = np.argsort(flat, kind="stable")                  # (N k,) in-edges of each j, rows ascending
-    w = w_rows[order]                                        # (N k,) sim(i, j)
-    del w_rows
-    src = (order // k).astype(np.int32 if n < 2**31 else np.int64)   # (N k,) the row i that lists j
-    del order
-    ptr = np.r_[0, np.cumsum(np.bincount(flat, minlength=n))]   # (N + 1,)
-    cover = np.zeros(n, dtype=np.float64)                    # (N,) max similarity to the chosen set
-    heap = [(-float(g), j, 0) for j, g in enumerate(gains0)]
-    heapq.heapify(heap)
-    chosen = np.empty(budget, dtype=np.int64)
-    gains = np.empty(budget, dtype=np.float64)
-    for step in range(budget):
-        while True:
-            neg, j, fresh_at = heapq.heappop(heap)
-            if fresh_at == step:
-                break
-            i, wj = src[ptr[j] : ptr[j + 1]], w[ptr[j] : ptr[j + 1]]
-            g = max(0.0, 1.0 - cover[j]) + float(np.maximum(wj - cover[i], 0.0).sum())
-            heapq.heappush(heap, (-g, j, step))
-        chosen[step], gains[step] = j, -neg
-        i, wj = src[ptr[j] : ptr[j + 1]], w[ptr[j] : ptr[j + 1]]
-        cover[i] = np.maximum(cover[i], wj)
-        cover[j] = max(cover[j], 1.0)
-    return chosen, gains

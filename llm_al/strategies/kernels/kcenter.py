@@ -1,75 +1,52 @@
-"""Selection at 10^5-10^6 examples: k-center (numpy and torch) and k-means.
+"""Greedy k-center (Gonzalez 1985), one algorithm with three paths that make the same picks:
+`kcenter_greedy` (the plain numpy loop, small pools), `kcenter_fast` (lazy, blocked bounds over a
+few "hot" rows per pick: bounded memory at 10^5-10^6 rows) and `kcenter_torch` (the plain loop in
+torch, on a GPU when there is one). `kcenter_select` chooses among them the way the `kcenter`
+strategy does.
 
-    .venv/bin/python -m pytest -q tests/test_scale.py        # a few seconds
-    .venv/bin/python eval/bench_selection.py                 # 10k / 100k / 1M x 384 (see its docstring)
+    .venv/bin/python -m pytest -q tests/test_scale.py tests/test_strategies.py -k kcenter
+    .venv/bin/python eval/bench_selection.py                 # 10k / 100k / 1M x 384
 
-Stand-ins for the small-pool code in strategies.py and diversity.py with bounded extra memory
-(blocks of rows; never an N x N or a float64 (N, k) matrix): kcenter_fast makes the greedy loop's
-picks (see its docstring for what "the same" means in floating point) while reading a small part
-of x per pick; kcenter_torch runs the plain greedy loop with torch, on a GPU when there is one;
-kmeans_large fits on a sample and assigns in blocks. The kNN graphs and sparse facility location
-are in knn.py. `x` may be any (N, D) array, an np.memmap included; rows are read a block at a
-time and cast to float32, as kcenter_greedy casts. Imports only numpy and llm_al.errors (faiss,
-threadpoolctl and torch inside the functions that use them), so strategies.py can import it.
+`x` may be any (N, D) array, an np.memmap included; rows are read a block at a time and cast to
+float32, as kcenter_greedy casts. Imports only numpy and llm_al.errors (threadpoolctl and torch
+inside the functions that use them).
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 from typing import Callable
 
 import numpy as np
 
 from llm_al.errors import BudgetError, ConfigError
+from llm_al.strategies.kernels.rows import blas_threads_limit, rows_as, sq_norms, top_t
+
+BIG_POOL = 20_000
+"""Above this many rows the `kcenter` strategy takes kcenter_fast on cpu, kcenter_torch under auto with a GPU."""
 
 
-# ---------------------------------------------------------------------------- row access
-def rows_as(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), D) float32 copy of x[rows]; a slice when rows are consecutive (memmap-friendly)."""
-    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows) and (np.diff(rows) == 1).all():
-        return np.asarray(x[int(rows[0]) : int(rows[-1]) + 1], dtype=np.float32)
-    return np.asarray(x[rows], dtype=np.float32)
+def kcenter_greedy(x: np.ndarray, budget: int, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy 2-approximate k-center (Gonzalez 1985): repeatedly take the point farthest from the
+    chosen set. Returns (indices in pick order, distance to the chosen set at the time of each
+    pick; NaN for the first). Euclidean distance; x is (N, D)."""
+    n = len(x)
+    x = x.astype(np.float32, copy=False)
+    sq = np.einsum("nd,nd->n", x, x)                         # (N,)
+    min_d = np.full(n, np.inf, dtype=np.float32)
+    chosen = np.empty(budget, dtype=np.int64)
+    dist_at_pick = np.full(budget, np.nan, dtype=np.float64)
+    c = first
+    for k in range(budget):
+        chosen[k] = c
+        d = np.maximum(sq + sq[c] - 2.0 * (x @ x[c]), 0.0)   # (N,) squared distance to the new centre
+        np.minimum(min_d, d, out=min_d)
+        min_d[chosen[: k + 1]] = -np.inf                     # never pick a centre twice (duplicates)
+        if k + 1 < budget:
+            c = int(np.argmax(min_d))
+            dist_at_pick[k + 1] = float(np.sqrt(max(min_d[c], 0.0)))
+    return chosen, dist_at_pick
 
 
-def sq_norms(x: np.ndarray, block: int) -> np.ndarray:
-    """(N,) float64 squared norms of the float32 rows."""
-    sq = np.empty(len(x))
-    for s in range(0, len(x), block):
-        xb = np.asarray(x[s : s + block], dtype=np.float32).astype(np.float64)   # (b, D)
-        sq[s : s + block] = np.einsum("nd,nd->n", xb, xb)
-    return sq
-
-
-def blas_threads_limit(threads: int | None) -> contextlib.AbstractContextManager:
-    """Limit BLAS to `threads` threads inside a `with` block (threadpoolctl, which scikit-learn
-    brings; a no-op when it is missing or threads is None)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threads = None
-    return contextlib.nullcontext() if threads is None else threadpool_limits(threads, user_api="blas")
-
-
-def top_t(v: np.ndarray, t: int) -> tuple[np.ndarray, float, int]:
-    """Positions of the t largest values of v (ties: lower position first), ascending; and the
-    bound on the rest: (their max, the lowest position holding it) or (-inf, len(v))."""
-    n = len(v)
-    if t >= n:
-        return np.arange(n), -np.inf, n
-    part = np.argpartition(v, (n - t - 1, n - t))
-    edge = v[part[n - t]]                                    # smallest value kept
-    above = part[n - t :][v[part[n - t :]] > edge]
-    tied = np.flatnonzero(v == edge)
-    need = t - len(above)
-    pos = np.sort(np.concatenate([above, tied[:need]]))
-    if need < len(tied):
-        return pos, float(edge), int(tied[need])
-    tau = v[part[n - t - 1]]
-    return pos, float(tau), int(np.flatnonzero(v == tau)[0])
-
-
-# ---------------------------------------------------------------------------- k-center
 def exact_sq_dist(xb: np.ndarray, rows: np.ndarray, sq64: np.ndarray, cen64: np.ndarray, csq64: np.ndarray,
                   picks: np.ndarray) -> np.ndarray:
     """(p,) float32 squared distance from row rows[p] of xb (b, D) to centre picks[p]:
@@ -310,94 +287,25 @@ def kcenter_torch(x: np.ndarray, budget: int, first: int, device: str = "cpu",
     return chosen.cpu().numpy(), dist
 
 
-# ---------------------------------------------------------------------------- k-means
-def have_faiss() -> bool:
-    return importlib.util.find_spec("faiss") is not None
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
-def assign(x: np.ndarray, c: np.ndarray, block: int) -> np.ndarray:
-    """(N,) nearest centroid of every row, a block of rows at a time (one (block, k) matrix)."""
-    sqc = np.einsum("kd,kd->k", c, c)                        # (k,)
-    labels = np.empty(len(x), dtype=np.int64)
-    for s in range(0, len(x), block):
-        d = np.asarray(x[s : s + block], dtype=np.float32) @ c.T   # (b, k)
-        d *= -2.0
-        d += sqc                                             # |x - c|^2 - |x|^2
-        labels[s : s + block] = d.argmin(axis=1)
-    return labels
-
-
-def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """(k,) distinct row indices by greedy k-means++: diversity.kmeans_pp_init's algorithm (Arthur
-    & Vassilvitskii 2007, 2 + log k D^2-sampled candidates a step, keep the one that lowers the
-    total most), in float32 with the row norms computed once."""
-    n = len(x)
-    trials = 2 + int(np.log(k))
-    sq = np.einsum("nd,nd->n", x, x)                         # (N,)
-    chosen = [int(rng.integers(n))]
-    d = np.maximum(sq + sq[chosen[0]] - 2.0 * (x @ x[chosen[0]]), 0.0)   # (N,) to the nearest seed
-    for _ in range(1, k):
-        d[chosen] = 0.0
-        total = d.sum(dtype=np.float64)
-        if total <= 0:                                       # every row coincides with a seed
-            chosen.append(int(rng.choice(np.setdiff1d(np.arange(n), chosen))))
-            continue
-        cand = rng.choice(n, size=trials, p=d / total)       # (T,)
-        new_d = np.minimum(d[None], np.maximum(sq[cand, None] + sq[None] - 2.0 * (x[cand] @ x.T), 0.0))   # (T, N)
-        best = int(np.argmin(new_d.sum(axis=1, dtype=np.float64)))
-        chosen.append(int(cand[best]))
-        d = new_d[best]
-    return np.array(chosen, dtype=np.int64)
-
-
-def kmeans_large(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 20, sample: int | None = None,
-                 block: int = 16384, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means for large N. Returns (centroids (k, D) float32, labels (N,) int64), labels
-    being every row's nearest centroid, like diversity.kmeans.
-
-    Both backends fit the same way: greedy k-means++ (`kmeans_pp`) on a uniform sample of 20 k
-    rows, then up to `max_iter` Lloyd steps on a uniform sample of `sample` rows (default 256 per
-    centroid, faiss's own default training size; all rows when N is smaller), then one blocked
-    pass assigns every row. backend="faiss" runs the Lloyd steps with faiss.Kmeans (Johnson et
-    al., "Billion-scale similarity search with GPUs", 2019; it re-seeds an empty cluster by
-    splitting a large one); "numpy" runs them in blocks of rows, summing in float64 (an emptied
-    cluster keeps its centroid, as in diversity.kmeans); "auto" takes faiss when installed.
-    Nothing larger than the sample and a (block, k) float32 matrix is materialised."""
-    n, dim = x.shape
-    if not 1 <= k <= n:
-        raise ConfigError(f"kmeans_large: k={k} must be in [1, N={n}]")
-    if backend not in ("auto", "faiss", "numpy"):
-        raise ConfigError(f"kmeans_large: backend={backend!r} must be one of auto, faiss, numpy")
-    if backend == "faiss" and not have_faiss():
-        raise ConfigError("kmeans_large: backend='faiss' but faiss is not installed (pip install faiss-cpu)")
-    m = min(n, sample or 256 * k)
-    rows = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-    xs = np.empty((m, dim), dtype=np.float32)                # (m, D) the training sample
-    for s in range(0, m, block):
-        xs[s : s + block] = rows_as(x, rows[s : s + block])
-    init = rng.choice(m, size=min(m, 20 * k), replace=False) if m > 20 * k else np.arange(m)
-    c = xs[init[kmeans_pp(xs[init], k, rng)]]               # (k, D)
-    if backend == "faiss" or (backend == "auto" and have_faiss()):
-        import faiss
-
-        km = faiss.Kmeans(dim, k, niter=max_iter, seed=int(rng.integers(2**31)), max_points_per_centroid=m // k + 1,
-                          min_points_per_centroid=1, verbose=False)
-        km.train(xs, init_centroids=c)
-        c = np.ascontiguousarray(km.centroids, dtype=np.float32)
-    else:
-        labels = None
-        for _ in range(max_iter):
-            new = assign(xs, c, block)
-            if labels is not None and np.array_equal(new, labels):
-                break
-            labels = new
-            sums = np.zeros((k, dim))                        # (k, D) float64, summed a block at a time
-            for s in range(0, m, block):
-                lab = labels[s : s + block]
-                order = np.argsort(lab, kind="stable")
-                starts = np.flatnonzero(np.r_[True, np.diff(lab[order]) != 0])
-                sums[lab[order][starts]] += np.add.reduceat(xs[s : s + block][order].astype(np.float64), starts)
-            counts = np.bincount(labels, minlength=k)        # (k,)
-            filled = np.flatnonzero(counts)
-            c[filled] = sums[filled] / counts[filled, None]
-    return c, assign(x, c, block)
+def kcenter_select(x: np.ndarray, budget: int, first: int, device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """k-center picks of x from row `first`, by the path that suits the pool: device="cpu": the
+    plain loop up to BIG_POOL rows, kcenter_fast above (the same picks); "cuda"/"cuda:N":
+    kcenter_torch there; "auto": cuda when torch sees a GPU and the pool is above BIG_POOL, else cpu.
+    Returns (indices in pick order, distance to the chosen set at each pick; NaN for the first)."""
+    big = len(x) > BIG_POOL
+    if device == "auto":
+        device = "cuda" if big and cuda_available() else "cpu"
+    if device != "cpu":
+        if not cuda_available():
+            raise ConfigError(f"strategy 'kcenter': device={device!r} but torch sees no CUDA GPU "
+                              f"(torch.cuda.is_available() is False); use device=auto or cpu")
+        return kcenter_torch(x, budget, first, device=device)
+    if big:
+        return kcenter_fast(np.asarray(x, dtype=np.float32), budget, first=first)
+    return kcenter_greedy(x, budget, first=first)
