@@ -51,7 +51,7 @@ def _count(minimum: int):
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
 
     parse.__name__ = f"integer >= {minimum}"
@@ -572,7 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     dry_run = "--dry-run" in argv[1:] and argv[:1] in (["demo"], ["run"])
     if argv[:1] == ["run"]:     # so may --ray, --workers N and --ray-address A
         argv = _options_last(argv, {"--ray": 0, "--workers": 1, "--ray-address": 1})
-    args = _parser().parse_args([a for a in argv if not (dry_run and a == "--dry-run")] + (["--dry-run"] if dry_run else []))
+    try:
+        args = _parser().parse_args([a for a in argv if not (dry_run and a == "--dry-run")] +
+                                    (["--dry-run"] if dry_run else []))
+    except SystemExit as exit_:                 # a usage error (one line, status 2) or --help (status 0)
+        return int(exit_.code or 0)
     _setup_logging()
     try:
         if args.command == "list":

@@ -173,7 +173,7 @@ def value_problem(value: Any, hint: Any) -> str | None:
         problems = [value_problem(value, m) for m in members]
         if None in problems:
             return None
-        fitting = [p for m, p in zip(members, problems) if _fits(value, _base(m))]
+        fitting = [p for m, p in zip(members, problems) if _fits(value, base_type(m))]
         return fitting[0] if fitting else f"must be {_describe(hint)}"
     constraints: list[Constraint] = []
     while typing.get_origin(hint) is typing.Annotated:
@@ -193,7 +193,7 @@ def value_problem(value: Any, hint: Any) -> str | None:
     return None
 
 
-def _base(hint: Any) -> Any:
+def base_type(hint: Any) -> Any:
     """The type under any Annotated layers."""
     while typing.get_origin(hint) is typing.Annotated:
         hint = typing.get_args(hint)[0]

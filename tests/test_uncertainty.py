@@ -27,7 +27,7 @@ def test_min_k_prefers_unfamiliar_or_familiar():
     unfamiliar = run_strategy("min_k", f, 2, np.random.default_rng(0))
     familiar = run_strategy("min_k", f, 2, np.random.default_rng(0), prefer="familiar", k=0.5)
     assert sorted(unfamiliar.indices.tolist()) == [4, 5] and sorted(familiar.indices.tolist()) == [0, 1]
-    with pytest.raises(ConfigError, match="k must be one of"):
+    with pytest.raises(ConfigError, match="k=0.25 is invalid; must be one of"):
         run_strategy("min_k", f, 2, np.random.default_rng(0), k=0.25)
 
 
