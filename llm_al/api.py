@@ -30,7 +30,8 @@ from llm_al.data.demo import EMBEDDED_POOL
 from llm_al.data.pool import Example, Pool
 from llm_al.orderings import run_ordering
 from llm_al.run.experiment import run_experiment
-from llm_al.run.pipeline import compute_features, load_data, needed_features
+from llm_al.run.pipeline import compute_features, load_data
+from llm_al.strategies.needs import needed_features
 from llm_al.seeds import rng
 from llm_al.strategies.base import STRATEGIES, check_budget, run_strategy
 from llm_al.strategies.explain import explain_selection

@@ -419,7 +419,8 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     from llm_al.data.annotate import annotation_format, export_for_annotation, unlabelled_indices
     from llm_al.data.pool import load_pool
     from llm_al.io import check_output, write_text
-    from llm_al.run.pipeline import compute_features, needed_features
+    from llm_al.run.pipeline import compute_features
+    from llm_al.strategies.needs import needed_features
     from llm_al.seeds import rng
     from llm_al.strategies.base import STRATEGIES, run_strategy
     from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
@@ -480,7 +481,7 @@ def cmd_select(args: argparse.Namespace) -> None:
     from llm_al import api
     from llm_al.config import parse_strategy
     from llm_al.data.export import write_subset
-    from llm_al.run.pipeline import needed_features
+    from llm_al.strategies.needs import needed_features
     from llm_al.strategies.base import STRATEGIES
 
     name, params = parse_strategy(args.strategy)

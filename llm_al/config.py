@@ -20,9 +20,8 @@ import yaml
 
 from llm_al.data.demo import EMBEDDED_POOL
 from llm_al.errors import ConfigError, UnknownNameError, UserError
-from llm_al.metrics import METRICS
 from llm_al.models import DTYPES, EMBEDDED_EMBEDDER, EMBEDDED_MODEL
-from llm_al.registries import ORDERINGS, STRATEGIES, provided_names
+from llm_al.registries import METRICS, ORDERINGS, STRATEGIES, provided_names
 from llm_al.registry import did_you_mean
 from llm_al.types import FEATURE_NAMES
 

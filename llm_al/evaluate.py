@@ -12,6 +12,7 @@ from typing import Sequence
 
 from llm_al.config import EvalConfig
 from llm_al.data.pool import Example
+from llm_al.errors import UserError
 from llm_al.features.formatting import prompt_text
 from llm_al.features.memory import free_accelerator_memory, out_of_memory_errors
 from llm_al.metrics import score_all
@@ -52,8 +53,6 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batc
     (if given) receives the back-offs and the final batch size."""
     import torch
     from tqdm.auto import tqdm
-
-    from llm_al.errors import UserError
 
     device = next(model.parameters()).device
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]

@@ -8,14 +8,11 @@ directly (the `evaluate` hub metrics do not load offline).
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from llm_al.registry import Registry
-
-MetricFn = Callable[[Sequence[str], Sequence[str]], "tuple[float, np.ndarray]"]
-METRICS: Registry[MetricFn] = Registry("metric")
+from llm_al.registries import METRICS
 
 
 def _check(predictions: Sequence[str], references: Sequence[str]) -> None:

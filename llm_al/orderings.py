@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from llm_al.errors import FeatureUnavailableError
 from llm_al.registries import ORDERINGS
+from llm_al.strategies.kernels.kmeans import kmeans
 from llm_al.types import Features
 
 
@@ -66,8 +68,6 @@ def high_ifd_first(indices: np.ndarray, features: Features, rng: np.random.Gener
                     needs=("embeddings",), seeded=True)
 def cluster_round_robin(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
     """Interleave clusters: largest cluster first in each round, members in seeded random order."""
-    from llm_al.strategies.kernels.kmeans import kmeans
-
     indices = np.asarray(indices)
     k = max(1, int(round(np.sqrt(len(indices)))))
     _, labels = kmeans(features.require("embeddings")[indices], k, rng)
@@ -88,8 +88,6 @@ def cluster_round_robin(indices: np.ndarray, features: Features, rng: np.random.
                     "alike (the blocked opposite of cluster_round_robin)", needs=("embeddings",), seeded=True)
 def cluster_blocks(indices: np.ndarray, features: Features, rng: np.random.Generator) -> np.ndarray:
     """Blocked practice: clusters in a seeded random order, members in seeded random order."""
-    from llm_al.strategies.kernels.kmeans import kmeans
-
     indices = np.asarray(indices)
     k = max(1, int(round(np.sqrt(len(indices)))))
     _, labels = kmeans(features.require("embeddings")[indices], k, rng)
@@ -101,8 +99,6 @@ def by_familiarity(indices: np.ndarray, features: Features, rng: np.random.Gener
     the reference has), remaining ties at random; most familiar first when `familiar`. Both come
     from the one `reference_overlap` probe (llm_al/strategies/reference_overlap.py). Raises when both are
     constant over the subset: the order would be a disguised shuffle."""
-    from llm_al.errors import FeatureUnavailableError
-
     indices = np.asarray(indices)
     overlap = features.require("ref_overlap")[indices].astype(np.float64)
     vocab = features.require("ref_vocab")[indices].astype(np.float64)

@@ -7,7 +7,7 @@ plug-ins register where they are defined:
     @STRATEGIES.register(name, description, needs=(...))   in a module of llm_al/strategies/
     @PROBES.register(name, description, provides=(...))     beside the strategies that use the scores
     @ORDERINGS.register(name, description, needs=(...))     in llm_al/orderings.py
-    @METRICS.register(name, description, ...)               in llm_al/metrics.py (imports nothing above it)
+    @METRICS.register(name, description, higher_is_better=...)   in llm_al/metrics.py
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ StrategyFn = Callable[..., "object"]
 """fn(features, budget, rng, **params) -> types.Selection"""
 ProbeFn = Callable[..., "tuple[dict, dict]"]
 """fn(ctx: features.probes.ProbeContext) -> (scores by name, cost)"""
+MetricFn = Callable[..., "tuple[float, object]"]
+"""fn(predictions, references) -> (corpus score, (N,) per-example scores), on a 0-100 scale"""
 OrderingFn = Callable[..., "object"]
 """fn(indices, features, rng) -> a permutation of indices (see orderings.py)"""
 
 STRATEGIES: Registry[StrategyFn] = Registry("strategy", "strategies", home="llm_al.strategies")
 PROBES: Registry[ProbeFn] = Registry("probe", home="llm_al.strategies")
 ORDERINGS: Registry[OrderingFn] = Registry("ordering", home="llm_al.orderings")
+METRICS: Registry[MetricFn] = Registry("metric", home="llm_al.metrics")
 
 
 # ---------------------------------------------------------------------------- probe lookups

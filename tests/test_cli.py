@@ -185,7 +185,7 @@ def test_resume_refuses_results_of_a_different_config(tiny_recipe, tmp_path, cac
 
 
 def test_parameters_that_name_features_are_computed():
-    from llm_al.run.pipeline import needed_features
+    from llm_al.strategies.needs import needed_features
 
     assert needed_features([("deita", {})], []) == {"embeddings", "loss"}
     assert needed_features([("deita", {"by": "length"})], ["easy_to_hard"]) == {"embeddings", "length", "loss"}

@@ -1,6 +1,7 @@
 """The package's layout rules, checked by reading the source with `ast` (nothing is imported).
 
 - no import cycle between llm_al modules (imports at the top of a file and inside functions both count);
+- imports point down the layers (LAYERS below, as README "How the code is laid out" lists them);
 - no private name (`_x`, not a dunder) imported from another llm_al module;
 - no file over 450 lines unless its module docstring has a line starting "Over 450 lines because";
 - no function over 80 lines, except argument-parser tables (a name containing "parser").
@@ -16,6 +17,19 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "llm_al"
 MAX_FILE_LINES = 450
+LAYERS = [   # bottom first; a module may import from its own layer and the ones below
+    ("base", ["llm_al", "llm_al.errors", "llm_al.io", "llm_al.registry", "llm_al.registries", "llm_al.seeds",
+              "llm_al.types", "llm_al.models", "llm_al.doctor"]),
+    ("data", ["llm_al.data"]),
+    ("config", ["llm_al.config"]),
+    ("features", ["llm_al.features"]),
+    ("model steps", ["llm_al.train", "llm_al.evaluate", "llm_al.metrics"]),
+    ("selection", ["llm_al.strategies", "llm_al.orderings"]),
+    ("analysis", ["llm_al.analysis"]),
+    ("run", ["llm_al.run"]),
+    ("api", ["llm_al.api"]),
+    ("cli", ["llm_al.cli"]),
+]
 MAX_FUNCTION_LINES = 80
 
 
@@ -155,6 +169,23 @@ def test_no_import_cycle():
     cycles = find_cycles(graph)
     described = [f"{len(c)} modules: {' -> '.join(_one_cycle(graph, c))}\n  all: {', '.join(c)}" for c in cycles]
     assert not cycles, "import cycles:\n" + "\n".join(described)
+
+
+def layer_of(module: str) -> int:
+    best = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or (prefix != "llm_al" and module.startswith(prefix + ".")):
+                best = rank
+    assert best is not None, f"{module} is in no layer of tests/test_layout.py's LAYERS"
+    return best
+
+
+def test_imports_point_down_the_layers():
+    graph = import_graph()
+    up = [f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
+          for a, targets in sorted(graph.items()) for b in sorted(targets) if layer_of(b) > layer_of(a)]
+    assert not up, "imports that point up a layer:\n" + "\n".join(up)
 
 
 def test_no_private_name_imported_across_modules():

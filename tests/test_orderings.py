@@ -104,7 +104,7 @@ def test_familiarity_ordering_refuses_a_constant_key():
 
 
 def test_ordering_needs_reach_compute_features():
-    from llm_al.run.pipeline import needed_features
+    from llm_al.strategies.needs import needed_features
 
     assert {"ref_overlap", "ref_vocab"} <= needed_features([("random", {})], ["familiar_first", "shuffled"])
 

@@ -17,7 +17,8 @@ from llm_al.errors import ConfigError, FeatureUnavailableError
 from llm_al.types import Features
 from llm_al.features.overlap import words
 from llm_al.strategies.reference_overlap import knn_similarity, passages, reservoir_sample, similarity_scores
-from llm_al.run.pipeline import compute_features, strategy_needs
+from llm_al.run.pipeline import compute_features
+from llm_al.strategies.needs import strategy_needs
 from llm_al.features.probes import ProbeContext, run_probes
 from llm_al.strategies.base import run_strategy
 

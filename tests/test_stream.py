@@ -125,7 +125,7 @@ def test_stream_errors_name_what_is_wrong():
 
 
 def test_pipeline_computes_the_feature_named_by():
-    from llm_al.run.pipeline import strategy_needs
+    from llm_al.strategies.needs import strategy_needs
 
     assert strategy_needs("stream", {}) == {"loss"}
     assert strategy_needs("stream", {"by": "entropy"}) == {"entropy"}

@@ -103,7 +103,7 @@ def test_synthesize_counts_with_scripted_outputs(tiny_model, monkeypatch):
         seen_prompts.extend(prompts)
         return [[tok(scripted[i % len(scripted)], add_special_tokens=False)["input_ids"]] for i in range(len(prompts))]
 
-    monkeypatch.setattr("llm_al.strategies.generation.generate_ids", fake_generate)
+    monkeypatch.setattr("llm_al.run.synthesize.generate_ids", fake_generate)      # where synthesize looks it up
     pool = records_to_pool(pool_records(8), labelled=False)
     records, report = synthesize(pool, [3, 1, 0, 2, 4, 5], model, tok, 4, seeds_per_prompt=2, max_rounds=1)
     assert (report.generated, report.empty_or_long, report.duplicates, report.kept) == (4, 1, 2, 1)

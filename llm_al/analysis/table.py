@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_al.config import ExperimentConfig
+from llm_al.analysis.protocol import percentile_among_random, variance_decomposition
+from llm_al.analysis.stats import bootstrap_ci, paired_comparison
+from llm_al.config import ExperimentConfig, parse_strategy
+from llm_al.features.probes import provider
 from llm_al.io import write_text
 from llm_al.metrics import METRICS
 from llm_al.seeds import rng
-from llm_al.analysis.protocol import percentile_among_random, variance_decomposition
-from llm_al.analysis.stats import bootstrap_ci, paired_comparison
+from llm_al.strategies.needs import strategy_needs
+from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
 
 
 def _key(r: dict) -> tuple[int, int, int]:
@@ -24,11 +27,6 @@ def _key(r: dict) -> tuple[int, int, int]:
 def strategy_cost(spec: str, feature_cost: dict) -> dict:
     """What a strategy's features cost: model tokens scored (cached or not, so runs compare) and
     examples embedded, with the seconds they took when computed in this run."""
-    from llm_al.config import parse_strategy
-    from llm_al.run.pipeline import strategy_needs
-    from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
-    from llm_al.features.probes import provider
-
     needs = strategy_needs(*parse_strategy(spec))
     tokens = seconds = 0.0
     for kind, group in (("loss", LOSS_FEATURES), ("direct", DIRECT_FEATURES)):

@@ -28,7 +28,10 @@ from llm_al.analysis.windows import report_section as windows_section
 from llm_al.errors import UnknownNameError, UserError
 from llm_al.io import write_text
 from llm_al.metrics import METRICS
+from llm_al.orderings import ORDERINGS
 from llm_al.seeds import rng as seeded_rng
+from llm_al.strategies.needs import strategy_needs
+from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
 
 MIN_FEATURE_SUBSETS = 8          # random subsets needed before correlating features with the metric
 # ---------------------------------------------------------------- sections
@@ -113,10 +116,6 @@ def _vs_random(doc: Document, c: Context) -> None:
 
 def _feature_seconds(rec: dict, cost: dict) -> float | None:
     """One-off feature-scoring seconds the run's strategy and ordering needed (summary.json feature_cost)."""
-    from llm_al.orderings import ORDERINGS
-    from llm_al.run.pipeline import strategy_needs
-    from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
-
     try:
         needs = strategy_needs(rec.get("strategy_name", rec["strategy"]), rec.get("params") or {})
         needs |= set(ORDERINGS.get(rec.get("ordering", "shuffled")).meta.get("needs", ()))

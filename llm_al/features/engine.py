@@ -23,9 +23,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from llm_al.features.cache import ShardedCache, key_bytes, text_key
 from llm_al.data.pool import Example
 from llm_al.errors import UserError
+from llm_al.features.cache import ShardedCache, key_bytes, text_key
 from llm_al.features.formatting import (PackedBatch, TokenTable, Tokenized, head_logits, pack_suffixes, plan_rows,
                                shared_prefix_length, tokenize_table)
 from llm_al.features.memory import free_accelerator_memory, out_of_memory_errors

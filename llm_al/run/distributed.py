@@ -54,12 +54,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from llm_al.config import ExperimentConfig, ModelConfig
 from llm_al import models
+from llm_al.config import ExperimentConfig, ModelConfig, parse_strategy
 from llm_al.errors import ConfigError, FeatureUnavailableError, UserError
 from llm_al.features import probes
 from llm_al.features.cache import ShardedCache, text_key  # text_key: the embedding cache's row key, as compute_embeddings makes it
-from llm_al.features.engine import build_features, ifd_from_stats, loss_cache_plan
+from llm_al.features.engine import (build_features, compute_embeddings, compute_loss_features, ifd_from_stats,
+                                    loss_cache_plan)
+from llm_al.run.experiment import run_experiment
+from llm_al.run.pipeline import load_data
+from llm_al.strategies.needs import needed_features
 from llm_al.types import COMPUTED_FEATURES, DIRECT_FEATURES, LOSS_FEATURES, Features
 
 log = logging.getLogger("llm_al")
@@ -135,8 +139,6 @@ class Scorer:
 
     def loss_stats(self, name: str, examples: Sequence, direct: bool) -> np.ndarray:
         """(len(examples), len(STAT_COLUMNS)) of one scoring pass, as compute_loss_features gives them."""
-        from llm_al.features.engine import compute_loss_features
-
         model, tokenizer = self._lm(name)
         self.shards += 1
         with tempfile.TemporaryDirectory(prefix="llm-al-shard-") as tmp:
@@ -146,8 +148,6 @@ class Scorer:
 
     def embed(self, name: str, texts: Sequence[str], batch_size: int) -> np.ndarray:
         """(len(texts), D) float32 unit vectors, as compute_embeddings gives them."""
-        from llm_al.features.engine import compute_embeddings
-
         if name not in self.embedders:
             self.embedders[name] = models.load_embedder(name, self.model_cfg.device)
         self.shards += 1
@@ -263,8 +263,6 @@ def _sweep_task(cfg: ExperimentConfig, env: dict, keep_summary: bool = False) ->
     """One sweep worker: run_experiment on the shared out_dir; which cells this worker trained
     (and the summary it wrote, when `keep_summary`)."""
     os.environ.update(env)
-    from llm_al.run.experiment import run_experiment
-
     ran: list[str] = []
 
     class Ran(logging.Handler):                      # run_experiment logs "running <run_id>" per claimed cell
@@ -290,9 +288,6 @@ def run_sweep_ray(cfg: ExperimentConfig, num_workers: int, *, num_gpus: float | 
                   prescore: bool = True, address: str | None = None) -> dict:
     """Run the experiment `cfg` with its cells spread over `num_workers` Ray tasks; returns the
     summary (as run_experiment does) with `workers`: what each worker ran and how long it took."""
-    from llm_al.config import parse_strategy
-    from llm_al.run.pipeline import load_data, needed_features
-
     _check_workers(num_workers)
     ray = _ray(address)
     gpus = _gpus_per_worker(ray, num_gpus)

@@ -31,12 +31,18 @@ import numpy as np
 
 from llm_al import models
 
-from llm_al.features import probes
-from llm_al.config import ExperimentConfig, ModelConfig, parse_strategy
+from llm_al.config import EvalConfig, ExperimentConfig, ModelConfig, parse_strategy
+from llm_al.data.reference import is_hub_id, reference_units
 from llm_al.errors import FeatureUnavailableError, UserError
+from llm_al.features import probes
+from llm_al.features.cache import ShardedCache, text_key
 from llm_al.features.engine import loss_cache_plan
+from llm_al.features.formatting import prompt_text
+from llm_al.features.reference_index import reference_index_dir
 from llm_al.run.grid import cells
-from llm_al.run.pipeline import load_data, needed_features
+from llm_al.run.pipeline import load_data
+from llm_al.run.synthesize import few_shot_messages
+from llm_al.strategies.needs import needed_features
 from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
 
 EFFICIENCY = {"score": 0.9, "train": 0.65, "generate": 0.35}
@@ -100,8 +106,6 @@ class Model:
         """Tokens of the prompt the model answers (its chat template applied, when it is known)."""
         if self.tokenizer is None:
             return self.tokens("\n".join(m["content"] for m in example.prompt_messages))
-        from llm_al.features.formatting import prompt_text
-
         return self.tokens(prompt_text(self.tokenizer, example.prompt_messages))
 
 
@@ -212,9 +216,6 @@ def _loss_pass(est, examples, lm: Model, max_length: int, dtype: str, direct: bo
 
 def _embedding_pass(est, examples, embedder: Model, cache_dir: Path) -> None:
     # The cache layout of features.compute_embeddings (tests/test_plan.py checks the two agree).
-    from llm_al.features.cache import ShardedCache
-    from llm_al.features.cache import text_key
-
     texts = [ex.text for ex in examples]
     todo = ShardedCache(cache_dir / f"emb-{text_key(embedder.key)}").missing([text_key(t) for t in texts])
     limit = embedder.tokenizer.model_max_length
@@ -233,8 +234,6 @@ PROBE_WORK = {"mc_dropout": ("mc_passes", "example", 2, "score"),
 
 
 def _probe_passes(est, examples, features: set[str], lm: Model | None, max_length: int) -> None:
-    from llm_al.config import EvalConfig
-
     names = sorted({probes.provider(f).name for f in features})
     if "greedy" in names and "oracle" in names:
         names.remove("oracle")                  # they share one greedy generation
@@ -290,7 +289,7 @@ def plan_experiment(cfg: ExperimentConfig) -> str:
             f"{cfg.train.epochs} epoch(s)", int(examples * cfg.train.epochs * mean_len), lm.params, 6, "train")
     if rounds:
         from llm_al.types import MODEL_FEATURES
-        from llm_al.run.pipeline import strategy_needs
+        from llm_al.strategies.needs import strategy_needs
 
         rescored = sum(len(data.pool) - n for c in runs if strategy_needs(c.name, c.params) & MODEL_FEATURES
                        for n in sizes[c.budget][:-1])
@@ -367,8 +366,6 @@ BYTES_PER_WORD = 6                  # plain text; compressed formats hold ~3x mo
 def _reference_size(spec: str) -> tuple[int | None, str]:
     """(bytes on disk, what they are) of a reference, or (None, why) when it cannot be told
     without reading it (a hub dataset)."""
-    from llm_al.data.reference import is_hub_id, reference_units
-
     if spec == "pydoc":
         from pydoc_data import topics
 
@@ -387,8 +384,6 @@ def plan_overlap(pool, test, reference: str, n: int, field: str, split: str, sim
     should take, and what the embedding similarity would embed. Reads no corpus text, no weights.
     As the real command does, a default embedder (not `embedder_named`) that cannot load means the
     similarity would be skipped, not an error."""
-    from llm_al.features.reference_index import reference_index_dir
-
     folder = reference_index_dir(reference, n, field, split)
     lines = ["plan for llm-al overlap (dry run: nothing is indexed, embedded or written)",
              f"  pool {pool.path}: {len(pool)} examples" + (f"; test set: {len(test)} examples" if test else "")]
@@ -437,8 +432,6 @@ def plan_synthesize(pool, spec: str, needs: set[str], model_cfg: ModelConfig, n:
     """`llm-al annotate synthesize --dry-run`: ranking the pool prompts by `spec`, then rounds of
     few-shot generation (the first writes n prompts; later rounds only replace what de-duplication
     dropped, so the total lies between one round and `max_rounds`)."""
-    from llm_al.run.synthesize import few_shot_messages
-
     est = Estimate(models.pick_device(model_cfg.device))
     lm = causal_lm(model_cfg.name)
     add_scoring(est, pool.examples, needs, model_cfg, lm)

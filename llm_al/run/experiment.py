@@ -26,21 +26,23 @@ import numpy as np
 import yaml
 
 from llm_al import models
+from llm_al.analysis.table import summarize, write_tables
 from llm_al.config import ExperimentConfig, parse_strategy, to_dict
 from llm_al.errors import BudgetError, UserError
 from llm_al.evaluate import evaluate
-from llm_al.types import MIN_K_FRACTIONS, SCALAR_FEATURES
+from llm_al.features.probes import matrix_names
+from llm_al.features.reference_index import reference_index, selection_overlap
 from llm_al.io import claim, confined, write_json, write_text
 from llm_al.run.cell import order_for_training, train_in_order
-from llm_al.run.loop import run_loop
-from llm_al.run.pipeline import compute_features, load_data, needed_features
-from llm_al.features.reference_index import reference_index, selection_overlap
-from llm_al.analysis.table import summarize, write_tables
-from llm_al.run.resources import check_run_resources
 from llm_al.run.grid import Cell, cells
+from llm_al.run.loop import run_loop
+from llm_al.run.pipeline import compute_features, load_data
+from llm_al.run.resources import check_run_resources
 from llm_al.seeds import rng, stream_seed
 from llm_al.strategies.base import run_strategy
+from llm_al.strategies.needs import needed_features
 from llm_al.train import detach_lora, save_adapter
+from llm_al.types import MIN_K_FRACTIONS, SCALAR_FEATURES
 
 log = logging.getLogger("llm_al")
 PACKAGES = ("llm-al", "torch", "transformers", "peft", "sentence-transformers", "numpy", "sacrebleu",
@@ -225,8 +227,6 @@ def _describe_subset(cfg: ExperimentConfig, data, features, index, indices) -> d
 def _subset_means(features, indices) -> dict:
     """Subset-level features (the paper's: each a mean of per-example scores under the untrained
     model), recorded for every run so `llm-al report` can correlate them with the test metric."""
-    from llm_al.features.probes import matrix_names
-
     out = {}
     for name in SCALAR_FEATURES:
         value = getattr(features, name)

@@ -19,17 +19,18 @@ import time
 import numpy as np
 
 from llm_al.config import ExperimentConfig
-from llm_al.features import probes
 from llm_al.evaluate import evaluate
+from llm_al.features import probes
 from llm_al.features.engine import build_features, direct_items, response_token_stats
-from llm_al.types import MODEL_FEATURES, Features
 from llm_al.features.formatting import tokenize
 from llm_al.run.cell import order_for_training, train_in_order
 from llm_al.run.grid import Cell
-from llm_al.run.pipeline import probe_context, strategy_needs
+from llm_al.run.pipeline import probe_context
 from llm_al.seeds import rng
 from llm_al.strategies.base import run_strategy
+from llm_al.strategies.needs import strategy_needs
 from llm_al.train import detach_lora
+from llm_al.types import MODEL_FEATURES, Features
 
 
 

@@ -3,26 +3,21 @@ set of strategies and orderings needs (each at most once, cached on disk)."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
-from llm_al.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, OverlapConfig, TrainConfig
 from llm_al import models
+from llm_al.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, OverlapConfig, TrainConfig
 
-from llm_al.features import probes
-from llm_al.data.pool import Pool, drop_overlap, load_pool, records_to_pool, split_pool
 from llm_al.data.demo import EMBEDDED_POOL, SYSTEM_PROMPT, TEMPLATE, demo_records
-from llm_al.strategies.diversity import WEIGHTED_DEFAULT
+from llm_al.data.pool import Pool, drop_overlap, load_pool, records_to_pool, split_pool
 from llm_al.errors import FeatureUnavailableError
+from llm_al.features import probes
 from llm_al.features.engine import build_features, compute_embeddings, compute_loss_features, ifd_from_stats
-from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES, Features
-from llm_al.orderings import ORDERINGS
 from llm_al.seeds import rng
-from llm_al.strategies.base import STRATEGIES
+from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES, Features
 
 log = logging.getLogger("llm_al")
 
@@ -71,28 +66,6 @@ def load_data(cfg: DataConfig, seed: int = 0, need_test: bool = True) -> Data:
     for note in notes:
         log.info(note)
     return Data(pool, test, notes)
-
-
-def strategy_needs(name: str, params: dict) -> set[str]:
-    """Features a strategy call needs: its registered `needs`, plus the features its parameters
-    name. Convention: a parameter `by` names one feature; the keys of `weights` name features."""
-    fn = STRATEGIES.get(name)
-    needs = set(fn.meta.get("needs", ()))
-    defaults = {p.name: p.default for p in inspect.signature(fn.fn).parameters.values()}
-    if "by" in defaults:
-        needs.add(params.get("by", defaults["by"]))
-    if "weights" in defaults:
-        needs.update((params.get("weights") or defaults["weights"] or WEIGHTED_DEFAULT).keys())
-    return needs
-
-
-def needed_features(strategies: Iterable[tuple[str, dict]], ordering_names: Iterable[str]) -> set[str]:
-    needs: set[str] = set()
-    for name, params in strategies:
-        needs |= strategy_needs(name, params)
-    for name in ordering_names:
-        needs.update(ORDERINGS.get(name).meta.get("needs", ()))
-    return needs
 
 
 def compute_features(pool: Pool, needs: set[str], model_cfg: ModelConfig, model_and_tokenizer=None,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llm_al.config import ExperimentConfig
 from llm_al.errors import UserError
+from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
 
 RESULT_BASE_BYTES = 16_000          # config, versions, timings of one result JSON
 SUMMARY_BYTES = 200_000             # summary.json, tables, config.yaml
@@ -84,8 +85,6 @@ def check_run_resources(cfg: ExperimentConfig, model, needs: set[str], *, runs: 
     """Before an experiment's long steps: the cache folder is writable and both folders have room.
     Returns the estimate (bytes)."""
     check_writable(cache_dir, "the feature cache (set LLM_AL_CACHE to a writable folder)")
-    from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
-
     passes = int(bool(needs & LOSS_FEATURES)) + int(bool(needs & DIRECT_FEATURES))
     adapter = lora_parameters(model, cfg.train.lora_r, cfg.train.target_modules) if cfg.save_adapters else 0
     est = estimate_bytes(runs=runs, test_size=test_size, budget=max(cfg.budget_list),

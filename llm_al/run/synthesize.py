@@ -27,9 +27,19 @@ from typing import Sequence
 
 import numpy as np
 
-from llm_al.data.pool import Example, Pool, is_missing
+from llm_al import models
+from llm_al.config import ModelConfig, parse_strategy
+from llm_al.data.pool import Example, Pool, is_missing, load_pool
 from llm_al.errors import UserError
-from llm_al.io import check_output
+from llm_al.features.formatting import prompt_text
+from llm_al.features.probes import provider
+from llm_al.io import check_output, write_text
+from llm_al.run.pipeline import compute_features
+from llm_al.seeds import rng
+from llm_al.strategies.base import STRATEGIES, run_strategy
+from llm_al.strategies.generation import generate_ids
+from llm_al.strategies.needs import strategy_needs
+from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
 
 FEW_SHOT_HEADER = "Here are example requests:"
 FEW_SHOT_ASK = "Write one new request of the same kind. Reply with the request only."
@@ -202,9 +212,6 @@ def synthesize(pool: Pool, order: Sequence[int], model, tokenizer, n: int, *, se
                fields: dict[str, str] | None = None, strategy: str = "") -> tuple[list[dict], SynthesisReport]:
     """Up to `n` new unlabelled records written near pool.examples[order[:n * seeds_per_prompt]]
     (`order`: the pool ranked by the seed strategy, most wanted first), and a report."""
-    from llm_al.features.formatting import prompt_text
-    from llm_al.strategies.generation import generate_ids
-
     check_counts(n, seeds_per_prompt, max_rounds)
     if not temperature > 0:
         raise UserError(f"temperature must be > 0, got {temperature}")
@@ -246,8 +253,6 @@ def synthesize(pool: Pool, order: Sequence[int], model, tokenizer, n: int, *, se
 
 def write_records(records: Sequence[dict], out: str | Path) -> Path:
     """Write `records` as JSON Lines, atomically."""
-    from llm_al.io import write_text
-
     path = Path(out).expanduser()
     if path.suffix.lower() not in (".jsonl", ".ndjson"):
         raise UserError(f"{out}: synthesized prompts are written as JSON Lines; use a .jsonl file name")
@@ -260,10 +265,6 @@ def write_records(records: Sequence[dict], out: str | Path) -> Path:
 
 def label_free_needs(name: str, params: dict) -> set[str]:
     """The features strategy `name` needs, checked to be computable without reference responses."""
-    from llm_al.run.pipeline import strategy_needs
-    from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
-    from llm_al.features.probes import provider
-
     needs = strategy_needs(name, params)
     reads = sorted(f for f in needs if f in LOSS_FEATURES | DIRECT_FEATURES | {"scorer_ifd", "length", "direct_loss"}
                    or (provider(f) is not None and provider(f).meta.get("needs_labels", False)))
@@ -285,10 +286,6 @@ def prepare_synthesis(pool_spec: str, out: str | Path, strategy: str, fields: di
     """The checks and the loading `run_synthesis` (and its --dry-run) does before any model work:
     (pool, strategy name, its params, the features it needs, the ModelConfig). `counts` are
     (n, seeds_per_prompt, max_rounds), checked first."""
-    from llm_al.config import ModelConfig, parse_strategy
-    from llm_al.data.pool import load_pool
-    from llm_al.strategies.base import STRATEGIES
-
     check_counts(*counts)
 
     if Path(out).suffix.lower() not in (".jsonl", ".ndjson"):
@@ -309,11 +306,6 @@ def run_synthesis(pool_spec: str, out: str | Path, n: int, *, strategy: str = "g
                   fields: dict[str, str] | None = None, progress: bool = True, max_rounds: int = 5,
                   **kw) -> SynthesisReport:
     """The `llm-al annotate synthesize` command: load, rank, synthesize, write."""
-    from llm_al import models
-    from llm_al.run.pipeline import compute_features
-    from llm_al.seeds import rng
-    from llm_al.strategies.base import run_strategy
-
     pool, name, params, needs, model_cfg = prepare_synthesis(pool_spec, out, strategy, fields, model_name,
                                                              (n, seeds_per_prompt, max_rounds))
     model, tokenizer = models.load_model(model_cfg.name, model_cfg.device, trust_remote_code=model_cfg.trust_remote_code)

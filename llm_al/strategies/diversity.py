@@ -20,11 +20,14 @@ from typing import Annotated, Literal
 import numpy as np
 
 from llm_al.errors import ConfigError
+from llm_al.features.probes import matrix_names, provided_names
 from llm_al.registry import Constraint, above, at_least, between, one_of
 from llm_al.strategies.base import STRATEGIES, top_k
+from llm_al.strategies.kernels.facility import (dense_similarity, facility_location_greedy,
+                                                facility_location_sparse)
 from llm_al.strategies.kernels.kcenter import kcenter_greedy
-from llm_al.strategies.kernels.facility import dense_similarity, facility_location_greedy
 from llm_al.strategies.kernels.kmeans import kmeans
+from llm_al.strategies.kernels.knn import knn_graph, knn_ivf
 from llm_al.strategies.kernels.rows import sq_dists, unit
 from llm_al.types import SCALAR_FEATURES, Features, Selection
 
@@ -33,8 +36,6 @@ SCORE_FIELDS = SCALAR_FEATURES   # per-example Features fields a hybrid can use
 
 def score_fields() -> list[str]:
     """Every per-example score a hybrid can use: the Features fields and each probe's scores."""
-    from llm_al.features.probes import matrix_names, provided_names
-
     return [*SCORE_FIELDS, *(f for f in provided_names() if f not in matrix_names())]
 THEN = ("kcenter", "facility_location")
 ScoreName = Annotated[str, one_of(score_fields)]
@@ -161,9 +162,6 @@ def facility_location(features: Features, budget: int, rng: np.random.Generator,
     if n <= max_dense:
         idx, gains = facility_location_greedy(dense_similarity(x, max_dense, name), budget)
         return Selection(idx, gains, "facility-location marginal gain (coverage added, in (1+cos)/2 units)")
-    from llm_al.strategies.kernels.knn import knn_graph, knn_ivf
-    from llm_al.strategies.kernels.facility import facility_location_sparse
-
     k = min(knn, n - 1)
     approximate = bool(approx) if not isinstance(approx, str) else n > KNN_EXACT_MAX
     graph = knn_ivf(x, k, rng) if approximate else knn_graph(x, k)

@@ -30,13 +30,15 @@ from typing import Sequence
 import numpy as np
 
 from llm_al.errors import ConfigError
-from llm_al.features.engine import response_token_stats
+from llm_al.evaluate import left_pad, stop_token_ids
 from llm_al.features.cache import text_key
-from llm_al.types import Features
+from llm_al.features.engine import response_token_stats
 from llm_al.features.formatting import Tokenized, prompt_text
-from llm_al.io import write_json
 from llm_al.features.probes import PROBES, ProbeContext
+from llm_al.io import write_json
+from llm_al.metrics import METRICS
 from llm_al.strategies.base import STRATEGIES, from_scores, top_k
+from llm_al.types import Features
 from llm_al.types import Selection
 
 
@@ -50,8 +52,6 @@ def generate_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, 
     seeded by `seed` without touching the global torch RNG. Batched longest-first with left
     padding, `batch_size` generated rows per batch."""
     import torch
-
-    from llm_al.evaluate import left_pad, stop_token_ids
 
     device = next(model.parameters()).device
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -172,8 +172,6 @@ def greedy_probe(ctx: ProbeContext) -> tuple[dict[str, np.ndarray], dict]:
 @PROBES.register("oracle", "primary metric (eval.primary) of the greedy answer against the reference",
                  provides=("oracle",), needs_model=True, needs_labels=True)
 def oracle_probe(ctx: ProbeContext) -> tuple[dict[str, np.ndarray], dict]:
-    from llm_al.metrics import METRICS
-
     _, texts, _, cost = greedy_outputs(ctx)
     primary = ctx.eval_cfg.primary if ctx.eval_cfg is not None else "chrf"
     t0 = time.perf_counter()

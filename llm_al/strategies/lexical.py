@@ -28,10 +28,10 @@ from typing import Annotated, Literal, Sequence
 import numpy as np
 from scipy import sparse
 
-from llm_al.strategies import diversity   # module import: diversity and this module import each other via strategies
 from llm_al.errors import ConfigError
 from llm_al.features.probes import PROBES, ProbeContext
 from llm_al.registry import at_least
+from llm_al.strategies import diversity   # module import: diversity and this module import each other via strategies
 from llm_al.strategies.base import STRATEGIES, top_k
 from llm_al.types import Features, Selection
 

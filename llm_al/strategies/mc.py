@@ -31,13 +31,16 @@ from typing import Sequence
 
 import numpy as np
 
+from llm_al.config import ModelConfig, TrainConfig
 from llm_al.errors import ConfigError, FeatureUnavailableError
 from llm_al.features.cache import ShardedCache
-from llm_al.features.engine import length_sorted_batches, response_token_stats
 from llm_al.features.cache import text_key
+from llm_al.features.engine import length_sorted_batches, response_token_stats
 from llm_al.features.formatting import Tokenized, pack, response_logits, tokenize
 from llm_al.features.probes import PROBES, ProbeContext
+from llm_al.seeds import stream_seed
 from llm_al.strategies.base import STRATEGIES, from_scores
+from llm_al.train import attach_lora, detach_lora, optimise, train_lora
 from llm_al.types import Selection
 
 _M32 = 0xFFFFFFFF
@@ -124,8 +127,6 @@ def _model(ctx: ProbeContext, probe: str):
 
 def _lengths(ctx: ProbeContext) -> tuple[int, int]:
     """(max_length per example, padded tokens per batch) from the model config."""
-    from llm_al.config import ModelConfig
-
     m = ctx.model_cfg if ctx.model_cfg is not None else ModelConfig()
     return m.max_length, m.score_max_tokens
 
@@ -331,10 +332,6 @@ def gradient_length_probe(ctx: ProbeContext):
     """Under the round's adapter in loop rounds; one-shot, under a fresh adapter attached with
     train.attach_lora (seed from probe.seed) and removed afterwards. A fresh adapter has B = 0, so
     the gradients of its A matrices are exactly zero and the norm is that of the B gradients."""
-    from llm_al.seeds import stream_seed
-    from llm_al.train import attach_lora, detach_lora
-    from llm_al.config import TrainConfig
-
     model, tok = _model(ctx, "gradient_length")
     train_cfg = ctx.train_cfg if ctx.train_cfg is not None else TrainConfig()
     max_length, max_tokens = _lengths(ctx)
@@ -376,10 +373,6 @@ def committee_probe(ctx: ProbeContext):
     member attached and removed."""
     import torch
     from peft import LoraConfig
-
-    from llm_al.train import optimise, detach_lora, train_lora
-
-    from llm_al.config import TrainConfig
 
     labelled = list(ctx.labelled or [])
     if len(labelled) < 2:

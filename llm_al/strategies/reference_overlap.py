@@ -37,19 +37,20 @@ from typing import TypeVar
 
 import numpy as np
 
-from llm_al.config import ModelConfig, OverlapConfig
 from llm_al import models  # `diversity` as a module: it may still be importing (strategies.py)
+from llm_al.config import ModelConfig, OverlapConfig
 
-from llm_al.strategies import diversity
 from llm_al.errors import FeatureUnavailableError, UserError
-from llm_al.features.engine import compute_embeddings
 from llm_al.features.cache import text_key
-from llm_al.types import Features
-from llm_al.io import atomic_path
+from llm_al.features.engine import compute_embeddings
 from llm_al.features.overlap import fingerprint_files, reference_texts
 from llm_al.features.overlap_stats import example_overlap
 from llm_al.features.probes import PROBES, ProbeContext
+from llm_al.features.reference_index import reference_index
+from llm_al.io import atomic_path
+from llm_al.strategies import diversity
 from llm_al.strategies.base import STRATEGIES, top_k
+from llm_al.types import Features
 from llm_al.types import Selection
 
 log = logging.getLogger("llm_al")
@@ -81,8 +82,6 @@ def reference_overlap(ctx: ProbeContext) -> tuple[dict[str, np.ndarray], dict]:
     """Per-example `example_overlap` against the cached index of overlap.reference. Not cached per
     example: a lookup (hash the words, binary-search the index) costs about what hashing the
     texts for a cache key would."""
-    from llm_al.features.reference_index import reference_index
-
     cfg = overlap_settings(ctx)
     spec = require_reference(cfg, "ref_overlap")
     t0 = time.perf_counter()

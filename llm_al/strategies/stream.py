@@ -26,9 +26,9 @@ from typing import Annotated
 
 import numpy as np
 
-from llm_al.strategies import diversity   # module import: diversity and this module import each other via strategies
 from llm_al.errors import ConfigError
 from llm_al.registry import at_least
+from llm_al.strategies import diversity   # module import: diversity and this module import each other via strategies
 from llm_al.strategies.base import STRATEGIES, check_budget
 from llm_al.types import Features, Selection
 
