@@ -2,7 +2,8 @@
 
 Pipeline: load a pool (`data`), compute features once (`features`), select (`strategies`),
 order (`orderings`), LoRA fine-tune (`train`), evaluate by generating (`evaluate`), compare with
-random (`stats`, `report`). `experiment` wires these together; `cli` is the command line.
+random (`analysis`). `run.experiment` wires these together; `api` is the Python API and `cli`, the
+command line, calls it. README "How the code is laid out" lists the layers.
 """
 
 __version__ = "0.1.0"
