@@ -257,6 +257,36 @@ def test_grouped_generation_equals_per_adapter_peft(tiny_model, random_lora, tra
     assert sub == [want[0][:2], want[1][3:], want[2][1:4]]
 
 
+def test_generation_keeps_finished_rows_routed(tiny_model, random_lora, trained):
+    """A group where run 0's rows stop at once (a trained adapter that answers with the end-of-turn
+    token) and run 1's rows go on to max_new_tokens: HF generate keeps every row at every step
+    (so the per-row adapter index stays valid), and both runs equal peft alone."""
+    from dataclasses import replace
+
+    from llm_al.evaluate import generate
+    from llm_al.formatting import prompt_text
+
+    model, tok = tiny_model
+    done, going = trained[0], random_lora
+    mixed = replace(done, seeds=[done.seeds[0], going.seeds[1]],
+                    A={n: torch.stack([done.A[n][0], going.A[n][1]]) for n in done.names},
+                    B={n: torch.stack([done.B[n][0], going.B[n][1]]) for n in done.names})
+    prompts = [prompt_text(tok, ex.prompt_messages) for ex in records_to_pool(pool_records(5)).examples]
+    rows_seen = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: rows_seen.append(i[0].shape[0]))
+    try:
+        got = grouped_generate(model, tok, mixed, prompts, max_new_tokens=6, batch_size=5)
+    finally:
+        hook.remove()
+    assert rows_seen == [10] * 6                       # prefill + 5 decode steps, all 10 rows each time
+    want = []
+    for k in range(2):
+        with peft_view(model, mixed, k) as peft_model:
+            want.append(generate(peft_model, tok, prompts, 6, 5, progress_bar=False))
+    assert got == want
+    assert all(w == "" for w in got[0]) and all(got[1])
+
+
 def test_exported_adapter_loads_with_peft_and_matches(tiny_model, items, trained, tmp_path):
     from peft import PeftModel
 
