@@ -1,7 +1,7 @@
 """Runs per hour: K runs trained and evaluated one by one (train_lora + evaluate.generate) vs in
 one grouped pass (train_grouped + grouped_generate), on CPU.
 
-    .venv/bin/python eval/bench_throughput.py                 # default: small, ~10 min on 2 busy cores
+    .venv/bin/python eval/bench_throughput.py                 # default: K 1,2,4, 24 examples, ~7 min on 2 busy cores
     .venv/bin/python eval/bench_throughput.py --full          # demo-size runs, K up to 8 (much longer)
     .venv/bin/python eval/bench_throughput.py --out eval/results/bench_throughput-cpu.txt
 
@@ -80,17 +80,19 @@ def rss_mb() -> float:
 
 
 def sequential(model, tok, runs, prompts, cfg, args):
-    """train_lora + generate per run; returns (seconds, weights per run, generations per run)."""
+    """train_lora + generate per run; returns (seconds, train seconds, weights per run, generations per run)."""
     t0 = time.perf_counter()
-    weights, gens = [], []
+    weights, gens, train_s = [], [], 0.0
     for run in runs:
+        t1 = time.perf_counter()
         peft_model, _ = train_lora(model, run.items, PAD, cfg, run.init_seed, progress_bar=False)
+        train_s += time.perf_counter() - t1
         w, _ = peft_lora_weights(peft_model)
         weights.append({n: (a.detach().clone(), b.detach().clone()) for n, (a, b) in w.items()})
         peft_model.eval()
         gens.append(generate(peft_model, tok, prompts, args.max_new_tokens, args.eval_batch, progress_bar=False))
         detach_lora(peft_model)
-    return time.perf_counter() - t0, weights, gens
+    return time.perf_counter() - t0, train_s, weights, gens
 
 
 def grouped(model, tok, runs, prompts, cfg, args, mode):
@@ -142,7 +144,8 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-batch", type=int, default=50, help="prompts per generate call (per run)")
     ap.add_argument("--modes", default="gather,loop", help="grouped modes to time: gather, loop")
     ap.add_argument("--tiny", action="store_true", help="the 2-layer test-sized model instead of SmolLM2's shape")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on the shared 2-core machine 2 threads ran ~10x slower)")
     ap.add_argument("--layer-bench", action="store_true", help="only time one grouped layer, gather vs loop")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = ap.parse_args(argv)
@@ -151,8 +154,7 @@ def main(argv=None) -> None:
     args.prompts = args.prompts or (50 if args.full else 10)
     args.max_new_tokens = args.max_new_tokens or (32 if args.full else 16)
     modes = args.modes.split(",")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
 
     lines: list[str] = []
 
@@ -185,14 +187,16 @@ def main(argv=None) -> None:
     for K in ks:
         picks = [rng.permutation(len(pool))[:args.examples] for _ in range(K)]
         runs = [GroupedRun([pool[i] for i in p], init_seed=100 + k) for k, p in enumerate(picks)]
-        seq_s, weights, seq_gens = sequential(model, IdTokenizer(), runs, prompts, cfg, args)
-        say(f"{K:>3} {'sequential':<16} {seq_s:>9.1f} {'':>8} {K / seq_s * 3600:>10.1f} {1.0:>7.2f} {rss_mb():>12.0f}")
+        seq_s, seq_train, weights, seq_gens = sequential(model, IdTokenizer(), runs, prompts, cfg, args)
+        say(f"{K:>3} {'sequential':<16} {seq_s:>9.1f} {seq_train:>8.1f} {K / seq_s * 3600:>10.1f} {1.0:>7.2f} {rss_mb():>12.0f}")
         for mode in modes:
             g_s, g_train, lora, g_gens = grouped(model, IdTokenizer(), runs, prompts, cfg, args, mode)
             equal = sum(a == b for ga, sa in zip(g_gens, seq_gens) for a, b in zip(ga, sa))
             say(f"{K:>3} {'grouped ' + mode:<16} {g_s:>9.1f} {g_train:>8.1f} {K / g_s * 3600:>10.1f} "
                 f"{seq_s / g_s:>7.2f} {rss_mb():>12.0f} {max_weight_diff(lora, weights):>9.1e} "
                 f"{equal:>5}/{K * len(prompts)}")
+    say("")
+    layer_bench([1, 2, 4, 8], say)
     load1 = os.getloadavg()
     say("")
     say(f"load average at the end {load1[0]:.1f} (1 min), {load1[1]:.1f} (5 min)")
