@@ -4,6 +4,7 @@ one grouped pass (train_grouped + grouped_generate), on CPU.
     .venv/bin/python eval/bench_throughput.py                 # default: K 1,2,4, 24 examples, ~7 min on 2 busy cores
     .venv/bin/python eval/bench_throughput.py --full          # demo-size runs, K up to 8 (much longer)
     .venv/bin/python eval/bench_throughput.py --out eval/results/bench_throughput-cpu.txt
+    python3 eval/bench_throughput.py --full --device cuda --dtype bfloat16      # on a GPU (not run yet)
 
 The model is a random-init Llama of SmolLM2-135M's shape (hidden 576, 30 layers, 9 heads, 3 kv
 heads, intermediate 1536, vocab 49152; built from LlamaConfig, nothing downloaded), float32 on
@@ -76,6 +77,9 @@ def synth_pool(n: int, vocab: int, rng) -> list[Tokenized]:
 
 
 def rss_mb() -> float:
+    """Peak resident memory of the process so far (on CUDA: peak allocated GPU memory), MB."""
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
+        return torch.cuda.max_memory_allocated() / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024        # Linux: KiB
 
 
@@ -92,15 +96,24 @@ def sequential(model, tok, runs, prompts, cfg, args):
         peft_model.eval()
         gens.append(generate(peft_model, tok, prompts, args.max_new_tokens, args.eval_batch, progress_bar=False))
         detach_lora(peft_model)
+    _sync()
     return time.perf_counter() - t0, train_s, weights, gens
 
 
 def grouped(model, tok, runs, prompts, cfg, args, mode):
+    _sync()
     t0 = time.perf_counter()
     lora, _ = train_grouped(model, runs, PAD, cfg, mode=mode)
+    _sync()
     t1 = time.perf_counter()
     gens = grouped_generate(model, tok, lora, prompts, args.max_new_tokens, args.eval_batch, mode=mode)
+    _sync()
     return time.perf_counter() - t0, t1 - t0, lora, gens
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def max_weight_diff(lora, weights) -> float:
@@ -146,6 +159,8 @@ def main(argv=None) -> None:
     ap.add_argument("--tiny", action="store_true", help="the 2-layer test-sized model instead of SmolLM2's shape")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on the shared 2-core machine 2 threads ran ~10x slower)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the model and both ways run there)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the base model's dtype")
     ap.add_argument("--layer-bench", action="store_true", help="only time one grouped layer, gather vs loop")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = ap.parse_args(argv)
@@ -169,11 +184,11 @@ def main(argv=None) -> None:
     if args.layer_bench:
         layer_bench([1, 2, 4, 8], say)
         return
-    model = build_model(args.tiny)
+    model = build_model(args.tiny).to(device=args.device, dtype=getattr(torch, args.dtype))
     vocab = model.config.vocab_size
     cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3)
     say(f"model: random-init Llama {'(tiny)' if args.tiny else 'of SmolLM2-135M shape'}, "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, float32; LoRA r={cfg.lora_r} "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.dtype} on {args.device}; LoRA r={cfg.lora_r} "
         f"alpha={cfg.lora_alpha} all-linear; batch {cfg.batch_size}, {cfg.epochs} epoch, lr {cfg.lr}")
     say(f"runs: {args.examples} synthesized examples of ~55 tokens each; {args.prompts} test prompts, greedy, "
         f"max_new_tokens {args.max_new_tokens}, {args.eval_batch} prompts per generate call (per run)")
@@ -182,7 +197,7 @@ def main(argv=None) -> None:
     prompts = [" ".join(map(str, rng.integers(3, vocab, rng.integers(25, 36)))) for _ in range(args.prompts)]
     say(f"peak RSS after the model and data: {rss_mb():.0f} MB")
     say("")
-    say(f"{'K':>3} {'way':<16} {'seconds':>9} {'train s':>8} {'runs/hour':>10} {'vs seq':>7} {'peak RSS MB':>12} "
+    say(f"{'K':>3} {'way':<16} {'seconds':>9} {'train s':>8} {'runs/hour':>10} {'vs seq':>7} {'peak GPU MB' if args.device != 'cpu' else 'peak RSS MB':>12} "
         f"{'max |dW|':>9} {'gens equal':>10}")
     for K in ks:
         picks = [rng.permutation(len(pool))[:args.examples] for _ in range(K)]
@@ -196,7 +211,8 @@ def main(argv=None) -> None:
                 f"{seq_s / g_s:>7.2f} {rss_mb():>12.0f} {max_weight_diff(lora, weights):>9.1e} "
                 f"{equal:>5}/{K * len(prompts)}")
     say("")
-    layer_bench([1, 2, 4, 8], say)
+    if args.device == "cpu":
+        layer_bench([1, 2, 4, 8], say)
     load1 = os.getloadavg()
     say("")
     say(f"load average at the end {load1[0]:.1f} (1 min), {load1[1]:.1f} (5 min)")
