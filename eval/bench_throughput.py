@@ -1,0 +1,226 @@
+"""Runs per hour: K runs trained and evaluated one by one (train_lora + evaluate.generate) vs in
+one grouped pass (train_grouped + grouped_generate), on CPU.
+
+    .venv/bin/python eval/bench_throughput.py                 # default: K 1,2,4, 24 examples, ~7 min on 2 busy cores
+    .venv/bin/python eval/bench_throughput.py --full          # demo-size runs, K up to 8 (much longer)
+    .venv/bin/python eval/bench_throughput.py --out eval/results/bench_throughput-cpu.txt
+    python3 eval/bench_throughput.py --full --device cuda --dtype bfloat16      # on a GPU (not run yet)
+
+The model is a random-init Llama of SmolLM2-135M's shape (hidden 576, 30 layers, 9 heads, 3 kv
+heads, intermediate 1536, vocab 49152; built from LlamaConfig, nothing downloaded), float32 on
+CPU. The data are synthesized token ids: each run gets its own random subset of a pool of
+examples of ~55 tokens (a prompt of 25-35 tokens and a response of 20-30) in its own order, and
+its own adapter init seed; all runs share one test set of prompts. Generation is greedy with
+left padding; the "tokenizer" maps a string of space-separated ids to ids and back, so no
+vocabulary is needed. The figures: wall seconds of each way, runs per hour, the ratio, the peak
+resident memory of the process so far (ru_maxrss, so it only grows), and how close the grouped
+runs are to the sequential ones (max abs weight difference; generations equal or not).
+The machine is shared: the load average is printed at the start and the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llm_al.evaluate import generate                                        # noqa: E402
+from llm_al.formatting import Tokenized                                     # noqa: E402
+from llm_al.grouped import grouped_generate, peft_lora_weights             # noqa: E402
+from llm_al.train import TrainConfig, detach_lora, train_lora               # noqa: E402
+from llm_al.train_grouped import GroupedRun, train_grouped                  # noqa: E402
+
+PAD, EOS = 0, 2
+
+
+class IdTokenizer:
+    """Strings of space-separated token ids <-> ids: enough for evaluate.generate."""
+
+    pad_token_id, eos_token_id = PAD, EOS
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [int(t) for t in text.split()]}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return " ".join(str(int(i)) for i in ids if not (skip_special_tokens and int(i) in (PAD, EOS)))
+
+    def get_vocab(self) -> dict:
+        return {}
+
+
+def build_model(tiny: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    shape = (dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=600) if tiny else
+             dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                  num_key_value_heads=3, vocab_size=49152))
+    config = LlamaConfig(**shape, max_position_embeddings=2048, tie_word_embeddings=True, pad_token_id=PAD,
+                         bos_token_id=1, eos_token_id=EOS)
+    return LlamaForCausalLM(config).eval()
+
+
+def synth_pool(n: int, vocab: int, rng) -> list[Tokenized]:
+    """n examples of ~55 tokens: prompt 25-35, response 20-30 random ids (3..vocab-1)."""
+    return [Tokenized(rng.integers(3, vocab, rng.integers(25, 36)).tolist(),
+                      rng.integers(3, vocab, rng.integers(20, 31)).tolist(), False) for _ in range(n)]
+
+
+def rss_mb() -> float:
+    """Peak resident memory of the process so far (on CUDA: peak allocated GPU memory), MB."""
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated():
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024        # Linux: KiB
+
+
+def sequential(model, tok, runs, prompts, cfg, args):
+    """train_lora + generate per run; returns (seconds, train seconds, weights per run, generations per run)."""
+    t0 = time.perf_counter()
+    weights, gens, train_s = [], [], 0.0
+    for run in runs:
+        t1 = time.perf_counter()
+        peft_model, _ = train_lora(model, run.items, PAD, cfg, run.init_seed, progress_bar=False)
+        train_s += time.perf_counter() - t1
+        w, _ = peft_lora_weights(peft_model)
+        weights.append({n: (a.detach().clone(), b.detach().clone()) for n, (a, b) in w.items()})
+        peft_model.eval()
+        gens.append(generate(peft_model, tok, prompts, args.max_new_tokens, args.eval_batch, progress_bar=False))
+        detach_lora(peft_model)
+    _sync()
+    return time.perf_counter() - t0, train_s, weights, gens
+
+
+def grouped(model, tok, runs, prompts, cfg, args, mode):
+    _sync()
+    t0 = time.perf_counter()
+    lora, _ = train_grouped(model, runs, PAD, cfg, mode=mode)
+    _sync()
+    t1 = time.perf_counter()
+    gens = grouped_generate(model, tok, lora, prompts, args.max_new_tokens, args.eval_batch, mode=mode)
+    _sync()
+    return time.perf_counter() - t0, t1 - t0, lora, gens
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def max_weight_diff(lora, weights) -> float:
+    return max(float((w[n][i] - (lora.A, lora.B)[i][n][k].detach()).abs().max())
+               for k, w in enumerate(weights) for n in lora.names for i in (0, 1))
+
+
+def layer_bench(ks, say, reps: int = 7) -> None:
+    """Forward + backward of one grouped layer of SmolLM2's MLP shape (576 -> 1536, r 16) on K*4
+    rows of 60 tokens, gather vs loop, interleaved; the median of `reps` timings each."""
+    from llm_al.grouped import GroupedLoraLinear, Router
+
+    say(f"one grouped layer 576 -> 1536, r 16, K*4 rows x 60 tokens, forward + backward, median of {reps} (ms):")
+    say(f"{'K':>3} {'gather':>8} {'loop':>8} {'loop/gather':>12}")
+    for K in ks:
+        base = torch.nn.Linear(576, 1536, bias=False).requires_grad_(False)
+        A = (torch.randn(K, 16, 576) * 0.02).requires_grad_()          # (K, r, in)
+        B = (torch.randn(K, 1536, 16) * 0.02).requires_grad_()         # (K, out, r)
+        x = torch.randn(K * 4, 60, 576)                                  # (rows, T, in)
+        router = Router(K)
+        layers = {m: GroupedLoraLinear(base, A, B, 2.0, 0.0, router, m) for m in ("gather", "loop")}
+        times: dict[str, list[float]] = {m: [] for m in layers}
+        with router.rows(torch.arange(K).repeat_interleave(4)):
+            for _ in range(reps):
+                for m, layer in layers.items():
+                    t0 = time.perf_counter()
+                    layer(x).square().mean().backward()
+                    times[m].append((time.perf_counter() - t0) * 1e3)
+                    A.grad = B.grad = None
+        g, lp = (float(np.median(times[m])) for m in ("gather", "loop"))
+        say(f"{K:>3} {g:>8.2f} {lp:>8.2f} {lp / g:>12.2f}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--full", action="store_true", help="demo size: K 1,2,4,8, 100 examples, 50 prompts, 32 new tokens")
+    ap.add_argument("--ks", default=None, help="comma-separated K values (default 1,2,4; --full 1,2,4,8)")
+    ap.add_argument("--examples", type=int, default=None, help="examples per run (default 24; --full 100)")
+    ap.add_argument("--prompts", type=int, default=None, help="test prompts (default 10; --full 50)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default 16; --full 32")
+    ap.add_argument("--eval-batch", type=int, default=50, help="prompts per generate call (per run)")
+    ap.add_argument("--modes", default="gather,loop", help="grouped modes to time: gather, loop")
+    ap.add_argument("--tiny", action="store_true", help="the 2-layer test-sized model instead of SmolLM2's shape")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on the shared 2-core machine 2 threads ran ~10x slower)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the model and both ways run there)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the base model's dtype")
+    ap.add_argument("--layer-bench", action="store_true", help="only time one grouped layer, gather vs loop")
+    ap.add_argument("--out", type=Path, default=None, help="also write the report here")
+    args = ap.parse_args(argv)
+    ks = [int(k) for k in (args.ks or ("1,2,4,8" if args.full else "1,2,4")).split(",")]
+    args.examples = args.examples or (100 if args.full else 24)
+    args.prompts = args.prompts or (50 if args.full else 10)
+    args.max_new_tokens = args.max_new_tokens or (32 if args.full else 16)
+    modes = args.modes.split(",")
+    torch.set_num_threads(args.threads)
+
+    lines: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    load0 = os.getloadavg()
+    say(f"bench_throughput: sequential vs grouped LoRA runs, {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC")
+    say(f"machine: {os.cpu_count()} CPUs, {platform.machine()}; torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads; load average at start {load0[0]:.1f} (1 min), {load0[1]:.1f} (5 min) (shared machine)")
+    if args.layer_bench:
+        layer_bench([1, 2, 4, 8], say)
+        return
+    model = build_model(args.tiny).to(device=args.device, dtype=getattr(torch, args.dtype))
+    vocab = model.config.vocab_size
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3)
+    say(f"model: random-init Llama {'(tiny)' if args.tiny else 'of SmolLM2-135M shape'}, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.dtype} on {args.device}; LoRA r={cfg.lora_r} "
+        f"alpha={cfg.lora_alpha} all-linear; batch {cfg.batch_size}, {cfg.epochs} epoch, lr {cfg.lr}")
+    say(f"runs: {args.examples} synthesized examples of ~55 tokens each; {args.prompts} test prompts, greedy, "
+        f"max_new_tokens {args.max_new_tokens}, {args.eval_batch} prompts per generate call (per run)")
+    rng = np.random.default_rng(0)
+    pool = synth_pool(max(ks) * args.examples, vocab, rng)
+    prompts = [" ".join(map(str, rng.integers(3, vocab, rng.integers(25, 36)))) for _ in range(args.prompts)]
+    say(f"peak RSS after the model and data: {rss_mb():.0f} MB")
+    say("")
+    say(f"{'K':>3} {'way':<16} {'seconds':>9} {'train s':>8} {'runs/hour':>10} {'vs seq':>7} {'peak GPU MB' if args.device != 'cpu' else 'peak RSS MB':>12} "
+        f"{'max |dW|':>9} {'gens equal':>10}")
+    for K in ks:
+        picks = [rng.permutation(len(pool))[:args.examples] for _ in range(K)]
+        runs = [GroupedRun([pool[i] for i in p], init_seed=100 + k) for k, p in enumerate(picks)]
+        seq_s, seq_train, weights, seq_gens = sequential(model, IdTokenizer(), runs, prompts, cfg, args)
+        say(f"{K:>3} {'sequential':<16} {seq_s:>9.1f} {seq_train:>8.1f} {K / seq_s * 3600:>10.1f} {1.0:>7.2f} {rss_mb():>12.0f}")
+        for mode in modes:
+            g_s, g_train, lora, g_gens = grouped(model, IdTokenizer(), runs, prompts, cfg, args, mode)
+            equal = sum(a == b for ga, sa in zip(g_gens, seq_gens) for a, b in zip(ga, sa))
+            say(f"{K:>3} {'grouped ' + mode:<16} {g_s:>9.1f} {g_train:>8.1f} {K / g_s * 3600:>10.1f} "
+                f"{seq_s / g_s:>7.2f} {rss_mb():>12.0f} {max_weight_diff(lora, weights):>9.1e} "
+                f"{equal:>5}/{K * len(prompts)}")
+    say("")
+    if args.device == "cpu":
+        layer_bench([1, 2, 4, 8], say)
+    load1 = os.getloadavg()
+    say("")
+    say(f"load average at the end {load1[0]:.1f} (1 min), {load1[1]:.1f} (5 min)")
+    say("vs seq: sequential seconds / grouped seconds (train + generate) for the same K runs")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
