@@ -34,9 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llm_al.evaluate import generate                                        # noqa: E402
-from llm_al.formatting import Tokenized                                     # noqa: E402
+from llm_al.features.formatting import Tokenized                               # noqa: E402
 from llm_al.grouped import grouped_generate, peft_lora_weights             # noqa: E402
-from llm_al.train import TrainConfig, detach_lora, train_lora               # noqa: E402
+from llm_al.config import TrainConfig                                       # noqa: E402
+from llm_al.train import detach_lora, train_lora                            # noqa: E402
 from llm_al.train_grouped import GroupedRun, train_grouped                  # noqa: E402
 
 PAD, EOS = 0, 2

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from llm_al.train import TrainConfig, attach_lora, detach_lora, save_adapter
+from llm_al.config import TrainConfig
+from llm_al.train import attach_lora, detach_lora, save_adapter
 
 MODES = ("gather", "loop")
 

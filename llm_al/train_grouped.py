@@ -31,9 +31,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from llm_al.formatting import Tokenized, pack, response_logits
+from llm_al.features.formatting import Tokenized, pack, response_logits
 from llm_al.grouped import GroupedLora, attached, init_grouped
-from llm_al.train import TrainConfig, TrainResult, ordered_batches
+from llm_al.config import TrainConfig
+from llm_al.train import TrainResult, ordered_batches
 
 ARCH_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
 

@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from conftest import pool_records
-from llm_al.data import records_to_pool
-from llm_al.formatting import pack, response_logits, tokenize
+from llm_al.data.pool import records_to_pool
+from llm_al.features.formatting import pack, response_logits, tokenize
 from llm_al.grouped import (GroupedLoraLinear, attached, export_adapter, grouped_generate, init_grouped,
                             peft_lora_weights, peft_view)
-from llm_al.train import TrainConfig, attach_lora, detach_lora, train_lora
+from llm_al.config import TrainConfig
+from llm_al.train import attach_lora, detach_lora, train_lora
 from llm_al.train_grouped import GroupedRun, train_grouped
 
 CFG = TrainConfig(epochs=2, batch_size=4, lr=1e-2, lora_r=4, lora_alpha=8, lora_dropout=0.0,
@@ -237,7 +238,7 @@ def random_lora(tiny_model):
 @pytest.mark.parametrize("mode", ["gather", "loop"])
 def test_grouped_generation_equals_per_adapter_peft(tiny_model, random_lora, trained, mode):
     from llm_al.evaluate import generate
-    from llm_al.formatting import prompt_text
+    from llm_al.features.formatting import prompt_text
 
     model, tok = tiny_model
     examples = records_to_pool(pool_records(24)).examples[:7]
@@ -264,7 +265,7 @@ def test_generation_keeps_finished_rows_routed(tiny_model, random_lora, trained)
     from dataclasses import replace
 
     from llm_al.evaluate import generate
-    from llm_al.formatting import prompt_text
+    from llm_al.features.formatting import prompt_text
 
     model, tok = tiny_model
     done, going = trained[0], random_lora

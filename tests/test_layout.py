@@ -23,7 +23,7 @@ LAYERS = [   # bottom first; a module may import from its own layer and the ones
     ("data", ["llm_al.data"]),
     ("config", ["llm_al.config"]),
     ("features", ["llm_al.features"]),
-    ("model steps", ["llm_al.train", "llm_al.evaluate", "llm_al.metrics"]),
+    ("model steps", ["llm_al.train", "llm_al.train_grouped", "llm_al.grouped", "llm_al.evaluate", "llm_al.metrics"]),
     ("selection", ["llm_al.strategies", "llm_al.orderings"]),
     ("analysis", ["llm_al.analysis"]),
     ("run", ["llm_al.run"]),
