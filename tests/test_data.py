@@ -409,6 +409,13 @@ def test_drop_overlap():
     raises(lambda: drop_overlap(pool, pool), "all 5 examples")
 
 
+def test_drop_overlap_removes_a_test_prompt_with_another_response():
+    pool = records_to_pool([{"prompt": "Q1", "response": "A"}, {"prompt": "Q2", "response": "B"}])
+    test = records_to_pool([{"prompt": "Q1", "response": "a different answer"}])
+    kept, removed = drop_overlap(pool, test)
+    assert removed == 1 and [ex.response for ex in kept.examples] == ["B"]
+
+
 def test_subset_keeps_order_and_metadata():
     pool = big_pool(5)
     sub = pool.subset([4, np.int64(0)])

@@ -408,9 +408,10 @@ def split_pool(pool: Pool, test_size: int | float, seed: int) -> tuple[Pool, Poo
 
 
 def drop_overlap(pool: Pool, other: Pool) -> tuple[Pool, int]:
-    """Remove from `pool` the examples whose id is in `other` (e.g. the test set)."""
-    banned = set(other.ids)
-    keep = [i for i, ex in enumerate(pool.examples) if ex.id not in banned]
+    """Remove from `pool` the examples that are in `other` (e.g. the test set) or share a prompt with
+    one of its examples: a test prompt trained on with another response still leaks the test."""
+    banned, prompts = set(other.ids), {ex.prompt_id for ex in other.examples}
+    keep = [i for i, ex in enumerate(pool.examples) if ex.id not in banned and ex.prompt_id not in prompts]
     removed = len(pool) - len(keep)
     if not keep:
         raise DataError(f"all {len(pool)} examples also appear in {other.path or 'the other set'}",

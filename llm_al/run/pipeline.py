@@ -56,7 +56,8 @@ def load_data(cfg: DataConfig, seed: int = 0, need_test: bool = True) -> Data:
     if test is not None:
         pool, removed = drop_overlap(pool, test)
         if removed:
-            notes.append(f"{removed} pool examples also in the test set were removed from the pool")
+            notes.append(f"{removed} pool examples also in the test set (or sharing a test prompt) were removed "
+                         "from the pool")
         if cfg.max_test is not None:
             test = test.subset(range(min(cfg.max_test, len(test))))
     if cfg.max_pool is not None and cfg.max_pool < len(pool):
