@@ -145,8 +145,15 @@ def test_chrf_disagreement_known_values():
 
 def test_bleu_variance_known_values():
     assert bleu_variance(["a b c d", "a b c d", "a b c d"]) == 0.0
-    # two samples reproduce each other (BLEU 100 against the others), one shares nothing (BLEU 0)
-    assert bleu_variance(["a b c d", "a b c d", "w x y z"]) == pytest.approx(np.var([100.0, 100.0, 0.0]))
+    # Xiao et al.'s BLEUVar, mean over the 6 ordered pairs of (1 - BLEU)^2: the 2 pairs of the two
+    # equal samples give 0, the 4 pairs with the sample that shares nothing give 1
+    assert bleu_variance(["a b c d", "a b c d", "w x y z"]) == pytest.approx(4 / 6)
+    assert bleu_variance(["", ""]) == 0.0 and bleu_variance(["a b c d", "w x y z"]) == 1.0
+    import sacrebleu                       # a partial match: BLEU b = sentence BLEU / 100 each way
+
+    a, b = "the cat sat on the mat", "the cat sat on a mat"
+    ab, ba = (sacrebleu.sentence_bleu(x, [y]).score / 100 for x, y in ((a, b), (b, a)))
+    assert bleu_variance([a, b]) == pytest.approx(((1 - ab) ** 2 + (1 - ba) ** 2) / 2)
     with pytest.raises(ConfigError):
         bleu_variance(["x"])
 

@@ -8,7 +8,7 @@ describe what it wrote (free generation, never teacher-forced argmax).
   test the informativeness assumption directly). Reads the references.
 - `sampled` -> `gen_disagreement`, `bleu_variance`: S = probe.gen_samples sampled answers per
   prompt; 1 - mean pairwise sentence chrF / 100 among them (lexical disagreement), and the
-  variance over samples of each sample's sentence BLEU against the others (Flores et al. 2026's
+  BLEUVar, the mean pairwise (1 - BLEU)^2 among them (Xiao et al. 2020; Flores et al. 2026's
   "lexical similarity of outputs" and "BLEU variance", here over sampled rather than MC-dropout
   outputs). Label-free.
 
@@ -195,15 +195,18 @@ def chrf_disagreement(samples: Sequence[str]) -> float:
 
 
 def bleu_variance(samples: Sequence[str]) -> float:
-    """Population variance over samples of sentence BLEU (0-100, effective order) of each sample
-    against all the other samples as references."""
+    """BLEUVar of Xiao et al. (2020, "Wat zei je? Detecting out-of-distribution translations with
+    variational transformers"): the mean over the ordered pairs (i, j), i != j, of (1 - BLEU(h_i,
+    h_j))^2, BLEU in [0, 1] (sentence BLEU with effective order, h_j the one reference; not
+    symmetric, so both directions count). Identical texts count as BLEU 1, also when both are empty.
+    0 when all samples agree, 1 when no two share an n-gram."""
     import sacrebleu
 
     if len(samples) < 2:
         raise ConfigError(f"BLEU variance needs at least 2 samples, got {len(samples)}")
-    scores = [sacrebleu.sentence_bleu(s, [o for j, o in enumerate(samples) if j != i]).score
-              for i, s in enumerate(samples)]
-    return float(np.var(scores))
+    terms = [(1.0 - (1.0 if a == b else sacrebleu.sentence_bleu(a, [b]).score / 100)) ** 2
+             for i, a in enumerate(samples) for j, b in enumerate(samples) if i != j]
+    return float(np.mean(terms))
 
 
 @PROBES.register("sampled", "S sampled answers per prompt: lexical disagreement (1 - pairwise chrF) and BLEU variance",
@@ -285,10 +288,10 @@ def gen_disagreement(features: Features, budget: int, rng: np.random.Generator) 
                        "1 - mean pairwise chrF/100 of sampled answers")
 
 
-@STRATEGIES.register("bleu_variance", "highest variance of each sampled answer's BLEU against the other samples",
+@STRATEGIES.register("bleu_variance", "highest BLEUVar of sampled answers: mean pairwise (1 - BLEU)^2 (Xiao et al. 2020)",
                      needs=("bleu_variance",))
 def bleu_variance_strategy(features: Features, budget: int, rng: np.random.Generator) -> Selection:
     """BLEU variance among sampled outputs (Xiao et al. 2020's BLEUVar, used by Perlitz et al.,
     EMNLP 2023 and Flores et al. 2026). Label-free."""
     return from_scores(features.require("bleu_variance").astype(np.float64), budget, rng,
-                       "variance of sample-vs-samples BLEU")
+                       "BLEUVar: mean pairwise (1 - BLEU)^2 of sampled answers")
