@@ -39,7 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     from llm_al.errors import UserError
 
     path = Path(path)
-    check_output(path, label=str(path), probe=False)
+    check_output(path, label="output", probe=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -42,14 +42,34 @@ class ModelLoaded(BaseException):
     """Raised (and never caught by the CLI) if a command loads a model or an embedder."""
 
 
+def _every_binding() -> list[tuple[object, str]]:
+    """(module, name) for every llm_al module attribute that holds one of the functions that load a
+    model or do corpus work. Every llm_al module is imported first, so none is first imported
+    (binding a name to the stand-in for good) while the stand-ins are in place."""
+    import importlib
+    import pkgutil
+    import sys
+
+    import llm_al
+    from llm_al.features import reference_index
+    from llm_al.run import pipeline
+
+    for info in pkgutil.walk_packages(llm_al.__path__, "llm_al."):
+        importlib.import_module(info.name)
+    targets = {id(f): f.__name__ for f in (models.load_model, models.load_embedder, pipeline.compute_features,
+                                           reference_index.reference_index)}
+    return [(mod, attr) for name, mod in list(sys.modules.items()) if name.startswith("llm_al")
+            for attr, value in list(vars(mod).items()) if id(value) in targets]
+
+
 @contextlib.contextmanager
 def no_model_work():
     def refuse(*_a, **_k):
         raise ModelLoaded("a model was loaded before the arguments were checked")
 
-    with mock.patch.object(models, "load_model", refuse), mock.patch.object(models, "load_embedder", refuse), \
-            mock.patch("llm_al.features.reference_index.reference_index", refuse), \
-            mock.patch("llm_al.run.pipeline.compute_features", refuse), mock.patch("llm_al.api.compute_features", refuse):
+    with contextlib.ExitStack() as stack:
+        for mod, attr in _every_binding():
+            stack.enter_context(mock.patch.object(mod, attr, refuse))
         yield
 
 
