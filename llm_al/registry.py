@@ -19,11 +19,14 @@ import difflib
 import importlib
 import inspect
 import math
+import numbers
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
+
+import numpy as np
 
 from llm_al.errors import ConfigError, UnknownNameError
 
@@ -201,7 +204,12 @@ def base_type(hint: Any) -> Any:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number, numpy's included; not a bool (numpy registers its scalars with `numbers`)."""
+    return isinstance(value, numbers.Real) and not _is_bool(value)
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -217,9 +225,9 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint is type(None) or hint is None:
         return value is None
     if hint is bool:
-        return isinstance(value, bool)
+        return _is_bool(value)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, numbers.Integral) and not _is_bool(value)
     if hint is float:
         return _number(value)
     if hint is str:
