@@ -28,6 +28,7 @@ from llm_al.analysis.writeup import comparisons, load_results, write_report
 from llm_al.config import DataConfig, ExperimentConfig, ModelConfig, config_from, parse_strategy
 from llm_al.data.demo import EMBEDDED_POOL
 from llm_al.data.pool import Example, Pool
+from llm_al.io import check_output
 from llm_al.orderings import run_ordering
 from llm_al.run.experiment import run_experiment
 from llm_al.run.pipeline import compute_features, load_data
@@ -120,8 +121,12 @@ def configure(recipe_or_config: ExperimentConfig | str | Path | None = None, **o
 
 def run(recipe_or_config: ExperimentConfig | str | Path | None = None, **overrides: Any) -> dict:
     """Run an experiment (as `llm-al run RECIPE key=value ...`) and return its summary (what
-    summary.json holds). The results go to the config's out_dir; a second call resumes there."""
-    return run_experiment(configure(recipe_or_config, **overrides))
+    summary.json holds). The results go to the config's out_dir; a second call resumes there. An
+    out_dir that is one of the run's input files, a file, or unwritable is a UserError before any
+    work."""
+    cfg = configure(recipe_or_config, **overrides)
+    check_output(cfg.out_dir, [cfg.data.pool, cfg.data.test], folder=True, label="out_dir")
+    return run_experiment(cfg)
 
 
 def compare(results_dir: str | Path) -> list[dict]:
@@ -139,4 +144,5 @@ def compare(results_dir: str | Path) -> list[dict]:
 
 def report(results_dir: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     """Write the `llm-al report` write-up (Markdown, HTML, plots, CSV) of a results directory."""
+    check_output(out if out is not None else Path(results_dir) / "report", folder=True)
     return write_report(results_dir, out)

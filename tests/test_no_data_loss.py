@@ -479,3 +479,15 @@ def test_fuzzer_reached_every_command():
     if not SEEN:
         pytest.skip("run with the fuzz test above")
     assert {"select", "overlap", "export", "import", "synthesize", "report", "run"} <= set(SEEN), SEEN
+
+
+def test_the_python_api_refuses_an_out_dir_that_is_an_input(files, tmp_path):
+    from llm_al import api
+    from llm_al.errors import UserError
+
+    before = digest(files["pool"])
+    with no_model_work(), pytest.raises(UserError, match="is the input"):
+        api.run(None, **{"data.pool": str(files["pool"]), "out_dir": str(files["pool"])})
+    with pytest.raises(UserError, match="is an existing file"):
+        api.report(tmp_path, out=files["pool"])
+    assert digest(files["pool"]) == before
