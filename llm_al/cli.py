@@ -422,7 +422,7 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     from llm_al.run.pipeline import compute_features
     from llm_al.strategies.needs import needed_features
     from llm_al.seeds import rng
-    from llm_al.strategies.base import STRATEGIES, run_strategy
+    from llm_al.strategies.base import STRATEGIES, check_budget, run_strategy
     from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES
 
     if args.annotate_command == "synthesize":
@@ -444,7 +444,7 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     pool = load_pool(args.pool, fields=_fields(args.field), labelled=False,
                      languages=(args.source_lang, args.target_lang))
     if pool.duplicates:
-        print(_duplicates_note(pool))
+        print(f"{pool.path}: {pool.duplicates_note()}")
     todo = unlabelled_indices(pool)
     if not todo:
         raise UserError(f"{args.pool}: every example already has a response; nothing to annotate")
@@ -452,7 +452,7 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     model_cfg = ModelConfig()
     if args.model:                      # model-based label-free strategies (greedy_logprob) score with it too
         model_cfg.name = args.model
-    _check_strategy_call(name, params, args.budget, len(candidates))
+    check_budget(args.budget, len(candidates))       # the parameters were checked above
     if args.dry_run:
         from llm_al.run.estimate import plan_annotate_export
 
@@ -509,20 +509,6 @@ def cmd_select(args: argparse.Namespace) -> None:
     path = write_subset(pool, [p.index for p in picks], args.out, columns=columns, shape=args.export_shape)
     print(f"selected {len(picks)} of {len(pool)} examples with {args.strategy} (seed {args.seed}) -> {path}")
     print(f"llm_al_score is the {picks[0].reason}; llm_al_rank is the pick order")
-
-
-def _check_strategy_call(name: str, params: dict, budget: int, pool_size: int) -> None:
-    """The checks `run_strategy` makes that need no features (the parameters are the strategy's
-    and valid, the budget fits the pool), made before any scoring, and by --dry-run."""
-    from llm_al.strategies.base import STRATEGIES, check_budget
-
-    STRATEGIES.check(name, params)
-    check_budget(budget, pool_size)
-
-
-def _duplicates_note(pool) -> str:
-    shown = ", ".join(str(d) for d, _ in pool.duplicates[:10]) + ("..." if len(pool.duplicates) > 10 else "")
-    return f"{pool.path}: {len(pool.duplicates)} exact duplicate rows dropped (rows {shown})"
 
 
 def cmd_annotate_import(args: argparse.Namespace) -> None:

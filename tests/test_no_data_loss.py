@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_al import models
-from llm_al.data.annotate import export_for_annotation, import_annotations, unlabelled_indices
+from llm_al.data.annotate import export_for_annotation, import_annotations
 from llm_al.cli import main
 from llm_al.data.pool import load_pool
 from llm_al.data.formats import read_rows

@@ -118,6 +118,13 @@ class Pool:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def duplicates_note(self) -> str:
+        """One line on the exact duplicates dropped while loading ('' when there were none)."""
+        if not self.duplicates:
+            return ""
+        shown = ", ".join(str(d) for d, _ in self.duplicates[:10]) + ("..." if len(self.duplicates) > 10 else "")
+        return f"{len(self.duplicates)} exact duplicate rows dropped (rows {shown})"
+
     def subset(self, indices: Sequence[int]) -> Pool:
         return Pool([self.examples[int(i)] for i in indices], self.path, self.format, self.shape)
 

@@ -45,8 +45,7 @@ def load_data(cfg: DataConfig, seed: int = 0, need_test: bool = True) -> Data:
                          languages=(cfg.source_lang, cfg.target_lang))
         test = None
     if pool.duplicates:
-        notes.append(f"{len(pool.duplicates)} exact duplicate rows dropped from the pool "
-                     f"(rows {', '.join(str(d) for d, _ in pool.duplicates[:10])}{'...' if len(pool.duplicates) > 10 else ''})")
+        notes.append(f"pool: {pool.duplicates_note()}")
     if cfg.test is not None:
         test = load_pool(cfg.test, fields=cfg.fields, system_prompt=system, split=cfg.split,
                          languages=(cfg.source_lang, cfg.target_lang))
