@@ -54,7 +54,9 @@ class Features:
     n_tokens: np.ndarray | None = None         # (N,) response tokens scored
     min_k: np.ndarray | None = None            # (N, len(MIN_K_FRACTIONS)) mean of the lowest k% token log-probs
     min_k_plus: np.ndarray | None = None       # (N, len(MIN_K_FRACTIONS)) mean of the lowest k% Min-K%++ scores
-    direct_loss: np.ndarray | None = None      # (N,) mean response NLL with no prompt (IFD's denominator)
+    direct_loss: np.ndarray | None = None      # (N,) mean plain-response NLL with no prompt (IFD's denominator)
+    plain_loss: np.ndarray | None = None       # (N,) mean plain-response NLL given the prompt, without the
+                                               # template's end-of-turn tail (IFD's numerator); None: same as loss
     scorer_ifd: np.ndarray | None = None       # (N,) IFD under a separate small scorer model (Superfiltering)
     embeddings: np.ndarray | None = None       # (N, D) unit-norm
     scores: dict[str, np.ndarray] = field(default_factory=dict)   # (N,) each, from probes (llm_al.features.probes)
@@ -65,10 +67,11 @@ class Features:
 
     @property
     def ifd(self) -> np.ndarray | None:
-        """Instruction-following difficulty (Cherry LLM): loss given the prompt / loss without it."""
+        """Instruction-following difficulty (Cherry LLM): the plain response's loss given the prompt /
+        its loss without it, over the same tokens."""
         if self.loss is None or self.direct_loss is None:
             return None
-        return ifd_ratio(self.loss, self.direct_loss)
+        return ifd_ratio(self.loss if self.plain_loss is None else self.plain_loss, self.direct_loss)
 
     def get(self, name: str) -> np.ndarray | None:
         """A feature by name: a field, the `ifd` ratio, or a probe score; None when absent."""

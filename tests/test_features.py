@@ -82,22 +82,22 @@ def test_cache_means_no_second_forward_pass(tiny_model, pool, cache_dir, monkeyp
     _, cost3 = compute_loss_features(model, tok, bigger.examples, cache_dir, "tiny", 128, progress_bar=False)
     assert cost3["loss_examples_scored"] == 1
     assert not [p for p in cache_dir.rglob("*") if p.name.endswith(".tmp")]
-    (folder,) = cache_dir.glob("loss-v3-*")
+    (folder,) = cache_dir.glob("loss-v4-*")
     assert len(list(folder.glob("*.npz"))) == 2                          # the first run's shard + the new row's
 
 
-def test_cache_rows_hold_every_stat_column_in_a_v3_file(tiny_model, pool, cache_dir):
+def test_cache_rows_hold_every_stat_column_in_a_v4_file(tiny_model, pool, cache_dir):
     from llm_al.features.engine import STAT_COLUMNS
 
     model, tok = tiny_model
     stats, _ = compute_loss_features(model, tok, pool.examples[:3], cache_dir, "tiny", 128, progress_bar=False)
     assert stats.shape == (3, len(STAT_COLUMNS)) and "min_k_plus_0.2" in STAT_COLUMNS
-    assert [p.name.split("-")[:2] for p in cache_dir.glob("loss-*") if p.is_dir()] == [["loss", "v3"]]
+    assert [p.name.split("-")[:2] for p in cache_dir.glob("loss-*") if p.is_dir()] == [["loss", "v4"]]
 
 
 def test_token_table_holds_the_same_items_compactly(tiny_model, pool):
     """The scoring pass keeps a pool's token ids in a TokenTable (flat int32 buffers): every item,
-    length and truncation flag equals tokenize()'s, chunk boundaries included, and with_prompt
+    length and truncation flag equals tokenize()'s, chunk boundaries included, and plain_after
     gives direct_items' "response alone" items."""
     from llm_al.features.engine import direct_items
     from llm_al.features.formatting import TokenTable, tokenize_table
@@ -110,7 +110,7 @@ def test_token_table_holds_the_same_items_compactly(tiny_model, pool):
     assert table.lengths.tolist() == [t.length for t in items]
     assert table.truncated.tolist() == [t.truncated for t in items] and table.truncated.any()
     assert table.prompt.dtype == np.int32 and table.prompt.nbytes == 4 * sum(len(t.prompt_ids) for t in items)
-    assert list(table.with_prompt([7])) == direct_items(items, 7)
+    assert list(table.plain_after([7])) == direct_items(items, 7)
     with pytest.raises(IndexError):
         table[len(table)]
     assert len(tokenize_table(tok, [], 24)) == 0

@@ -35,7 +35,8 @@ def reference_stats(model, items) -> np.ndarray:
         sigma = np.sqrt((p * logp**2).sum(1) - mu**2)
         z = (lp - mu) / sigma
         lows = [np.sort(v)[:max(1, math.ceil(k * R))].mean() for v in (lp, z) for k in MIN_K_FRACTIONS]
-        out.append([-lp.sum(), -mu.sum(), R, *lows])
+        n = R - t.tail                                                       # the plain response's tokens
+        out.append([-lp.sum(), -mu.sum(), R, *lows, -lp[:n].sum(), n])
     return np.array(out)
 
 
@@ -170,10 +171,10 @@ def test_gpt2_scorer_model_is_packed_correctly(system_items):
 def test_build_features_splits_min_k_and_min_k_plus_columns():
     from llm_al.features.engine import build_features
 
-    stats = np.array([[6.0, 3.0, 3, *range(1, K + 1), *range(10, 10 + K)]], dtype=np.float64)
+    stats = np.array([[6.0, 3.0, 3, *range(1, K + 1), *range(10, 10 + K), 5.0, 2]], dtype=np.float64)
     assert stats.shape[1] == len(STAT_COLUMNS)
     f = build_features(records_to_pool(pool_records(1)).examples, ["a"], loss_stats=stats)
-    assert f.loss.tolist() == [2.0] and f.entropy.tolist() == [1.0]
+    assert f.loss.tolist() == [2.0] and f.entropy.tolist() == [1.0] and f.plain_loss.tolist() == [2.5]
     assert f.min_k.tolist() == [list(range(1, K + 1))] and f.min_k_plus.tolist() == [list(range(10, 10 + K))]
 
 

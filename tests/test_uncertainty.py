@@ -65,8 +65,51 @@ def test_min_k_statistic_matches_a_direct_computation(tiny_model):
             assert stats[i, 3 + j] == pytest.approx(lowest[:n].mean(), rel=1e-4)
 
 
-def test_direct_items_drop_the_prompt(tiny_model):
+def test_direct_items_drop_the_prompt_and_the_end_of_turn(tiny_model):
+    """IFD's direct pass scores the plain response (Cherry LLM): no prompt, and not the chat template's
+    end-of-turn marker, which tokenize() keeps at the end of response_ids for training."""
     _, tok = tiny_model
-    items = tokenize(tok, records_to_pool(pool_records(3)).examples, 64)
+    examples = records_to_pool(pool_records(3)).examples
+    items = tokenize(tok, examples, 64)
     direct = direct_items(items, 7)
-    assert all(d.prompt_ids == [7] and d.response_ids == t.response_ids for d, t in zip(direct, items))
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    for d, t, ex in zip(direct, items, examples):
+        assert t.response_ids[-1] == end and t.tail >= 1
+        assert d.prompt_ids == [7] and d.response_ids == tok(ex.response, add_special_tokens=False)["input_ids"]
+        assert end not in d.response_ids
+
+
+def test_plain_start_is_not_a_chat_turn_opener(tiny_model):
+    """The tiny tokenizer mirrors SmolLM2: BOS <|im_start|> opens a chat turn (the model then expects a
+    role name), <|endoftext|> separates pretraining documents. The direct pass starts after the latter."""
+    from llm_al.features.formatting import plain_start_id
+
+    _, tok = tiny_model
+    assert tok.bos_token == "<|im_start|>"
+    assert plain_start_id(tok) == tok.convert_tokens_to_ids("<|endoftext|>")
+
+
+def test_ifd_numerator_leaves_out_the_end_of_turn(tiny_model):
+    """The plain_nll_sum / plain_tokens columns are the NLL of the response's own tokens given the
+    prompt (end-of-turn marker excluded), so IFD compares the same tokens with and without the prompt."""
+    from llm_al.features.engine import STAT_COLUMNS, build_features
+
+    model, tok = tiny_model
+    examples = records_to_pool(pool_records(4)).examples
+    items = tokenize(tok, examples, 64)
+    stats = response_token_stats(model, items, tok.pad_token_id)
+    col = {c: i for i, c in enumerate(STAT_COLUMNS)}
+    for i, t in enumerate(items):
+        ids = torch.tensor([t.prompt_ids + t.response_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+        P, n = len(t.prompt_ids), len(t.plain_ids)
+        nll = -logp[P - 1:P + n - 1].gather(1, torch.tensor(t.plain_ids)[:, None])[:, 0]
+        assert stats[i, col["plain_tokens"]] == n == len(t.response_ids) - t.tail
+        assert stats[i, col["plain_nll_sum"]] == pytest.approx(nll.sum().item(), rel=1e-4)
+        assert stats[i, col["plain_nll_sum"]] < stats[i, col["nll_sum"]]
+    direct = response_token_stats(model, direct_items(items, 0), tok.pad_token_id)
+    f = build_features(examples, [e.id for e in examples], loss_stats=stats, direct_stats=direct)
+    expect = (stats[:, col["plain_nll_sum"]] / stats[:, col["plain_tokens"]]) / (direct[:, 0] / direct[:, 2])
+    np.testing.assert_allclose(f.ifd, expect, rtol=1e-5)
+    assert not np.allclose(f.ifd, f.loss / f.direct_loss, rtol=1e-3)

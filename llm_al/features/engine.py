@@ -26,15 +26,16 @@ import numpy as np
 from llm_al.data.pool import Example
 from llm_al.errors import UserError
 from llm_al.features.cache import ShardedCache, key_bytes, text_key
-from llm_al.features.formatting import (PackedBatch, TokenTable, Tokenized, head_logits, pack_suffixes, plan_rows,
-                               shared_prefix_length, tokenize_table)
+from llm_al.features.formatting import (PackedBatch, TokenTable, Tokenized, head_logits, pack_suffixes, plain_start_id,
+                               plan_rows, shared_prefix_length, tokenize_table)
 from llm_al.features.memory import free_accelerator_memory, out_of_memory_errors
 from llm_al.io import claim, clear_stale_claims
 from llm_al.types import MIN_K_FRACTIONS, Features, ifd_ratio
 
 log = logging.getLogger("llm_al")
 STAT_COLUMNS = ("nll_sum", "entropy_sum", "n_tokens", *(f"min_k_{k}" for k in MIN_K_FRACTIONS),
-                *(f"min_k_plus_{k}" for k in MIN_K_FRACTIONS))
+                *(f"min_k_plus_{k}" for k in MIN_K_FRACTIONS), "plain_nll_sum", "plain_tokens")
+"""The last two: the NLL and count of the plain response's tokens (Tokenized.tail excluded), IFD's numerator."""
 
 
 def response_words(examples: Sequence[Example]) -> np.ndarray:
@@ -80,7 +81,8 @@ def response_token_stats(model, items: Sequence[Tokenized], pad_id: int, max_tok
                          row_tokens: int = ROW_TOKENS, share_prefix: bool = True) -> np.ndarray:
     """(N, len(STAT_COLUMNS)) array per item: summed response NLL, summed predictive entropy,
     response-token count, for each k in MIN_K_FRACTIONS the mean of the lowest k% of the
-    response-token log-probs (Min-K% Prob), then the mean of the lowest k% of the Min-K%++ scores.
+    response-token log-probs (Min-K% Prob), then the mean of the lowest k% of the Min-K%++ scores,
+    then the summed NLL and the count of the plain response's tokens (without the template's tail).
 
     The work that does not change the answer is skipped: the prompt prefix every item shares (the
     chat template's system turn) runs once and its KV cache is reused by every batch; the rest of
@@ -121,11 +123,12 @@ def response_token_stats(model, items: Sequence[Tokenized], pad_id: int, max_tok
                       for c in range(0, len(h), HEAD_CHUNK)]
             lp, ent, z = (torch.cat(x).double() for x in zip(*chunks))                      # (M,) each
             n_mem = len(batch.members)
-            sums = torch.zeros((n_mem, 2), dtype=torch.float64, device=device)
-            sums.index_add_(0, batch.member, torch.stack([-lp, ent], 1))
+            plain = batch.plain.double()
+            sums = torch.zeros((n_mem, 4), dtype=torch.float64, device=device)
+            sums.index_add_(0, batch.member, torch.stack([-lp, ent, -lp * plain, plain], 1))
             counts = torch.bincount(batch.member, minlength=n_mem)                          # (n_mem,)
-            block = torch.cat([sums, counts[:, None].double(), _min_k_means(lp, batch.member, counts),
-                               _min_k_means(z, batch.member, counts)], 1)
+            block = torch.cat([sums[:, :2], counts[:, None].double(), _min_k_means(lp, batch.member, counts),
+                               _min_k_means(z, batch.member, counts), sums[:, 2:]], 1)
             out[batch.members] = block.cpu().numpy()
             if progress:
                 progress(n_mem)
@@ -246,8 +249,9 @@ def _min_k_means(token_lp, rows, counts):
 
 
 def direct_items(items: Sequence[Tokenized], start_id: int) -> list[Tokenized]:
-    """The same responses with no prompt, after a single start token (IFD's "direct answer")."""
-    return [Tokenized([start_id], t.response_ids, t.truncated) for t in items]
+    """The plain responses (without the template's end-of-turn tail) with no prompt, after a single
+    start token (IFD's "direct answer"; the start token from formatting.plain_start_id)."""
+    return [Tokenized([start_id], t.plain_ids, t.truncated) for t in items]
 
 
 # ---------------------------------------------------------------------------- caches
@@ -257,11 +261,10 @@ def loss_cache_plan(tokenizer, examples: Sequence[Example], cache_dir: Path, mod
     pass (also what `--dry-run` uses to count what is still to score)."""
     kind = "direct" if direct else "loss"
     dtype = dtype.replace("torch.", "")
-    cache = ShardedCache(cache_dir / f"{kind}-v3-{text_key(model_key, dtype, str(max_length))}")
+    cache = ShardedCache(cache_dir / f"{kind}-v4-{text_key(model_key, dtype, str(max_length))}")
     items = tokenize_table(tokenizer, examples, max_length)
     if direct:
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        items = items.with_prompt([start])
+        items = items.plain_after([plain_start_id(tokenizer)])
     keys = [text_key(",".join(map(str, t.prompt_ids)), ",".join(map(str, t.response_ids))) for t in items]
     return cache, items, keys
 
@@ -387,11 +390,14 @@ def build_features(examples: Sequence[Example], ids: list[str], *, loss_stats: n
         K = len(MIN_K_FRACTIONS)
         f.min_k = loss_stats[:, 3:3 + K].astype(np.float32)
         f.min_k_plus = loss_stats[:, 3 + K:3 + 2 * K].astype(np.float32)
+        f.plain_loss = (loss_stats[:, -2] / np.maximum(loss_stats[:, -1], 1)).astype(np.float32)
     if direct_stats is not None:
         f.direct_loss = (direct_stats[:, 0] / np.maximum(direct_stats[:, 2], 1)).astype(np.float32)
     return f
 
 
 def ifd_from_stats(loss_stats: np.ndarray, direct_stats: np.ndarray) -> np.ndarray:
-    return ifd_ratio(loss_stats[:, 0] / np.maximum(loss_stats[:, 2], 1),
+    """IFD from the two passes' statistics: the plain response's NLL given the prompt over its NLL
+    with no prompt, over the same tokens (the template's tail is in neither)."""
+    return ifd_ratio(loss_stats[:, -2] / np.maximum(loss_stats[:, -1], 1),
                      direct_stats[:, 0] / np.maximum(direct_stats[:, 2], 1))

@@ -48,6 +48,15 @@ class Tokenized:
     prompt_ids: list[int]
     response_ids: list[int]
     truncated: bool
+    tail: int = 0
+    """Tokens at the end of response_ids that the template adds after the plain response (the
+    end-of-turn marker, or the EOS of the plain layout): trained on, but not part of the response
+    whose difficulty IFD compares with and without the prompt."""
+
+    @property
+    def plain_ids(self) -> list[int]:
+        """The response's own tokens, without the template's tail."""
+        return self.response_ids[:len(self.response_ids) - self.tail]
 
     @property
     def length(self) -> int:
@@ -63,14 +72,43 @@ def tokenize(tokenizer, examples: Sequence[Example], max_length: int) -> list[To
     texts = [split_texts(tokenizer, ex) for ex in examples]
     prompts = tokenizer([p for p, _ in texts], add_special_tokens=False)["input_ids"]     # batched: the
     responses = tokenizer([r for _, r in texts], add_special_tokens=False)["input_ids"]  # same ids, faster
+    plains = tokenizer([ex.response for ex in examples], add_special_tokens=False)["input_ids"]
     out = []
-    for p, r in zip(prompts, responses):
+    for p, r, plain in zip(prompts, responses, plains):
+        tail = len(r) - len(plain) if r[:len(plain)] == plain else 0
         truncated = len(p) + len(r) > max_length
         if truncated:
             r = r[: max_length - min(len(p), max_length // 2)]
             p = p[len(p) - (max_length - len(r)):]
-        out.append(Tokenized(p, r, truncated))
+            tail = max(0, len(r) - len(plain)) if tail else 0         # what is left of the tail, if any
+        out.append(Tokenized(p, r, truncated, tail))
     return out
+
+
+def plain_start_id(tokenizer) -> int:
+    """The token a plain text starts after, for scoring a response with no prompt (IFD's "direct
+    answer", as Cherry LLM scores the bare response): the BOS the tokenizer puts before plain text
+    (Llama's <s>); else the pretraining document separator <|endoftext|> (GPT-2, SmolLM2, Qwen);
+    else a BOS or EOS that does not mark a chat turn. Not a chat template's turn opener: SmolLM2's
+    BOS is <|im_start|>, after which the model expects a role name, not an answer."""
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x")["input_ids"]
+    if len(full) > len(plain) and full[-len(plain):] == plain:
+        return full[0]
+    vocab = tokenizer.get_vocab()
+    if "<|endoftext|>" in vocab:
+        return vocab["<|endoftext|>"]
+    turn = set()
+    if getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                                 add_generation_prompt=True)
+        turn = set(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None and tid not in turn:
+            return tid
+    raise ValueError("the tokenizer has no token that starts a plain text outside a chat turn (no BOS it adds, "
+                     "no <|endoftext|>, and its BOS/EOS open or close chat turns): IFD's direct pass cannot be "
+                     "scored for this model")
 
 
 class TokenTable(Sequence):
@@ -79,10 +117,11 @@ class TokenTable(Sequence):
     scoring pass over a million examples holds its token ids in a few hundred MB."""
 
     def __init__(self, prompt: np.ndarray, prompt_off: np.ndarray, response: np.ndarray,
-                 response_off: np.ndarray, truncated: np.ndarray):
+                 response_off: np.ndarray, truncated: np.ndarray, tail: np.ndarray | None = None):
         self.prompt, self.prompt_off = prompt, prompt_off              # (P,), (N + 1,)
         self.response, self.response_off = response, response_off      # (R,), (N + 1,)
         self.truncated = truncated                                     # (N,) bool
+        self.tail = np.zeros(len(truncated), np.int32) if tail is None else tail   # (N,) see Tokenized.tail
 
     def __len__(self) -> int:
         return len(self.truncated)
@@ -93,24 +132,28 @@ class TokenTable(Sequence):
         i = range(len(self))[i]
         return Tokenized(self.prompt[self.prompt_off[i]:self.prompt_off[i + 1]].tolist(),
                          self.response[self.response_off[i]:self.response_off[i + 1]].tolist(),
-                         bool(self.truncated[i]))
+                         bool(self.truncated[i]), int(self.tail[i]))
 
     @property
     def lengths(self) -> np.ndarray:
         """(N,) tokens of each item, prompt and response."""
         return np.diff(self.prompt_off) + np.diff(self.response_off)
 
-    def with_prompt(self, prompt_ids: Sequence[int]) -> "TokenTable":
-        """The same responses, each after the one prompt `prompt_ids` (IFD's direct pass)."""
+    def plain_after(self, prompt_ids: Sequence[int]) -> "TokenTable":
+        """Each plain response (without the template's tail) after the one prompt `prompt_ids`:
+        IFD's direct pass, as direct_items gives it."""
         n = len(self)
+        keep = np.diff(self.response_off) - self.tail                  # (N,) plain tokens of each
+        starts = self.response_off[:-1]
+        flat = np.concatenate([self.response[s:s + k] for s, k in zip(starts, keep)]) if n else self.response[:0]
         return TokenTable(np.tile(np.asarray(prompt_ids, dtype=np.int32), n),
-                          np.arange(n + 1, dtype=np.int64) * len(prompt_ids), self.response, self.response_off,
-                          self.truncated)
+                          np.arange(n + 1, dtype=np.int64) * len(prompt_ids), flat.astype(np.int32),
+                          np.concatenate([[0], np.cumsum(keep, dtype=np.int64)]), self.truncated)
 
 
 def tokenize_table(tokenizer, examples: Sequence[Example], max_length: int, chunk: int = 4096) -> TokenTable:
     """tokenize() of every example, `chunk` at a time, into a TokenTable."""
-    parts: dict[str, list] = {"p": [], "pl": [], "r": [], "rl": [], "t": []}
+    parts: dict[str, list] = {"p": [], "pl": [], "r": [], "rl": [], "t": [], "tail": []}
     for start in range(0, len(examples), chunk):
         for t in tokenize(tokenizer, examples[start:start + chunk], max_length):
             parts["p"].append(np.asarray(t.prompt_ids, dtype=np.int32))
@@ -118,10 +161,11 @@ def tokenize_table(tokenizer, examples: Sequence[Example], max_length: int, chun
             parts["pl"].append(len(t.prompt_ids))
             parts["rl"].append(len(t.response_ids))
             parts["t"].append(t.truncated)
+            parts["tail"].append(t.tail)
     flat = lambda a: np.concatenate(a) if a else np.zeros(0, np.int32)            # noqa: E731
     offsets = lambda n: np.concatenate([[0], np.cumsum(n, dtype=np.int64)])      # noqa: E731
     return TokenTable(flat(parts["p"]), offsets(parts["pl"]), flat(parts["r"]), offsets(parts["rl"]),
-                      np.array(parts["t"], dtype=bool))
+                      np.array(parts["t"], dtype=bool), np.array(parts["tail"], dtype=np.int32))
 
 
 def pack(items: Sequence[Tokenized], pad_id: int):
@@ -210,7 +254,8 @@ class PackedBatch:
     ids, position_ids, segment: (B, T); segment says which member a column holds (-1 for the
     padding at a row's end); position ids restart at `prefix_len` for each member. rows, pos,
     targets, member: (M,) for the M response tokens, grouped by member in order: the hidden state at
-    [rows[m], pos[m]] predicts targets[m], a token of member[m]. `members` are the item indices."""
+    [rows[m], pos[m]] predicts targets[m], a token of member[m]. `members` are the item indices.
+    plain: (M,) bool, True for the tokens of the plain response (not the template's tail)."""
 
     ids: "torch.Tensor"
     position_ids: "torch.Tensor"
@@ -221,6 +266,7 @@ class PackedBatch:
     member: "torch.Tensor"
     members: list[int]
     prefix_len: int
+    plain: "torch.Tensor"
 
     def to(self, device) -> "PackedBatch":
         moved = {k: v.to(device) for k, v in vars(self).items() if hasattr(v, "to")}
@@ -280,6 +326,7 @@ def pack_suffixes(items: Sequence[Tokenized], rows: Sequence[Sequence[int]], pre
     k = np.arange(int(R.sum())) - (np.cumsum(R) - R)[member]                            # (M,) index in response
     pos = off[member] + plen[member] - 1 + k             # the hidden state before each response token
     targets = flat[start[member] + plen[member] + k]
+    tail = np.array([items[i].tail for i in members], dtype=np.int64)                 # (n,)
     t = torch.from_numpy
     return PackedBatch(t(ids), t(position_ids), t(segment), t(row_of[member]), t(pos), t(targets), t(member),
-                       members, P)
+                       members, P, t(k < (R - tail)[member]))

@@ -22,7 +22,7 @@ from llm_al.config import ExperimentConfig
 from llm_al.evaluate import evaluate
 from llm_al.features import probes
 from llm_al.features.engine import build_features, direct_items, response_token_stats
-from llm_al.features.formatting import tokenize
+from llm_al.features.formatting import plain_start_id, tokenize
 from llm_al.run.cell import order_for_training, train_in_order
 from llm_al.run.grid import Cell
 from llm_al.run.pipeline import probe_context
@@ -46,8 +46,8 @@ def rescore(model, tokenizer, base: Features, examples, indices: np.ndarray, nee
         stats = response_token_stats(model, items, tokenizer.pad_token_id)
         direct_stats = None
         if needs & {"ifd", "direct_loss"}:
-            start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-            direct_stats = response_token_stats(model, direct_items(items, start), tokenizer.pad_token_id)
+            direct_stats = response_token_stats(model, direct_items(items, plain_start_id(tokenizer)),
+                                                tokenizer.pad_token_id)
         fresh = build_features(chosen, sub.ids, loss_stats=stats, direct_stats=direct_stats, embeddings=sub.embeddings)
         fresh.scorer_ifd, fresh.scores = sub.scorer_ifd, sub.scores
         sub = fresh
