@@ -120,7 +120,7 @@ def main() -> None:
 
     import llm_al.train
     from llm_al import models
-    from llm_al.run import cell, experiment
+    from llm_al.run import cell, experiment, record
     from llm_al.config import load_config
 
     timers = Timers()
@@ -131,7 +131,7 @@ def main() -> None:
         (experiment, "write_tables", "summary"), (experiment, "write_text", "config.yaml"),
         (experiment, "check_out_dir", "config.yaml"), (cell, "tokenize", "tokenize"),
         (llm_al.train, "attach_lora", "adapter attach"), (experiment, "save_adapter", "adapter save"),
-        (experiment, "detach_lora", "adapter detach"), (experiment, "_describe_subset", "describe subset"),
+        (experiment, "detach_lora", "adapter detach"), (record, "describe_subset", "describe subset"),
         (experiment, "write_json", "write result"),
     ):
         timers.wrap(module, name, phase)

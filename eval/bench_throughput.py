@@ -78,10 +78,53 @@ def build_model(shape_name: str):
     return LlamaForCausalLM(config).eval()
 
 
-def synth_pool(n: int, vocab: int, rng) -> list[Tokenized]:
-    """n examples of ~55 tokens: prompt 25-35, response 20-30 random ids (3..vocab-1)."""
-    return [Tokenized(rng.integers(3, vocab, rng.integers(25, 36)).tolist(),
-                      rng.integers(3, vocab, rng.integers(20, 31)).tolist(), False) for _ in range(n)]
+def synth_pool(n: int, vocab: int, rng, prefix: int) -> list[Tokenized]:
+    """n examples shaped like the demo's (38 tokens on average, 11.6 of them the response, measured
+    on its first 64 with SmolLM2's tokenizer): a prefix of `prefix` tokens that every example
+    shares (the chat template's system turn and user header: 14 in the demo), then a user turn of
+    8-16 and a response of 7-15 random ids (3..vocab-1), the last one the end-of-turn."""
+    system = rng.integers(3, vocab, prefix).tolist()
+    return [Tokenized(system + rng.integers(3, vocab, rng.integers(8, 17)).tolist(),
+                      rng.integers(3, vocab, rng.integers(7, 16)).tolist(), False, 1) for _ in range(n)]
+
+
+def matmul_rate(device: str, dtype) -> float:
+    """FLOP/s of a 1024 x 1024 x 1024 matmul on this machine now (median of 5 after a warm-up)."""
+    a = torch.randn(1024, 1024, device=device, dtype=dtype)
+    b = torch.randn(1024, 1024, device=device, dtype=dtype)
+    times = []
+    for i in range(6):
+        _sync()
+        t0 = time.perf_counter()
+        a @ b
+        _sync()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return 2 * 1024 ** 3 / float(np.median(times))
+
+
+def useful_flops(model, runs, cfg, prompts: int, prompt_tokens: int, new_tokens: int) -> tuple[float, float]:
+    """(training, generation) FLOPs that change the answer: each distinct token once (the shared
+    prefix once per step of a run, no padding) through the non-embedding weights, and the LM head
+    only where a token is predicted. Training with a frozen base = forward + the backward to the
+    inputs: 4 FLOPs per weight per token; generation: 2. Attention scores are not counted."""
+    from llm_al.features.formatting import shared_prefix_length
+    from llm_al.train import ordered_batches
+
+    head = model.get_output_embeddings().weight.numel()
+    body = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    if model.config.tie_word_embeddings:
+        body += head                                                      # the tied head counted once, below
+    body -= head
+    train = 0.0
+    for run in runs:
+        for step in ordered_batches(len(run.items), cfg.batch_size, cfg.epochs):
+            items = [run.items[i] for i in step]
+            P = shared_prefix_length(items)
+            tokens = P + sum(t.length - P for t in items)
+            train += 4 * (body * tokens + head * sum(len(t.response_ids) for t in items))
+    gen = 2 * len(runs) * (body * (prompt_tokens + prompts * new_tokens) + head * prompts * new_tokens)
+    return train, gen
 
 
 def rss_mb() -> float:
@@ -108,10 +151,10 @@ def sequential(model, tok, runs, prompts, cfg, args):
     return time.perf_counter() - t0, train_s, weights, gens
 
 
-def grouped(model, tok, runs, prompts, cfg, args, mode):
+def grouped(model, tok, runs, prompts, cfg, args, mode, share_prefix: bool = True):
     _sync()
     t0 = time.perf_counter()
-    lora, _ = train_grouped(model, runs, PAD, cfg, mode=mode)
+    lora, _ = train_grouped(model, runs, PAD, cfg, mode=mode, share_prefix=share_prefix)
     _sync()
     t1 = time.perf_counter()
     gens = grouped_generate(model, tok, lora, prompts, args.max_new_tokens, args.eval_batch, mode=mode)
@@ -163,7 +206,11 @@ def main(argv=None) -> None:
     ap.add_argument("--prompts", type=int, default=None, help="test prompts (default 10; --full 50)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="default 16; --full 32")
     ap.add_argument("--eval-batch", type=int, default=50, help="prompts per generate call (per run)")
-    ap.add_argument("--modes", default="gather,loop", help="grouped modes to time: gather, loop")
+    ap.add_argument("--prefix", type=int, default=14,
+                    help="prompt-prefix tokens every example shares (the demo's system turn and user header: 14)")
+    ap.add_argument("--share-prefix", default="on", choices=["on", "off", "both"],
+                    help="grouped training runs the shared prefix once per step (on), or every example whole (off)")
+    ap.add_argument("--modes", default="gather", help="grouped modes to time: gather, loop")
     ap.add_argument("--tiny", action="store_true", help="the 2-layer test-sized model (same as --shape tiny)")
     ap.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES), help="the random-init model's shape")
     ap.add_argument("--seq-max-k", type=int, default=None,
@@ -203,39 +250,50 @@ def main(argv=None) -> None:
     say(f"model: random-init Llama of shape {shape}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.dtype} on {args.device}; LoRA r={cfg.lora_r} "
         f"alpha={cfg.lora_alpha} all-linear; batch {cfg.batch_size}, {cfg.epochs} epoch, lr {cfg.lr}")
-    say(f"runs: {args.examples} synthesized examples of ~55 tokens each; {args.prompts} test prompts, greedy, "
+    say(f"runs: {args.examples} synthesized examples of ~37 tokens each ({args.prefix} shared); {args.prompts} test prompts, greedy, "
         f"max_new_tokens {args.max_new_tokens}, {args.eval_batch} prompts per generate call (per run)")
     rng = np.random.default_rng(0)
-    pool = synth_pool(max(ks) * args.examples, vocab, rng)
-    prompts = [" ".join(map(str, rng.integers(3, vocab, rng.integers(25, 36)))) for _ in range(args.prompts)]
+    pool = synth_pool(max(ks) * args.examples, vocab, rng, args.prefix)
+    prompts = [" ".join(map(str, pool[0].prompt_ids[:args.prefix] + rng.integers(3, vocab, rng.integers(8, 17)).tolist()))
+               for _ in range(args.prompts)]
+    rate = matmul_rate(args.device, getattr(torch, args.dtype))
+    say(f"matmul rate measured now: {rate / 1e9:.0f} GFLOP/s ({args.dtype}, 1024^3)")
     say(f"peak RSS after the model and data: {rss_mb():.0f} MB")
     say("")
-    say(f"{'K':>3} {'way':<16} {'seconds':>9} {'train s':>8} {'runs/hour':>10} {'vs seq':>7} {'peak GPU MB' if args.device != 'cpu' else 'peak RSS MB':>12} "
+    prompt_tokens = sum(len(p.split()) for p in prompts)
+    say(f"{'K':>3} {'way':<20} {'seconds':>9} {'train s':>8} {'runs/hour':>10} {'vs seq':>7} "
+        f"{'train %mm':>9} {'gen %mm':>8} {'peak GPU MB' if args.device != 'cpu' else 'peak RSS MB':>12} "
         f"{'max |dW|':>9} {'gens equal':>10}")
     if args.device != "cpu":          # CUDA start-up and kernel selection, outside every timing
         warm = [GroupedRun(pool[:8], init_seed=1)]
         sequential(model, IdTokenizer(), warm, prompts[:2], cfg, args)
         grouped(model, IdTokenizer(), warm, prompts[:2], cfg, args, modes[0])
+    shares = {"on": [True], "off": [False], "both": [True, False]}[args.share_prefix]
     per_run = None                    # sequential seconds per run at the largest timed K
     for K in ks:
         picks = [rng.permutation(len(pool))[:args.examples] for _ in range(K)]
         runs = [GroupedRun([pool[i] for i in p], init_seed=100 + k) for k, p in enumerate(picks)]
+        f_train, f_gen = useful_flops(model, runs, cfg, len(prompts), prompt_tokens, args.max_new_tokens)
+        mm = lambda total, train: (f"{100 * f_train / (train * rate):>8.1f}%"                 # noqa: E731
+                                   f" {100 * f_gen / ((total - train) * rate):>7.1f}%")
         timed = args.seq_max_k is None or K <= args.seq_max_k
         if timed:
             seq_s, seq_train, weights, seq_gens = sequential(model, IdTokenizer(), runs, prompts, cfg, args)
             per_run = seq_s / K
-            say(f"{K:>3} {'sequential':<16} {seq_s:>9.1f} {seq_train:>8.1f} {K / seq_s * 3600:>10.1f} {1.0:>7.2f} "
-                f"{rss_mb():>12.0f}")
+            say(f"{K:>3} {'sequential':<20} {seq_s:>9.1f} {seq_train:>8.1f} {K / seq_s * 3600:>10.1f} {1.0:>7.2f} "
+                f"{mm(seq_s, seq_train)} {rss_mb():>12.0f}")
         for mode in modes:
-            g_s, g_train, lora, g_gens = grouped(model, IdTokenizer(), runs, prompts, cfg, args, mode)
-            if timed:
-                equal = sum(a == b for ga, sa in zip(g_gens, seq_gens) for a, b in zip(ga, sa))
-                ratio, diff, gens = f"{seq_s / g_s:>7.2f}", f"{max_weight_diff(lora, weights):>9.1e}", \
-                    f"{equal:>5}/{K * len(prompts)}"
-            else:
-                ratio, diff, gens = f"{per_run * K / g_s:>6.2f}*", f"{'-':>9}", f"{'-':>10}"
-            say(f"{K:>3} {'grouped ' + mode:<16} {g_s:>9.1f} {g_train:>8.1f} {K / g_s * 3600:>10.1f} "
-                f"{ratio} {rss_mb():>12.0f} {diff} {gens}")
+            for share in shares:
+                g_s, g_train, lora, g_gens = grouped(model, IdTokenizer(), runs, prompts, cfg, args, mode, share)
+                if timed:
+                    equal = sum(a == b for ga, sa in zip(g_gens, seq_gens) for a, b in zip(ga, sa))
+                    ratio, diff, gens = f"{seq_s / g_s:>7.2f}", f"{max_weight_diff(lora, weights):>9.1e}", \
+                        f"{equal:>5}/{K * len(prompts)}"
+                else:
+                    ratio, diff, gens = f"{per_run * K / g_s:>6.2f}*", f"{'-':>9}", f"{'-':>10}"
+                way = f"grouped {mode}" + ("" if share else " padded")
+                say(f"{K:>3} {way:<20} {g_s:>9.1f} {g_train:>8.1f} {K / g_s * 3600:>10.1f} "
+                    f"{ratio} {mm(g_s, g_train)} {rss_mb():>12.0f} {diff} {gens}")
     say("")
     if args.device == "cpu":
         layer_bench([1, 2, 4, 8], say)
@@ -244,6 +302,9 @@ def main(argv=None) -> None:
     say(f"load average at the end {load1[0]:.1f} (1 min), {load1[1]:.1f} (5 min)")
     say("vs seq: sequential seconds / grouped seconds (train + generate) for the same K runs; * where the "
         "sequential time is K x the per-run time measured at the largest timed K")
+    say("train %mm, gen %mm: useful FLOPs (each distinct token once: the shared prefix once per step, no padding; "
+        "4 per weight per token in training, 2 in generation; see useful_flops) / (phase seconds x the matmul "
+        "rate above). grouped ... padded: every example whole in a right-padded batch (share_prefix=False)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")

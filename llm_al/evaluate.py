@@ -96,14 +96,25 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, pro
     gen_cost: dict = {}
     predictions = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, progress_bar, gen_cost)
     gen_seconds = time.perf_counter() - t0
-    scores = score_all(cfg.metrics, predictions, [ex.response for ex in examples])
+    result = score_predictions(examples, predictions, cfg, gen_seconds)
+    result["seconds"] = time.perf_counter() - t0
+    if gen_cost["generate_oom_backoffs"]:                                       # only when it backed off
+        result.update({"generate_oom_backoffs": gen_cost["generate_oom_backoffs"],
+                       "generate_batch_size": gen_cost["generate_batch_size"]})
+    return result
+
+
+def score_predictions(examples: Sequence[Example], predictions: Sequence[str], cfg: EvalConfig,
+                      gen_seconds: float) -> dict:
+    """evaluate()'s result for `predictions` of `examples` (one run's generations, however made):
+    the metrics, per-example scores, predictions, ids, and timing (seconds = generation + scoring)."""
+    t0 = time.perf_counter()
+    scores = score_all(cfg.metrics, list(predictions), [ex.response for ex in examples])
     return {
         "metrics": {name: s["score"] for name, s in scores.items()},
         "per_example": {name: s["per_example"] for name, s in scores.items()},
-        "predictions": predictions,
+        "predictions": list(predictions),
         "ids": [ex.id for ex in examples],
-        "seconds": time.perf_counter() - t0,
+        "seconds": gen_seconds + time.perf_counter() - t0,
         "generate_seconds": gen_seconds,
-        **({"generate_oom_backoffs": gen_cost["generate_oom_backoffs"],         # only when it backed off
-            "generate_batch_size": gen_cost["generate_batch_size"]} if gen_cost["generate_oom_backoffs"] else {}),
     }

@@ -31,7 +31,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from llm_al.features.formatting import Tokenized, pack, response_logits
+from llm_al.features.engine import ROW_TOKENS, decode_packed, prefix_cache, takes_block_masks
+from llm_al.features.formatting import (Tokenized, head_logits, pack, pack_suffixes, plan_rows, response_logits,
+                                        shared_prefix_length)
 from llm_al.grouped import GroupedLora, attached, init_grouped
 from llm_al.config import TrainConfig
 from llm_al.train import TrainResult, ordered_batches
@@ -123,8 +125,13 @@ def _run_configs(runs: Sequence[GroupedRun], cfg: TrainConfig) -> list[TrainConf
 
 def train_grouped(model, runs: Sequence[GroupedRun], pad_id: int, cfg: TrainConfig, mode: str = "gather",
                   on_batch: Callable[[int, list[int]], None] | None = None,
-                  progress_bar: bool = False) -> tuple[GroupedLora, list[GroupedResult]]:
+                  progress_bar: bool = False, share_prefix: bool = True) -> tuple[GroupedLora, list[GroupedResult]]:
     """Train one LoRA adapter per run on `model`, all in one pass (see the module docstring).
+
+    With `share_prefix` (the default) each step runs the prompt prefix its examples share (the chat
+    template's system turn) once per run and reuses its keys and values, gradient included, for the
+    rest of each example, packed with no padding (block-diagonal masks, as the scoring pass does);
+    otherwise every example runs whole in a right-padded batch. The two agree to float rounding.
 
     Returns (GroupedLora holding the K trained adapters, one GroupedResult per run). The model is
     left as it was (its Linear layers put back, requires_grad flags and train/eval mode restored).
@@ -154,7 +161,9 @@ def train_grouped(model, runs: Sequence[GroupedRun], pad_id: int, cfg: TrainConf
                 if on_batch:
                     for k in active:
                         on_batch(k, steps[k][step])
-                losses, tokens = _grouped_backward(model, router, runs, steps, active, step, pad_id)
+                batch = [(k, [runs[k].items[i] for i in steps[k][step]]) for k in active]
+                backward = _packed_backward if share_prefix else _padded_backward
+                losses, tokens = backward(model, router, batch, pad_id, step)
                 norms = clip_per_adapter(params, max_norm)
                 on = torch.zeros(lora.K, dtype=torch.bool)
                 on[active] = True
@@ -177,18 +186,57 @@ def train_grouped(model, runs: Sequence[GroupedRun], pad_id: int, cfg: TrainConf
     return lora, results
 
 
-def _grouped_backward(model, router, runs, steps, active: list[int], step: int, pad_id: int):
-    """Pack this step's batch of every active run, one forward, backward of the sum of the runs'
-    mean response losses. Returns ({run: loss}, {run: response tokens})."""
-    batch = [(k, runs[k].items[i]) for k in active for i in steps[k][step]]
-    ids, mask, rows, pos, targets = pack([item for _, item in batch], pad_id)          # (B, T) x2, (M,) x3
-    tag = torch.tensor([k for k, _ in batch])                                          # (B,) run of each row
+def _padded_backward(model, router, batch: list[tuple[int, list[Tokenized]]], pad_id: int, step: int):
+    """This step's examples of every active run (`batch`: (run, its items)) whole, one right-padded
+    row each, one forward; backward of the sum of the runs' mean response losses.
+    Returns ({run: loss}, {run: response tokens})."""
+    ids, mask, rows, pos, targets = pack([t for _, items in batch for t in items], pad_id)  # (B, T) x2, (M,) x3
+    tag = torch.tensor([k for k, items in batch for _ in items])                        # (B,) run of each row
     device = next(model.parameters()).device
     with router.rows(tag):
         logits = response_logits(model, ids.to(device), mask.to(device), rows.to(device), pos.to(device))  # (M, V)
-    ce = torch.nn.functional.cross_entropy(logits, targets.to(device), reduction="none")                 # (M,)
-    tok_run = tag.to(device)[rows.to(device)]                                                            # (M,)
-    K = router.K
+    return _sum_backward(logits, targets.to(device), tag.to(device)[rows.to(device)], router.K,
+                         [k for k, _ in batch], step)
+
+
+def _packed_backward(model, router, batch: list[tuple[int, list[Tokenized]]], pad_id: int, step: int):
+    """_padded_backward's result, with the shared prefix run once per run: its KV cache (A runs, one
+    row each) is reused by that run's packed rows, and the gradient flows back through it."""
+    items = [t for _, run_items in batch for t in run_items]
+    P = shared_prefix_length(items)
+    span = max(t.length for t in items)
+    four_d = takes_block_masks(model, span)
+    rows, row_run = [], []                                    # a row holds one run's items (one adapter)
+    offset = 0
+    for a, (_, run_items) in enumerate(batch):
+        suffix = [t.length - P for t in run_items]
+        for r in plan_rows(suffix, max(max(suffix), ROW_TOKENS) if four_d else 0):
+            rows.append([offset + i for i in r])
+            row_run.append(a)
+        offset += len(run_items)
+    device = next(model.parameters()).device
+    packed = pack_suffixes(items, rows, P, pad_id).to(device)
+    tags = torch.tensor([k for k, _ in batch])                                          # (A,) run of each prefix row
+    decoder = model.get_decoder()
+    kv = None
+    if P:
+        with router.rows(tags):
+            kv = prefix_cache(decoder, torch.tensor([items[0].prompt_ids[:P]] * len(batch), device=device))
+        at = torch.tensor(row_run, device=device)                                       # (B,) prefix row of each row
+        kv = [(k.index_select(0, at), v.index_select(0, at)) for k, v in kv]            # (B, heads, P, d)
+    row_tag = tags[row_run]                                                             # (B,) adapter of each row
+    with router.rows(row_tag):
+        hidden = decode_packed(model, decoder, packed, kv, four_d, model.get_input_embeddings().weight.dtype)
+    logits = head_logits(model, hidden[packed.rows, packed.pos])                        # (M, V)
+    return _sum_backward(logits, packed.targets, row_tag.to(device)[packed.rows], router.K,
+                         [k for k, _ in batch], step)
+
+
+def _sum_backward(logits, targets, tok_run, K: int, active: list[int], step: int):
+    """Backward of the sum over the `active` runs of each run's mean token cross-entropy; tok_run
+    (M,) is the run of each target. Returns ({run: loss}, {run: tokens})."""
+    device = logits.device
+    ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")                           # (M,)
     sums = torch.zeros(K, dtype=ce.dtype, device=device).index_add_(0, tok_run, ce)                     # (K,)
     counts = torch.bincount(tok_run, minlength=K)                                                        # (K,)
     means = sums / counts.clamp(min=1)                                                                   # (K,)

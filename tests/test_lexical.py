@@ -220,7 +220,7 @@ def test_coverage_is_random_once_everything_is_covered():
 
 def test_loop_rescore_and_subset_record_handle_the_count_matrix():
     from llm_al.config import ExperimentConfig
-    from llm_al.run.experiment import _subset_means
+    from llm_al.run.record import subset_means
     from llm_al.features.engine import build_features
     from llm_al.run.loop import rescore
 
@@ -229,5 +229,5 @@ def test_loop_rescore_and_subset_record_handle_the_count_matrix():
     base.scores["ngram_counts"] = hashed_ngram_counts(["stale"] * 3, 2)
     sub = rescore(None, None, base, pool.examples, np.array([2, 0]), {"ngram_counts"}, ExperimentConfig(), [1])
     np.testing.assert_array_equal(sub.require("ngram_counts").sum(1).A1, [5, 3])   # recomputed, no model used
-    record = _subset_means(base.take([0, 1]), np.array([0, 1]))
+    record = subset_means(base.take([0, 1]), np.array([0, 1]))
     assert record["ngram_counts_vocabulary"] == 1.0 and "ngram_counts" not in record   # only "stale"

@@ -12,7 +12,7 @@ import torch
 
 from conftest import pool_records
 from llm_al.data.pool import records_to_pool
-from llm_al.features.engine import (STAT_COLUMNS, _min_k_means, _takes_block_masks, response_token_stats, token_scores)
+from llm_al.features.engine import (STAT_COLUMNS, _min_k_means, takes_block_masks, response_token_stats, token_scores)
 from llm_al.types import MIN_K_FRACTIONS
 from llm_al.features.formatting import Tokenized, pack_suffixes, plan_rows, shared_prefix_length, tokenize
 
@@ -111,11 +111,11 @@ def test_pack_suffixes_positions_targets_and_mask():
 
 def test_sliding_window_shorter_than_a_row_gets_plain_rows(tiny_model):
     model, _ = tiny_model
-    assert _takes_block_masks(model, 256)
+    assert takes_block_masks(model, 256)
     model.config.sliding_window = 64
     try:
-        assert not _takes_block_masks(model, 256)
-        assert _takes_block_masks(model, 60)
+        assert not takes_block_masks(model, 256)
+        assert takes_block_masks(model, 60)
     finally:
         model.config.sliding_window = None
 
@@ -147,7 +147,7 @@ def test_plain_padded_rows_and_eager_attention_give_the_same_answer(tiny_model, 
                                                                     monkeypatch):
     model, tok = tiny_model
     ref = reference_stats(model, system_items)
-    monkeypatch.setattr("llm_al.features.engine._takes_block_masks", lambda *a: False)   # e.g. flash-attention
+    monkeypatch.setattr("llm_al.features.engine.takes_block_masks", lambda *a: False)   # e.g. flash-attention
     np.testing.assert_allclose(response_token_stats(model, system_items, tok.pad_token_id, max_batch=5), ref,
                                atol=2e-5, rtol=0)
     monkeypatch.undo()

@@ -103,21 +103,17 @@ def response_token_stats(model, items: Sequence[Tokenized], pad_id: int, max_tok
         max_tokens = min(max_tokens, CPU_BATCH_TOKENS)
     P = shared_prefix_length(items) if share_prefix else 0
     row_span = P + max(max(t.length for t in items) - P, min(row_tokens, max_tokens))   # longest key span
-    four_d = _takes_block_masks(model, row_span)
+    four_d = takes_block_masks(model, row_span)
     P, batches = plan_batches(items, max_tokens, max_batch, row_tokens, packed=four_d, share_prefix=share_prefix)
     decoder = model.get_decoder()
     # additive masks in the hidden states' dtype: eager adds them to the scores, sdpa takes them too
     # (and ran a little faster with them than with bool masks on CPU)
     mask_dtype = model.get_input_embeddings().weight.dtype
     with torch.inference_mode():
-        prefix_kv = None
-        if P:
-            done = decoder(input_ids=torch.tensor([items[0].prompt_ids[:P]], device=device), use_cache=True)
-            kv = getattr(done, "cache", None) or done.past_key_values        # transformers >= 5.24: `cache`
-            prefix_kv = [(k, v) for k, v, *_ in kv]                          # per layer (1, kv heads, P, d)
+        prefix_kv = prefix_cache(decoder, torch.tensor([items[0].prompt_ids[:P]], device=device)) if P else None
         for rows in batches:
             batch = pack_suffixes(items, rows, P, pad_id).to(device)
-            hidden = _decode(model, decoder, batch, prefix_kv, four_d, mask_dtype)          # (B, T, H)
+            hidden = decode_packed(model, decoder, batch, prefix_kv, four_d, mask_dtype)          # (B, T, H)
             h = hidden[batch.rows, batch.pos]                                               # (M, H)
             chunks = [token_scores_blocked(head_logits(model, h[c:c + HEAD_CHUNK]), batch.targets[c:c + HEAD_CHUNK])
                       for c in range(0, len(h), HEAD_CHUNK)]
@@ -162,7 +158,7 @@ def _attn_implementation(model) -> str:
     return getattr(model.config, "_attn_implementation", None) or "eager"
 
 
-def _takes_block_masks(model, span: int) -> bool:
+def takes_block_masks(model, span: int) -> bool:
     """Whether the model's attention takes a custom 4D mask (sdpa, eager) that covers it fully: no
     sliding window shorter than `span`, the most keys a query may see (the custom mask replaces the
     model's own window mask)."""
@@ -171,8 +167,17 @@ def _takes_block_masks(model, span: int) -> bool:
     return _attn_implementation(model) in _BLOCK_MASK_ATTENTION and not (window and window < span)
 
 
-def _decode(model, decoder, batch: PackedBatch, prefix_kv, four_d: bool, mask_dtype):
-    """(B, T, H) last hidden states of a packed batch, reusing the prefix's KV cache."""
+def prefix_cache(decoder, ids) -> list[tuple]:
+    """The KV cache of prefix rows `ids` (R, P), per layer (keys, values) of (R, kv heads, P, d);
+    differentiable when run with gradients (training reuses it the same way)."""
+    done = decoder(input_ids=ids, use_cache=True)
+    kv = getattr(done, "cache", None) or done.past_key_values        # transformers >= 5.24: `cache`
+    return [(k, v) for k, v, *_ in kv]
+
+
+def decode_packed(model, decoder, batch: PackedBatch, prefix_kv, four_d: bool, mask_dtype):
+    """(B, T, H) last hidden states of a packed batch, reusing the prefix's KV cache: one prefix row
+    (1, ...) for every batch row, or one per batch row (B, ...)."""
     cache = None
     if prefix_kv is not None:
         from transformers import DynamicCache

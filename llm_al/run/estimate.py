@@ -285,8 +285,13 @@ def plan_experiment(cfg: ExperimentConfig) -> str:
                         if rounds else [c.budget]) for c in runs}
     examples = sum(sum(sizes[c.budget]) for c in runs)
     evaluations = sum(len(sizes[c.budget]) for c in runs) + 1
+    packing = _packing(cfg, lm, data.pool.examples, est.device)
+    train_tokens = int(examples * cfg.train.epochs * mean_len)
+    if packing:
+        train_tokens = int(train_tokens - examples * cfg.train.epochs * packing[1] * (1 - 1 / cfg.train.batch_size))
     est.add(f"train {len(runs)} runs{f' x {rounds + 1} rounds' if rounds else ''}, {examples} examples in all x "
-            f"{cfg.train.epochs} epoch(s)", int(examples * cfg.train.epochs * mean_len), lm.params, 6, "train")
+            f"{cfg.train.epochs} epoch(s){', the shared prefix once a step' if packing else ''}", train_tokens,
+            lm.params, 6, "train")
     if rounds:
         from llm_al.types import MODEL_FEATURES
         from llm_al.strategies.needs import strategy_needs
@@ -309,9 +314,30 @@ def plan_experiment(cfg: ExperimentConfig) -> str:
              f"  features to compute: {', '.join(sorted(needs)) or 'none'}",
              f"  runs: {len(runs)} + the untrained floor"]
     lines += [f"    {s} [{o}]: {n}" for (s, o), n in by_cell.items()]
+    lines.append(f"  packing: {packing[0]} runs a pass (run.pack_size={cfg.run.pack_size}); the {packing[1]}-token "
+                 "prompt prefix every example shares runs once per training step" if packing else
+                 "  packing: none (each run alone" + (": an AL loop's rounds depend on each other)" if rounds else ")"))
     lines += est.lines()
     lines.append(_total(est, f"; finished runs in {cfg.out_dir} are skipped when it runs"))
     return "\n".join(lines)
+
+
+def _packing(cfg: ExperimentConfig, lm: Model, examples, device: str) -> tuple[int | str, int] | None:
+    """(runs per pack, shared prefix tokens) of a packed sweep (llm_al/run/packed.py), or None for
+    runs alone (run.pack_size=alone, or an AL loop). "auto" on a GPU is decided at run time."""
+    if cfg.loop.rounds or cfg.run.pack_size == "alone":
+        return None
+    K = cfg.run.pack_size
+    if K == "auto":
+        from llm_al.run.packed import CPU_PACK
+
+        K = CPU_PACK if device == "cpu" else "as many as half the free GPU memory holds (auto)"
+    prefix = 0
+    if lm.tokenizer is not None and examples:
+        from llm_al.features.formatting import shared_prefix_length, tokenize
+
+        prefix = shared_prefix_length(tokenize(lm.tokenizer, list(examples[:64]), cfg.model.max_length))
+    return K, prefix
 
 
 def plan_select(pool, spec: str, needs: set[str], model_cfg: ModelConfig, budget: int, out: str, output_format: str) -> str:

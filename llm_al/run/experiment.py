@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import platform
 import time
 import traceback
@@ -22,7 +20,6 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from llm_al import models
@@ -30,19 +27,19 @@ from llm_al.analysis.table import summarize, write_tables
 from llm_al.config import ExperimentConfig, parse_strategy, to_dict
 from llm_al.errors import BudgetError, UserError
 from llm_al.evaluate import evaluate
-from llm_al.features.probes import matrix_names
-from llm_al.features.reference_index import reference_index, selection_overlap
+from llm_al.features.reference_index import reference_index
 from llm_al.io import claim, confined, write_json, write_text
 from llm_al.run.cell import order_for_training, train_in_order
 from llm_al.run.grid import Cell, cells
 from llm_al.run.loop import run_loop
 from llm_al.run.pipeline import compute_features, load_data
+from llm_al.run.packed import Sweep, run_packed
+from llm_al.run.record import describe_subset, run_header, selection_record
 from llm_al.run.resources import check_run_resources
-from llm_al.seeds import rng, stream_seed
+from llm_al.seeds import rng
 from llm_al.strategies.base import run_strategy
 from llm_al.strategies.needs import needed_features
 from llm_al.train import detach_lora, save_adapter
-from llm_al.types import MIN_K_FRACTIONS, SCALAR_FEATURES
 
 log = logging.getLogger("llm_al")
 PACKAGES = ("llm-al", "torch", "transformers", "peft", "sentence-transformers", "numpy", "sacrebleu",
@@ -132,8 +129,28 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
                  "timings": {"eval_seconds": ev["seconds"]}, **common}
         write_json(floor_path, floor)
 
-    results = []
-    busy = []
+    if cfg.loop.rounds or cfg.run.pack_size == "alone":   # a loop's rounds depend on each other
+        results, busy = _run_one_by_one(cfg, specs, data, features, model, tokenizer, out, common, index)
+    else:
+        sweep = Sweep(cfg, data, features, model, tokenizer, out, common, index)
+        results, busy = run_packed(
+            sweep, cells(cfg, specs), lambda cell, path: _done(path, cfg_dict, cell.budget),
+            lambda cell, path: _one_run(cfg, cell, data, features, model, tokenizer, path, out, common, index)[0])
+    if busy:
+        log.info("%d cells were running in other workers: %s", len(busy), ", ".join(busy[:5]))
+
+    summary = summarize(results, floor, cfg, features.cost)
+    summary["feature_cost"] = features.cost
+    summary["total_seconds"] = time.perf_counter() - t_start
+    write_json(out / "summary.json", summary)
+    write_tables(summary, out)
+    return summary
+
+
+def _run_one_by_one(cfg, specs, data, features, model, tokenizer, out, common, index):
+    """Every cell alone, in order (the AL loop's path): (results, cells other workers held)."""
+    cfg_dict = to_dict(cfg)
+    results, busy = [], []
     for cell in cells(cfg, specs):
         path = confined(out / "runs", f"{cell.run_id}.json")
         done = _done(path, cfg_dict, cell.budget)
@@ -148,26 +165,12 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
             log.info("running %s", cell.run_id)
             record, model = _one_run(cfg, cell, data, features, model, tokenizer, path, out, common, index)
         results.append(record)
-    if busy:
-        log.info("%d cells were running in other workers: %s", len(busy), ", ".join(busy[:5]))
-
-    summary = summarize(results, floor, cfg, features.cost)
-    summary["feature_cost"] = features.cost
-    summary["total_seconds"] = time.perf_counter() - t_start
-    write_json(out / "summary.json", summary)
-    write_tables(summary, out)
-    return summary
+    return results, busy
 
 
 def _one_run(cfg: ExperimentConfig, cell: Cell, data, features, model, tokenizer, path, out, common, index):
     """Select, order, train, evaluate; write the result. Returns (record, the base model again)."""
-    streams = {"subset": stream_seed(cell.subset_seed, "subset"), "order": stream_seed(cell.order_seed, "order"),
-               "init": stream_seed(cell.init_seed, "init")}
-    record = {"run_id": cell.run_id, "strategy": cell.strategy, "strategy_name": cell.name, "params": cell.params,
-              "ordering": cell.ordering, "seeds": {"subset": cell.subset_seed, "order": cell.order_seed,
-                                                   "init": cell.init_seed},
-              "stream_seeds": streams, "budget": cell.budget, "worker": f"{socket.gethostname()}:{os.getpid()}",
-              **common}
+    record = run_header(cell, common)
     timings: dict = {}
     peft_model = None
     try:
@@ -176,7 +179,7 @@ def _one_run(cfg: ExperimentConfig, cell: Cell, data, features, model, tokenizer
             record.update({
                 "status": "ok", "rounds": rounds, "eval": ev,
                 "selection": {"ids": [data.pool.ids[i] for i in final], "indices": final.tolist()},
-                **_describe_subset(cfg, data, features, index, final),
+                **describe_subset(cfg, data, features, index, final),
                 "timings": {"train_seconds": sum(r["train_seconds"] for r in rounds),
                             "select_seconds": sum(r.get("rescore_seconds", 0.0) for r in rounds),
                             "eval_seconds": sum(r["eval_seconds"] for r in rounds)}})
@@ -193,17 +196,8 @@ def _one_run(cfg: ExperimentConfig, cell: Cell, data, features, model, tokenizer
         ev = evaluate(peft_model, tokenizer, data.test.examples, cfg.eval, cfg.progress)
         timings["eval_seconds"] = ev["seconds"]
         model, peft_model = detach_lora(peft_model), None
-        score_by_index = dict(zip(sel.indices.tolist(), sel.scores.tolist()))
-        record.update({
-            "status": "ok",
-            "selection": {"ids": [data.pool.ids[i] for i in sel.indices], "indices": sel.indices.tolist(),
-                          "scores": [None if np.isnan(s) else s for s in sel.scores.tolist()],
-                          "score_name": sel.score_name},
-            "order": {"ids": [data.pool.ids[i] for i in order],
-                      "scores": [None if np.isnan(score_by_index[i]) else score_by_index[i] for i in order.tolist()]},
-            **_describe_subset(cfg, data, features, index, sel.indices),
-            "train": asdict(tr), "eval": ev, "timings": timings,
-        })
+        record.update({"status": "ok", **selection_record(cfg, data, features, index, sel, order),
+                       "train": asdict(tr), "eval": ev, "timings": timings})
         write_json(path, record)
     except (UserError, KeyboardInterrupt):
         raise
@@ -215,37 +209,3 @@ def _one_run(cfg: ExperimentConfig, cell: Cell, data, features, model, tokenizer
         if peft_model is not None:
             model = detach_lora(peft_model)
     return record, model
-
-
-def _describe_subset(cfg: ExperimentConfig, data, features, index, indices) -> dict:
-    """What every run records about its chosen subset: feature means and overlap figures."""
-    return {"subset_features": _subset_means(features, indices),
-            "overlap": selection_overlap(index, [data.pool.examples[i] for i in indices], data.test.examples,
-                                         cfg.overlap.n)}
-
-
-def _subset_means(features, indices) -> dict:
-    """Subset-level features (the paper's: each a mean of per-example scores under the untrained
-    model), recorded for every run so `llm-al report` can correlate them with the test metric."""
-    out = {}
-    for name in SCALAR_FEATURES:
-        value = getattr(features, name)
-        if value is not None:
-            out[name] = float(np.mean(value[indices]))
-    if features.min_k is not None:
-        for j, k in enumerate(MIN_K_FRACTIONS):
-            out[f"min_k_{k}"] = float(np.mean(features.min_k[indices, j]))
-    if features.min_k_plus is not None:
-        for j, k in enumerate(MIN_K_FRACTIONS):
-            out[f"min_k_plus_{k}"] = float(np.mean(features.min_k_plus[indices, j]))
-    for name, value in sorted(features.scores.items()):
-        if name in matrix_names():      # n-gram counts: the subset's vocabulary size, not a mean
-            from llm_al.strategies.lexical import vocabulary_size
-
-            out[f"{name}_vocabulary"] = float(vocabulary_size(value, indices))
-            continue
-        out[name] = float(np.mean(value[indices]))
-    if features.embeddings is not None:
-        x = features.embeddings[indices]                                 # (B, D)
-        out["embedding_spread"] = float(((x - x.mean(0)) ** 2).sum(1).mean())   # mean sq. distance to centroid
-    return out
