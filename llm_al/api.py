@@ -5,6 +5,7 @@ notebook or a script. The command line is a thin layer over these functions, so 
 
     pool = api.load_pool("pool.jsonl")                      # a file, a datasets folder, a hub id
     picks = api.select(pool, "kcenter", budget=50, seed=0)  # any strategy of `llm-al list`
+    more = api.select(pool, "kcenter", budget=20, labelled=api.load_pool("chosen.jsonl"))   # 20 more
     steps = api.order(pool, picks, "shuffled", seed=0)      # the training order (pool positions)
     summary = api.run("recipes/quickstart.yaml", budget=50, out_dir="runs/b50", **{"train.lr": 5e-4})
     table = api.compare("runs/b50")                         # strategy vs random, one dict per row
@@ -26,13 +27,14 @@ import numpy as np
 
 from llm_al.analysis.writeup import comparisons, load_results, write_report
 from llm_al.config import DataConfig, ExperimentConfig, ModelConfig, config_from, parse_strategy
+from llm_al.errors import BudgetError
 from llm_al.data.demo import EMBEDDED_POOL
 from llm_al.data.pool import Example, Pool
 from llm_al.io import check_output
 from llm_al.orderings import run_ordering
 from llm_al.run.experiment import run_experiment
 from llm_al.run.pipeline import compute_features, load_data
-from llm_al.strategies.needs import needed_features
+from llm_al.strategies.needs import labelled_needs, needed_features
 from llm_al.seeds import rng
 from llm_al.strategies.base import STRATEGIES, check_budget, run_strategy
 from llm_al.strategies.explain import explain_selection
@@ -74,31 +76,66 @@ def model_config(model: str | None = None, *, embedder: str | None = None, score
     return cfg
 
 
-def check_selection(pool: Pool, strategy: str, budget: int) -> tuple[str, dict[str, Any]]:
+def check_selection(pool: Pool, strategy: str, budget: int, labelled: Pool | None = None) -> tuple[str, dict[str, Any]]:
     """The checks a selection can make before any scoring (the strategy and its parameter values,
-    the budget against the pool); returns the parsed (name, params)."""
+    the budget against the pool, less the `labelled` examples); returns the parsed (name, params)."""
     name, params = parse_strategy(strategy)
     STRATEGIES.check(name, params)
     check_budget(budget, len(pool))
+    left = len(candidate_indices(pool, labelled))
+    try:
+        check_budget(budget, left)
+    except BudgetError as err:
+        err.args = (f"{err.args[0]} left once the {len(pool) - left} examples already in the labelled set are set "
+                    f"aside (of {len(pool)})",)
+        raise
     return name, params
 
 
+def candidate_indices(pool: Pool, labelled: Pool | None) -> np.ndarray:
+    """Pool positions of the examples whose prompt is not in `labelled` (all of them when None)."""
+    if labelled is None:
+        return np.arange(len(pool))
+    known = {ex.prompt_id for ex in labelled.examples}
+    return np.array([i for i, ex in enumerate(pool.examples) if ex.prompt_id not in known], dtype=np.int64)
+
+
 def select(pool: Pool, strategy: str, budget: int, *, seed: int = 0, model: ModelConfig | None = None,
-           explain: bool = False, features: Features | None = None, progress: bool = True) -> list[Pick]:
+           explain: bool = False, features: Features | None = None, progress: bool = True,
+           labelled: Pool | None = None) -> list[Pick]:
     """`budget` examples of `pool` chosen by `strategy` (a spec: `name` or `name:key=value,...`), in
     pick order. The features the strategy needs are computed (and cached) with `model` (default:
     the embedded models), unless `features` for this pool are given. Same seed, same picks as
-    `llm-al select --seed`."""
-    name, params = check_selection(pool, strategy, budget)
+    `llm-al select --seed`. `labelled`: examples already chosen ("I have these, pick `budget`
+    more"), e.g. an earlier selection: pool examples with one of their prompts are never picked,
+    and a strategy registered labelled="used: ..." (`llm-al list`) picks away from them."""
+    name, params = check_selection(pool, strategy, budget, labelled)
     if features is None:
         needs = needed_features([(name, params)], []) | ({"embeddings"} if explain else set())
         features = compute_features(pool, needs, model or ModelConfig(), progress=progress)
-    sel = run_strategy(name, features, budget, rng(seed, "subset"), **params)
-    columns = explain_selection(features, sel.indices, pool.ids, np.random.default_rng(seed)) if explain else {}
+    candidates, chosen_from = candidate_indices(pool, labelled), features
+    if labelled is not None:
+        lab = labelled_set_features(pool, labelled, features, labelled_needs(name), model, progress)
+        chosen_from = features.take(candidates).with_labelled(lab)
+    sel = run_strategy(name, chosen_from, budget, rng(seed, "subset"), **params)
+    indices = candidates[sel.indices]                        # pool positions
+    columns = explain_selection(features, indices, pool.ids, np.random.default_rng(seed)) if explain else {}
     return [Pick(rank=k + 1, index=int(i), id=pool.ids[i], example=pool.examples[i],
                  score=None if s != s else float(s), reason=sel.score_name,
                  explanation={col: values[k] for col, values in columns.items()})
-            for k, (i, s) in enumerate(zip(sel.indices, sel.scores))]
+            for k, (i, s) in enumerate(zip(indices, sel.scores))]
+
+
+def labelled_set_features(pool: Pool, labelled: Pool, features: Features, needs: set[str],
+                          model: ModelConfig | None, progress: bool) -> Features:
+    """Features of the `labelled` examples: their rows of the pool's `features` when every one of
+    them is a pool example (matched by prompt), else computed for them (the disk cache makes the
+    ones also in the pool cheap). Only `needs`: what the strategy reads from a labelled set."""
+    row = {ex.prompt_id: i for i, ex in enumerate(pool.examples)}
+    rows = [row[ex.prompt_id] for ex in labelled.examples if ex.prompt_id in row]
+    if len(rows) == len(labelled) and all(features.get(f) is not None for f in needs):
+        return features.take(rows)
+    return compute_features(labelled, needs, model or ModelConfig(), progress=progress)
 
 
 def order(pool: Pool, picks: Sequence[Pick] | Sequence[int], ordering: str = "shuffled", *, seed: int = 0,

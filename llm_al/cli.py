@@ -3,7 +3,7 @@
     llm-al demo [key=value ...]                 the main job: strategies vs random on the embedded default
     llm-al run RECIPE.yaml [key=value ...]      any experiment described by a recipe
     llm-al run RECIPE.yaml --ray --workers N    its runs spread over Ray workers (llm_al/run/distributed.py)
-    llm-al select POOL --strategy S --budget N --out FILE [--dry-run]
+    llm-al select POOL --strategy S --budget N --out FILE [--labelled FILE] [--dry-run]
     llm-al overlap POOL [--reference R] [--test T] [--dry-run]   overlap with a reference corpus and a test set
     llm-al annotate export|import ...          humans in the loop: prompts out, filled responses back in
     llm-al annotate synthesize POOL --out F --n N   new prompts written near the least-sure pool prompts
@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
                      "a name ending in / is a datasets folder")
     sel.add_argument("--export-shape", default="input", choices=["input", "alpaca", "messages"],
                      help="records as read (default), Alpaca {instruction, input, output}, or chat {messages}")
+    sel.add_argument("--labelled", default=None, metavar="FILE",
+                     help="examples already chosen (any format select reads, e.g. an earlier --out): never picked "
+                          "again, and strategies that use a labelled set pick away from them (llm-al list)")
     sel.add_argument("--explain", action="store_true",
                      help="add why each example was picked: its k-means cluster and nearest earlier pick (embeddings)")
     sel.add_argument("--seed", type=NON_NEGATIVE, default=0)
@@ -217,6 +220,7 @@ def _setup_logging() -> None:
 def cmd_list() -> None:
     from llm_al.metrics import METRICS
     from llm_al.orderings import ORDERINGS
+    from llm_al.registries import labelled_use
     from llm_al.strategies.base import STRATEGIES
 
     for title, reg in (("strategies", STRATEGIES), ("orderings", ORDERINGS), ("metrics", METRICS)):
@@ -224,7 +228,9 @@ def cmd_list() -> None:
         width = max(len(e.name) for e in reg)
         for e in reg:
             needs = e.meta.get("needs")
-            suffix = f"  [needs: {', '.join(needs)}]" if needs else ""
+            tags = ([f"needs: {', '.join(needs)}"] if needs else []) + (
+                [f"labelled set: {labelled_use(e.meta)}"] if reg is STRATEGIES else [])
+            suffix = f"  [{'; '.join(tags)}]" if tags else ""
             print(f"  {e.name.ljust(width)}  {e.description}{suffix}")
         print()
 
@@ -491,14 +497,18 @@ def cmd_select(args: argparse.Namespace) -> None:
                                  max_length=args.max_length, trust_remote_code=args.trust_remote_code)
     pool = api.load_pool(args.pool, fields=_fields(args.field), system_prompt=args.system_prompt, split=args.split,
                          source_lang=args.source_lang, target_lang=args.target_lang, seed=args.seed)
-    output_format = _check_subset_out(args.out, [args.pool], pool.format, args.dry_run)
-    api.check_selection(pool, args.strategy, args.budget)        # before any scoring
+    output_format = _check_subset_out(args.out, [args.pool, args.labelled], pool.format, args.dry_run)
+    labelled = None if args.labelled is None else api.load_pool(
+        args.labelled, fields=_fields(args.field), system_prompt=args.system_prompt, split=args.split,
+        source_lang=args.source_lang, target_lang=args.target_lang, seed=args.seed)
+    api.check_selection(pool, args.strategy, args.budget, labelled)        # before any scoring
     if args.dry_run:
         from llm_al.run.estimate import plan_select
 
         print(plan_select(pool, args.strategy, needs, model_cfg, args.budget, args.out, output_format))
         return
-    picks = api.select(pool, args.strategy, args.budget, seed=args.seed, model=model_cfg, explain=args.explain)
+    picks = api.select(pool, args.strategy, args.budget, seed=args.seed, model=model_cfg, explain=args.explain,
+                       labelled=labelled)
     columns = {
         "llm_al_id": [p.id for p in picks],
         "llm_al_rank": [p.rank for p in picks],
@@ -507,7 +517,8 @@ def cmd_select(args: argparse.Namespace) -> None:
     for col in picks[0].explanation:
         columns[col] = [p.explanation[col] for p in picks]
     path = write_subset(pool, [p.index for p in picks], args.out, columns=columns, shape=args.export_shape)
-    print(f"selected {len(picks)} of {len(pool)} examples with {args.strategy} (seed {args.seed}) -> {path}")
+    beside = "" if labelled is None else f" beside the {len(labelled)} in {args.labelled}"
+    print(f"selected {len(picks)} of {len(pool)} examples{beside} with {args.strategy} (seed {args.seed}) -> {path}")
     print(f"llm_al_score is the {picks[0].reason}; llm_al_rank is the pick order")
 
 

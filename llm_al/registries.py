@@ -4,7 +4,8 @@ They live here, below every layer, so that `config` can check a strategy or orde
 importing the strategies (the first lookup imports the home module; see registry.Registry). The
 plug-ins register where they are defined:
 
-    @STRATEGIES.register(name, description, needs=(...))   in a module of llm_al/strategies/
+    @STRATEGIES.register(name, description, needs=(...), labelled="used: ..." or "ignored: ...")
+                                                            in a module of llm_al/strategies/
     @PROBES.register(name, description, provides=(...))     beside the strategies that use the scores
     @ORDERINGS.register(name, description, needs=(...))     in llm_al/orderings.py
     @METRICS.register(name, description, higher_is_better=...)   in llm_al/metrics.py
@@ -12,7 +13,8 @@ plug-ins register where they are defined:
 
 from __future__ import annotations
 
-from typing import Callable
+import re
+from typing import Any, Callable
 
 from llm_al.registry import Registry
 
@@ -25,7 +27,30 @@ MetricFn = Callable[..., "tuple[float, object]"]
 OrderingFn = Callable[..., "object"]
 """fn(indices, features, rng) -> a permutation of indices (see orderings.py)"""
 
-STRATEGIES: Registry[StrategyFn] = Registry("strategy", "strategies", home="llm_al.strategies")
+
+# ---------------------------------------------------------------------------- the labelled set
+LABELLED_META = re.compile(r"(used|ignored): \S.*", re.DOTALL)
+
+
+def check_strategy_meta(name: str, meta: dict[str, Any]) -> str | None:
+    """Every strategy says whether it reads the labelled set (`Features.labelled`): `labelled=
+    "used: <how>"` or `"ignored: <why>"`. Required, with no default: a default of "ignored" would
+    let a new diversity strategy skip the labelled set unnoticed (as every strategy did before the
+    loop passed it), and a default of "used" would claim what the code may not do."""
+    value = meta.get("labelled")
+    if isinstance(value, str) and LABELLED_META.fullmatch(value):
+        return None
+    return (f"strategy {name!r} must say whether it reads the labelled set (Features.labelled): register it "
+            f"with labelled='used: <how>' or labelled='ignored: <why>'; got labelled={value!r}")
+
+
+def labelled_use(meta: dict[str, Any]) -> str:
+    """"used" or "ignored": the first word of a strategy's `labelled` registration."""
+    return str(meta["labelled"]).split(":", 1)[0]
+
+
+STRATEGIES: Registry[StrategyFn] = Registry("strategy", "strategies", home="llm_al.strategies",
+                                            check_meta=check_strategy_meta)
 PROBES: Registry[ProbeFn] = Registry("probe", home="llm_al.strategies")
 ORDERINGS: Registry[OrderingFn] = Registry("ordering", home="llm_al.orderings")
 METRICS: Registry[MetricFn] = Registry("metric", home="llm_al.metrics")

@@ -47,10 +47,15 @@ def did_you_mean(name: str, options: list[str]) -> str:
 
 
 class Registry(Generic[F]):
-    def __init__(self, kind: str, plural: str | None = None, home: str | None = None):
+    def __init__(self, kind: str, plural: str | None = None, home: str | None = None,
+                 check_meta: Callable[[str, dict[str, Any]], str | None] | None = None):
+        """`check_meta(name, meta)` returns what is wrong with a registration's meta (None: nothing);
+        a registration it refuses raises at import time, so a plug-in cannot leave out a choice the
+        registry requires (the strategies' `labelled=`, registries.check_strategy_meta)."""
         self.kind = kind
         self.plural = plural or kind + "s"
         self.home = home
+        self.check_meta = check_meta
         self._entries: dict[str, Entry[F]] = {}
 
     def _load(self) -> None:
@@ -63,6 +68,9 @@ class Registry(Generic[F]):
         def wrap(fn: F) -> F:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            problem = self.check_meta(name, meta) if self.check_meta is not None else None
+            if problem:
+                raise ValueError(problem)
             self._entries[name] = Entry(name, fn, description, dict(meta))
             return fn
 

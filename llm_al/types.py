@@ -45,7 +45,13 @@ NEEDS_HINT = {"loss": "a model (model.name)", "entropy": "a model (model.name)",
 
 @dataclass
 class Features:
-    """Aligned with a pool: row i describes pool.examples[i]. Absent features are None."""
+    """Aligned with a pool: row i describes pool.examples[i]. Absent features are None.
+
+    `labelled`, when set, holds the same fields for the examples already labelled (an AL loop's
+    earlier rounds, `llm-al select --labelled`): the rows a strategy selects from are these
+    candidates, and a strategy that registers `labelled="used: ..."` reads the labelled set to
+    avoid what is already covered (kcenter starts from it, facility location counts it as coverage).
+    Indices always point into the candidates; see `with_labelled` and `labelled_rows`."""
 
     ids: list[str]
     length: np.ndarray                         # (N,) response words (NaN when unlabelled)
@@ -61,6 +67,7 @@ class Features:
     embeddings: np.ndarray | None = None       # (N, D) unit-norm
     scores: dict[str, np.ndarray] = field(default_factory=dict)   # (N,) each, from probes (llm_al.features.probes)
     cost: dict = field(default_factory=dict)   # what computing them cost (seconds, passes, tokens)
+    labelled: Features | None = None           # the already-labelled examples' features (L rows), or None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -77,7 +84,7 @@ class Features:
         """A feature by name: a field, the `ifd` ratio, or a probe score; None when absent."""
         if name in self.scores:
             return self.scores[name]
-        return getattr(self, name, None) if name != "scores" and name != "cost" else None
+        return getattr(self, name, None) if name not in ("scores", "cost", "labelled") else None
 
     def require(self, name: str) -> np.ndarray:
         value = self.get(name)
@@ -90,11 +97,33 @@ class Features:
     def take(self, indices: Sequence[int]) -> "Features":
         idx = np.asarray(indices, dtype=np.int64)
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        out = {k: (v if v is None or k in ("cost", "scores") else [v[i] for i in idx] if k == "ids" else v[idx])
-               for k, v in values.items()}
+        out = {k: (v if v is None or k in ("cost", "scores", "labelled") else [v[i] for i in idx] if k == "ids"
+                   else v[idx]) for k, v in values.items()}
         out["scores"] = {k: v[idx] for k, v in self.scores.items()}
         out["cost"] = dict(self.cost)
-        return Features(**out)
+        return Features(**out)                 # the labelled set stays: only the candidates are subset
+
+    def with_labelled(self, labelled: Features | None) -> "Features":
+        """These features (the candidates) with `labelled` attached as the labelled set, e.g.
+        `features.take(remaining).with_labelled(features.take(chosen))`; None detaches it. A shallow
+        copy: the arrays are shared."""
+        if labelled is not None and labelled.labelled is not None:
+            labelled = labelled.with_labelled(None)          # one level: the labelled set has no labelled set
+        return Features(**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "labelled"},
+                        labelled=labelled)
+
+    def labelled_rows(self, name: str) -> np.ndarray | None:
+        """Feature `name` of the labelled set, or None when there is no labelled set or it is empty
+        (a strategy then behaves as with nothing labelled). A labelled set that lacks the feature
+        is a FeatureUnavailableError: a labelled-aware strategy must not silently ignore it."""
+        if self.labelled is None or len(self.labelled) == 0:
+            return None
+        value = self.labelled.get(name)
+        if value is None:
+            raise FeatureUnavailableError(
+                f"feature {name!r} is missing for the {len(self.labelled)} labelled examples (the candidates "
+                f"have it); compute it for the labelled set too ({NEEDS_HINT.get(name) or hint(name) or name})")
+        return value
 
 
 def ifd_ratio(conditioned: np.ndarray, alone: np.ndarray) -> np.ndarray:

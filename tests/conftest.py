@@ -115,3 +115,37 @@ def synthetic_features(n: int = 40, dim: int = 8, seed: int = 0):
                     min_k_plus=np.sort(rng.normal(-1.0, 1.0, (n, len(MIN_K_FRACTIONS))), axis=1).astype(np.float32),
                     direct_loss=(loss * rng.uniform(0.5, 1.5, n)).astype(np.float32),
                     scorer_ifd=rng.uniform(0.3, 1.3, n).astype(np.float32), embeddings=emb)
+
+
+# ---------------------------------------------------------------------------- clusters and a labelled set
+def cluster_rows(labels: np.ndarray, rng: np.random.Generator, dim: int = 16) -> tuple[np.ndarray, list[str]]:
+    """Unit embeddings and prompt texts of examples in well-separated clusters: cluster j points
+    along axis j (cosine ~0 between clusters, > 0.99 within) and each of its prompts is 5 words of
+    its own 6-word vocabulary (c{j}w0 .. c{j}w5), so n-grams follow the clusters too."""
+    emb = np.eye(dim)[labels] + 0.03 * rng.normal(size=(len(labels), dim))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    texts = [" ".join(f"c{j}w{w}" for w in rng.integers(0, 6, 5)) for j in labels]
+    return emb.astype(np.float32), texts
+
+
+def clustered_features(seed: int = 0):
+    """Six well-separated clusters, three of them (drawn with `seed`) covered by a labelled set:
+    (candidate Features with `.labelled` attached, (N,) cluster of each candidate, the sorted
+    uncovered clusters). Covered clusters hold more candidates (12 against 6) and 24 labelled
+    examples each, so a strategy that ignores the labelled set is drawn to them."""
+    from llm_al.strategies.lexical import hashed_ngram_counts
+
+    rng = np.random.default_rng(seed)
+    covered = set(rng.choice(6, 3, replace=False).tolist())
+
+    def rows(sizes: list[int], offset: int):
+        labels = np.repeat(np.arange(6), sizes)
+        f = synthetic_features(len(labels), 16, seed + offset)
+        f.embeddings, texts = cluster_rows(labels, rng)
+        f.scores["ngram_counts"] = hashed_ngram_counts(texts, 1)
+        return f, labels
+
+    cand, labels = rows([12 if j in covered else 6 for j in range(6)], 0)
+    lab, _ = rows([24 if j in covered else 0 for j in range(6)], 1)
+    lab.ids = [f"lab{i}" for i in range(len(lab))]
+    return cand.with_labelled(lab), labels, sorted(set(range(6)) - covered)

@@ -153,10 +153,11 @@ def test_a_new_strategy_is_picked_up_by_the_contract_suite(tmp_path):
     plugin.write_text(
         "import numpy as np\n"
         "from llm_al.strategies.base import STRATEGIES, from_scores\n\n"
-        "@STRATEGIES.register('throwaway_hardest', 'the highest base-model loss first', needs=('loss',))\n"
+        "@STRATEGIES.register('throwaway_hardest', 'the highest base-model loss first', needs=('loss',),\n"
+        "                     labelled='ignored: a per-example score')\n"
         "def throwaway_hardest(features, budget, rng):\n"
         "    return from_scores(features.require('loss'), budget, rng, 'response loss')\n\n"
-        "@STRATEGIES.register('throwaway_broken', 'repeats its first pick', needs=())\n"
+        "@STRATEGIES.register('throwaway_broken', 'repeats its first pick', needs=(), labelled='ignored: broken')\n"
         "def throwaway_broken(features, budget, rng):\n"
         "    from llm_al.types import Selection\n"
         "    idx = np.zeros(budget, dtype=np.int64)\n"

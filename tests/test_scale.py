@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm_al.strategies.kernels.facility import dense_similarity, facility_location_greedy
+from llm_al.strategies.kernels.facility import dense_similarity, facility_location_greedy, labelled_cover
 
 from llm_al.strategies.kernels.kmeans import kmeans
 
@@ -310,6 +310,17 @@ def test_facility_location_sparse_on_the_full_graph_is_the_dense_greedy(seed):
     np.testing.assert_allclose(gain, want_gain, rtol=0, atol=1e-5)   # float32 similarities, summed
 
 
+def test_facility_location_sparse_on_the_full_graph_is_the_dense_greedy_from_a_labelled_cover():
+    x = blobs(150, 8, 6, seed=4, unit_norm=False)
+    cover = labelled_cover(x, blobs(30, 8, 6, seed=5, unit_norm=False))     # (N,) a labelled set's coverage
+    want_idx, want_gain = facility_location_greedy(dense_similarity(x, 20000, "test"), 40, cover)
+    idx, gain = facility_location_sparse(knn_graph(x, len(x) - 1, block=64), 40, cover)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_allclose(gain, want_gain, rtol=0, atol=1e-5)
+    plain, _ = facility_location_greedy(dense_similarity(x, 20000, "test"), 40)
+    assert plain.tolist() != idx.tolist()                    # the cover changed the picks
+
+
 def test_facility_location_sparse_with_few_neighbours_covers_each_cluster():
     g = np.random.default_rng(5)
     truth = g.integers(8, size=400)
@@ -337,6 +348,18 @@ def test_kmeans_large_finds_well_separated_clusters(backend):
     inertia = ((x - c[labels]) ** 2).sum(1).mean()
     ref_c = np.stack([x[ref == j].mean(0) for j in range(12)])
     assert inertia <= 1.01 * ((x - ref_c[ref]) ** 2).sum(1).mean()   # centroids fit on a 1000-row sample
+
+
+def test_kmeans_with_fixed_centres_puts_its_centroids_where_they_leave_the_data_uncovered():
+    g = np.random.default_rng(3)
+    truth = np.repeat(np.arange(6), 20)
+    x = np.eye(6, 8)[truth] + 0.05 * g.normal(size=(120, 8))
+    fixed = np.eye(6, 8)[[0, 1, 2]] + 0.05 * g.normal(size=(3, 8))     # centres already on clusters 0-2
+    c, labels = kmeans(x, 3, np.random.default_rng(0), fixed=fixed)
+    assert sorted(np.argmax(c, axis=1).tolist()) == [3, 4, 5]
+    assert np.all(labels[truth < 3] == -1) and np.all(labels[truth >= 3] >= 0)
+    plain = kmeans(x, 3, np.random.default_rng(0))                      # without: the plain k-means
+    np.testing.assert_array_equal(plain[1], kmeans(x, 3, np.random.default_rng(0), fixed=np.empty((0, 8)))[1])
 
 
 def test_kmeans_large_is_deterministic_and_checks_arguments():

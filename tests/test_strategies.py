@@ -6,13 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import synthetic_features
+from conftest import clustered_features, synthetic_features
 from llm_al.errors import BudgetError, ConfigError, FeatureUnavailableError, UnknownNameError
+from llm_al.registries import LABELLED_META, labelled_use
 from llm_al.types import Features
 from llm_al.strategies.base import STRATEGIES, run_strategy, top_k
-from llm_al.strategies.kernels.kcenter import kcenter_greedy
+from llm_al.strategies.kernels.kcenter import kcenter_fast, kcenter_greedy, kcenter_torch
 
 NAMES = STRATEGIES.names()
+USES_LABELLED = [e.name for e in STRATEGIES if labelled_use(e.meta) == "used"]
+IGNORES_LABELLED = [e.name for e in STRATEGIES if labelled_use(e.meta) == "ignored"]
+LABELLED_PARAMS = {"cluster_stratified": {"clusters": 6}}   # strata fine enough to tell the 6 clusters apart
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -65,6 +69,81 @@ def test_missing_feature_is_a_clear_error(name):
     f = Features(ids=["a", "b", "c"], length=np.ones(3, dtype=np.float32))
     with pytest.raises(FeatureUnavailableError, match="needs"):
         run_strategy(name, f, 2, np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------------------- the labelled set
+def test_every_strategy_says_whether_it_reads_the_labelled_set():
+    """A registration must choose (registries.check_strategy_meta): no default could be right for
+    a strategy nobody has looked at."""
+    for entry in STRATEGIES:
+        assert LABELLED_META.fullmatch(str(entry.meta.get("labelled"))), entry.name
+    assert USES_LABELLED and IGNORES_LABELLED
+    with pytest.raises(ValueError, match="labelled='used: <how>' or labelled='ignored: <why>'"):
+        STRATEGIES.register("throwaway_undeclared", "no labelled= given", needs=())(lambda f, b, r: None)
+    with pytest.raises(ValueError, match="got labelled='yes'"):
+        STRATEGIES.register("throwaway_undeclared", "a bare word", needs=(), labelled="yes")(lambda f, b, r: None)
+    assert "throwaway_undeclared" not in STRATEGIES
+
+
+@pytest.mark.parametrize("name", USES_LABELLED)
+def test_labelled_aware_strategies_pick_from_the_clusters_the_labelled_set_leaves_uncovered(name):
+    """Six well-separated clusters (embeddings and prompt n-grams alike), three of them covered by
+    24 labelled examples each and holding twice the candidates: every one of 3 picks must come from
+    the three uncovered clusters. With the labelled set detached (what every strategy saw before
+    the loop passed it) each of these strategies lands picks in covered clusters on these seeds."""
+    for seed in range(4):
+        f, cluster, uncovered = clustered_features(seed)
+        sel = run_strategy(name, f, 3, np.random.default_rng(seed), **LABELLED_PARAMS.get(name, {}))
+        got = cluster[sel.indices]
+        assert set(got.tolist()) <= set(uncovered), (seed, got.tolist(), uncovered)
+
+
+@pytest.mark.parametrize("name", IGNORES_LABELLED)
+def test_a_strategy_registered_as_ignoring_the_labelled_set_does_ignore_it(name):
+    f, _, _ = clustered_features(0)
+    a = run_strategy(name, f, 5, np.random.default_rng(0))
+    b = run_strategy(name, f.with_labelled(None), 5, np.random.default_rng(0))
+    np.testing.assert_array_equal(a.indices, b.indices)
+
+
+@pytest.mark.parametrize("name", USES_LABELLED)
+def test_an_empty_labelled_set_changes_nothing(name):
+    f = synthetic_features(30)
+    empty = f.take([]).with_labelled(None)
+    a = run_strategy(name, f, 6, np.random.default_rng(2))
+    b = run_strategy(name, f.with_labelled(empty), 6, np.random.default_rng(2))
+    np.testing.assert_array_equal(a.indices, b.indices)
+
+
+@pytest.mark.parametrize("name", USES_LABELLED)
+def test_a_labelled_set_without_the_needed_feature_is_a_clear_error(name):
+    f, _, _ = clustered_features(0)
+    lab = f.labelled
+    lab.embeddings, lab.scores = None, {}
+    with pytest.raises(FeatureUnavailableError, match="labelled examples"):
+        run_strategy(name, f, 3, np.random.default_rng(0))
+
+
+def test_kcenter_paths_start_alike_from_labelled_centres():
+    """The plain loop, the lazy fast path (small blocks, so its bounds and cold rows are used)
+    and the torch path make the brute-force picks from the labelled centres."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 12)).astype(np.float32)
+    centres = rng.normal(size=(40, 12)).astype(np.float32)
+    d = ((x[:, None] - centres[None]) ** 2).sum(-1).min(1)
+    want = []
+    for _ in range(25):
+        i = int(np.argmax(np.where(np.isin(np.arange(len(x)), want), -1.0, d)))
+        want.append(i)
+        d = np.minimum(d, ((x - x[i]) ** 2).sum(-1))
+    plain = kcenter_greedy(x, 25, None, centres=centres)
+    assert plain[0].tolist() == want and not np.isnan(plain[1]).any()
+    for idx, dist in (kcenter_fast(x, 25, None, block=256, hot=64, candidates=16, chunk=8, centres=centres),
+                      kcenter_torch(x, 25, None, centres=centres)):
+        assert idx.tolist() == want
+        np.testing.assert_allclose(dist, plain[1], rtol=1e-5)
+    with pytest.raises(ConfigError, match="not both"):
+        kcenter_greedy(x, 3, 0, centres=centres)
 
 
 def test_unknown_strategy_suggests():

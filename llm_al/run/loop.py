@@ -2,13 +2,18 @@
 
     seed set (seed_strategy, e.g. random) -> round 0: fine-tune on it, evaluate
     round r: rescore the remaining pool with the round's adapter, select `round_size` more with the
-             strategy, fine-tune afresh on everything selected so far, evaluate
+             strategy (the remaining pool are its candidates; everything selected so far is attached
+             as `Features.labelled`), fine-tune afresh on everything selected so far, evaluate
 
 Each round's metric is recorded, so a strategy's learning curve sits beside random's. Model-based
 features (loss, entropy, min_k, ifd) are recomputed under the current adapter for the examples
-still in the pool; embeddings stay those of the base embedder. Scores that read the reference
-response (loss, IFD, Min-K%) assume a labelled pool, i.e. selection of fine-tuning data with the
-model in the loop; for a pool whose responses are truly unknown use label-free strategies
+still in the pool; embeddings stay those of the base embedder. The labelled set carries the base
+features (`labelled_features`: embeddings, n-gram counts and the other scores of the first pass;
+a probe score the strategy reads there but the base lacks is computed for the labelled examples),
+so a diversity strategy (kcenter, facility_location, ngram_coverage, ...: those registered
+labelled="used: ...") picks away from what earlier rounds already chose. Scores that read the
+reference response (loss, IFD, Min-K%) assume a labelled pool, i.e. selection of fine-tuning data
+with the model in the loop; for a pool whose responses are truly unknown use label-free strategies
 (the embedding-based ones, or random).
 """
 
@@ -28,7 +33,7 @@ from llm_al.run.grid import Cell
 from llm_al.run.pipeline import probe_context
 from llm_al.seeds import rng
 from llm_al.strategies.base import run_strategy
-from llm_al.strategies.needs import strategy_needs
+from llm_al.strategies.needs import labelled_needs, strategy_needs
 from llm_al.train import detach_lora
 from llm_al.types import MODEL_FEATURES, Features
 
@@ -60,6 +65,22 @@ def rescore(model, tokenizer, base: Features, examples, indices: np.ndarray, nee
     return sub
 
 
+def labelled_features(candidates: Features, base: Features, examples, labelled: list[int], lab_needs: set[str],
+                      model, tokenizer, cfg: ExperimentConfig | None) -> Features:
+    """`candidates` with the labelled examples attached (Features.with_labelled): their rows of the
+    base features, plus each probe score in `lab_needs` (what the strategy reads from the labelled
+    set, needs.labelled_needs) that the base lacks, computed for them by its probe under `model`.
+    Per-round model scores of the labelled rows stay the base ones: no strategy reads them there."""
+    lab = base.take(labelled)
+    missing = (lab_needs & set(probes.provided_names())) - set(lab.scores)
+    if missing and labelled:
+        ctx = probe_context([examples[i] for i in labelled], model, tokenizer, cfg.model if cfg else None, cfg,
+                            progress=False, labelled=[examples[i] for i in labelled])
+        scores, _ = probes.run_probes(missing, ctx)
+        lab.scores = {**lab.scores, **{k: v for k, v in scores.items() if k in missing}}
+    return candidates.with_labelled(lab)
+
+
 def run_loop(cfg: ExperimentConfig, cell: Cell, data, features: Features, model, tokenizer, progress: bool):
     """All rounds of one cell. Returns (rounds list, final selection indices, final eval, model)."""
     round_size = cfg.loop.round_size(cell.budget)
@@ -84,6 +105,8 @@ def run_loop(cfg: ExperimentConfig, cell: Cell, data, features: Features, model,
                 pool_features = (rescore(peft_model, tokenizer, features, data.pool.examples, remaining,
                                          needs, cfg, labelled)
                                  if model_needs else features.take(remaining))
+                pool_features = labelled_features(pool_features, features, data.pool.examples, labelled,
+                                                  labelled_needs(cell.name), peft_model, tokenizer, cfg)
                 sel = run_strategy(cell.name, pool_features, round_size, select_rng, **cell.params)
                 labelled += remaining[sel.indices].tolist()
                 entry["rescore_seconds"] = time.perf_counter() - t1

@@ -1,9 +1,12 @@
 """Acquisition strategies: pure functions from pool features to a budgeted selection.
 
 Every strategy has the signature `fn(features, budget, rng, **params) -> Selection`, registers
-itself with `@STRATEGIES.register(name, description, needs=(...))` where it is defined, and must
-pass the contract suite in tests/test_strategies.py (exactly `budget` unique in-range indices, the
-whole pool when budget equals its size, BudgetError above it, deterministic under a seed).
+itself with `@STRATEGIES.register(name, description, needs=(...), labelled=...)` where it is
+defined, and must pass the contract suite in tests/test_strategies.py (exactly `budget` unique
+in-range indices, the whole pool when budget equals its size, BudgetError above it, deterministic
+under a seed; a strategy registered with labelled="used: ..." picks from the clusters the
+labelled set leaves uncovered). `features` are the candidates; `features.labelled`, when set,
+the examples already labelled (types.Features), which indices never point into.
 Score-based strategies compute one score per pool example and pick with `top_k` (random
 tie-breaking); set-based ones (k-center) select greedily and report what drove each pick.
 """
@@ -16,7 +19,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 
 from llm_al.errors import BudgetError, ConfigError
-from llm_al.registries import STRATEGIES
+from llm_al.registries import STRATEGIES, labelled_use
 from llm_al.strategies.kernels.kcenter import kcenter_select
 from llm_al.registry import matches
 from llm_al.types import Features, Selection
@@ -46,13 +49,20 @@ def from_scores(scores: np.ndarray, budget: int, rng: np.random.Generator, name:
     return Selection(idx, scores[idx], name, scores)
 
 
+PER_EXAMPLE = "ignored: a per-example score, the same whatever is already labelled"
+"""The `labelled=` registration of a strategy that ranks examples by their own scores."""
+
+
 def run_strategy(name: str, features: Features, budget: int, rng: np.random.Generator,
                  **params: Any) -> Selection:
-    """Look up, check and run a strategy; the one entry point the rest of llm_al uses."""
+    """Look up, check and run a strategy; the one entry point the rest of llm_al uses. A strategy
+    that uses the labelled set needs its registered features for the labelled rows too."""
     entry = STRATEGIES.check(name, params)              # parameter values, before any feature is read
     check_budget(budget, len(features))
     for need in entry.meta.get("needs", ()):
         features.require(need)
+        if labelled_use(entry.meta) == "used":
+            features.labelled_rows(need)
     try:
         sel = entry.fn(features, budget, rng, **params)
     except TypeError as err:
@@ -64,7 +74,8 @@ def run_strategy(name: str, features: Features, budget: int, rng: np.random.Gene
 
 
 # ---------------------------------------------------------------------------- random
-@STRATEGIES.register("random", "uniformly random subset (the baseline every strategy is compared with)", needs=())
+@STRATEGIES.register("random", "uniformly random subset (the baseline every strategy is compared with)", needs=(),
+                     labelled="ignored: the baseline draws uniformly from the candidates")
 def random_subset(features: Features, budget: int, rng: np.random.Generator) -> Selection:
     return from_scores(rng.random(len(features)), budget, rng, "uniform draw")
 
@@ -76,7 +87,7 @@ BANDS = ("low", "middle", "high")
 @STRATEGIES.register(
     "perplexity",
     "band of base-model response loss: band=high (most uncertain, default), middle, or low (most familiar)",
-    needs=("loss",),
+    needs=("loss",), labelled=PER_EXAMPLE,
 )
 def perplexity_band(features: Features, budget: int, rng: np.random.Generator,
                     band: Literal["low", "middle", "high"] = "high") -> Selection:
@@ -101,11 +112,14 @@ def perplexity_band(features: Features, budget: int, rng: np.random.Generator,
 
 
 @STRATEGIES.register("kcenter", "greedy k-center (core-set) over sentence embeddings: covers the pool evenly",
-                     needs=("embeddings",))
+                     needs=("embeddings",), labelled="used: the labelled embeddings are the starting centres")
 def kcenter(features: Features, budget: int, rng: np.random.Generator,
             device: Annotated[str, matches(r"auto|cpu|cuda(:\d+)?", "must be auto, cpu, cuda or cuda:N")] = "auto",
             ) -> Selection:
-    """Core-set selection (Sener & Savarese, ICLR 2018) with a seeded random first centre.
+    """Core-set selection (Sener & Savarese, ICLR 2018): greedy k-center grown from the labelled set
+    (`features.labelled`: every candidate starts at its distance to the nearest labelled example,
+    so the first pick is the candidate farthest from what is labelled), or, with nothing labelled,
+    from a seeded random first centre.
     device="cpu": numpy, the plain greedy loop up to 20,000 examples and kernels.kcenter.kcenter_fast above
     (the same picks, fewer passes over a large pool; tests/test_scale.py); "cuda" (or "cuda:N"):
     kernels.kcenter.kcenter_torch on that GPU (the same loop in float32 torch: kcenter_greedy's picks on
@@ -117,6 +131,9 @@ def kcenter(features: Features, budget: int, rng: np.random.Generator,
                           f"(or cuda:N)")
 
     x = features.require("embeddings")
-    idx, dist = kcenter_select(x, budget, int(rng.integers(len(x))), device)
-    return Selection(idx, dist, "distance to already-chosen examples")
+    centres = features.labelled_rows("embeddings")
+    first = int(rng.integers(len(x))) if centres is None else None
+    idx, dist = kcenter_select(x, budget, first, device, centres=centres)
+    return Selection(idx, dist, "distance to already-chosen examples" if centres is None else
+                     "distance to the labelled and already-chosen examples")
 

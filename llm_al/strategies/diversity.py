@@ -9,6 +9,11 @@ re-normalised embeddings, so a caller's non-unit vectors cannot silently change 
 greedy set selection (facility_location, deita, idds, score_then_diversify) the value that drove a
 pick depends on the earlier picks, and `pool_scores` is left None.
 
+Every strategy here but `weighted` reads the labelled set (`features.labelled`, types.Features)
+and treats it as chosen before the first pick: facility location counts it as coverage, DEITA and
+IDDS as accepted/selected examples, kmeans holds it as fixed centres, cluster_stratified counts it
+towards each cluster's share, score_then_diversify's k-center starts from it.
+
 Tests: `.venv/bin/python -m pytest -q tests/test_diversity.py` (a few seconds on CPU).
 """
 
@@ -22,13 +27,13 @@ import numpy as np
 from llm_al.errors import ConfigError
 from llm_al.features.probes import matrix_names, provided_names
 from llm_al.registry import Constraint, above, at_least, between, one_of
-from llm_al.strategies.base import STRATEGIES, top_k
+from llm_al.strategies.base import PER_EXAMPLE, STRATEGIES, top_k
 from llm_al.strategies.kernels.facility import (dense_similarity, facility_location_greedy,
-                                                facility_location_sparse)
+                                                facility_location_sparse, labelled_cover)
 from llm_al.strategies.kernels.kcenter import kcenter_greedy
 from llm_al.strategies.kernels.kmeans import kmeans
 from llm_al.strategies.kernels.knn import knn_graph, knn_ivf
-from llm_al.strategies.kernels.rows import sq_dists, unit
+from llm_al.strategies.kernels.rows import max_cosine, sq_dists, unit
 from llm_al.types import SCALAR_FEATURES, Features, Selection
 
 SCORE_FIELDS = SCALAR_FEATURES   # per-example Features fields a hybrid can use
@@ -91,8 +96,20 @@ def rank01(v: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- k-means (kernels/kmeans.py)
+def with_labelled_rows(features: Features) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N + L, D) float64 embeddings of the candidates then the labelled examples, and the
+    labelled rows alone (None when nothing is labelled): what cluster_stratified clusters."""
+    x = np.asarray(features.require("embeddings"), dtype=np.float64)   # (N, D)
+    lab = features.labelled_rows("embeddings")
+    if lab is None:
+        return x, None
+    lab = np.asarray(lab, dtype=np.float64)                             # (L, D)
+    return np.concatenate([x, lab]), lab
+
+
 @STRATEGIES.register("kmeans", "k-means with k = budget over embeddings; the example nearest each centroid",
-                     needs=("embeddings",))
+                     needs=("embeddings",), labelled="used: the labelled examples are fixed centres, so the "
+                     "k-means centroids settle where they leave the pool uncovered")
 def kmeans_representatives(features: Features, budget: int, rng: np.random.Generator,
                            max_iter: PositiveInt = 100) -> Selection:
     """Cluster representatives (Chang et al., "On Training Instance Selection for Few-Shot Neural
@@ -101,13 +118,19 @@ def kmeans_representatives(features: Features, budget: int, rng: np.random.Gener
     centroid that is not already taken (two centroids sharing a nearest point, e.g. duplicates,
     send the second to its next-nearest). Empty clusters leave gaps, filled by the points farthest
     from everything chosen so far (k-center style). Score: Euclidean distance to the nearest
-    centroid (for a cluster pick, its own centroid); lower is more representative."""
+    centroid (for a cluster pick, its own centroid); lower is more representative.
+    With a labelled set (`features.labelled`) its examples are fixed centres (kernels.kmeans.kmeans
+    `fixed`: the conditional k-means problem, as k-center grown from the labelled set is the
+    core-set's): a candidate nearer a labelled example than to every centroid belongs to no
+    cluster, so the budget's centroids go where the labelled set leaves the pool uncovered; the
+    fill counts the labelled set as chosen. With nothing labelled the picks are the plain ones."""
     max_iter = check_int("kmeans", "max_iter", max_iter, 1)
     x = np.asarray(features.require("embeddings"), dtype=np.float64)   # (N, D)
-    c, labels = kmeans(x, budget, rng, max_iter)
+    lab = features.labelled_rows("embeddings")                         # (L, D) or None
+    c, labels = kmeans(x, budget, rng, max_iter, fixed=lab)            # labels -1: nearest a labelled example
     d2 = sq_dists(x, c)                                                 # (N, k)
     pool_dist = np.sqrt(d2.min(1))                                      # (N,)
-    counts = np.bincount(labels, minlength=budget)
+    counts = np.bincount(labels[labels >= 0], minlength=budget)
     taken = np.zeros(len(x), dtype=bool)
     picks, scores = [], []
     for j in sorted(np.flatnonzero(counts), key=lambda j: (-counts[j], j)):
@@ -116,7 +139,9 @@ def kmeans_representatives(features: Features, budget: int, rng: np.random.Gener
         picks.append(i)
         scores.append(float(np.sqrt(d2[i, j])))
     if len(picks) < budget:                                             # empty clusters: farthest-point fill
-        min_d = sq_dists(x, x[picks]).min(1)                            # (N,)
+        min_d = sq_dists(x, x[picks]).min(1) if picks else np.full(len(x), np.inf)   # (N,)
+        if lab is not None:
+            np.minimum(min_d, sq_dists(x, np.asarray(lab, dtype=np.float64)).min(1), out=min_d)
         for _ in range(budget - len(picks)):
             min_d[taken] = -np.inf
             i = int(np.argmax(min_d))
@@ -133,7 +158,8 @@ KNN_EXACT_MAX = 50_000   # facility_location approx="auto": the exact kNN graph 
 
 
 @STRATEGIES.register("facility_location", "lazy-greedy facility location over (1+cos)/2: picks that best "
-                     "represent the whole pool (a k-nearest-neighbour graph above max_dense)", needs=("embeddings",))
+                     "represent the whole pool (a k-nearest-neighbour graph above max_dense)", needs=("embeddings",),
+                     labelled="used: each candidate's similarity to the labelled set is its starting coverage")
 def facility_location(features: Features, budget: int, rng: np.random.Generator, max_dense: PositiveInt = 20000,
                       knn: PositiveInt = 32, approx: bool | Literal["auto"] = "auto") -> Selection:
     """Submodular facility location, maximised by lazy greedy (Minoux 1978; the (1 - 1/e) greedy
@@ -150,7 +176,9 @@ def facility_location(features: Features, budget: int, rng: np.random.Generator,
     k-means lists, drawn with rng; it misses the neighbours that sit in lists it does not
     search: recall@32 0.99 at 100k in eval/results/bench_selection.txt; 1M x 384 took ~5 min and
     ~2 GB beyond the embeddings there). Deterministic under rng (the dense path and the exact
-    graph do not use it).
+    graph do not use it). With a labelled set L (`features.labelled`) the objective is f(S | L):
+    each example starts covered by its most similar labelled example (kernels.facility.
+    labelled_cover, exact on both paths), so picks go where L leaves the pool uncovered.
     Score: marginal gain at pick time (of the sparse objective on the graph path)."""
     name = "facility_location"
     max_dense = check_int(name, "max_dense", max_dense, 1)
@@ -159,13 +187,14 @@ def facility_location(features: Features, budget: int, rng: np.random.Generator,
         raise bad_param(name, "approx", approx, "must be auto, true or false")
     x = features.require("embeddings")
     n = len(x)
+    cover = labelled_cover(x, features.labelled_rows("embeddings"))     # (N,) or None
     if n <= max_dense:
-        idx, gains = facility_location_greedy(dense_similarity(x, max_dense, name), budget)
+        idx, gains = facility_location_greedy(dense_similarity(x, max_dense, name), budget, cover)
         return Selection(idx, gains, "facility-location marginal gain (coverage added, in (1+cos)/2 units)")
     k = min(knn, n - 1)
     approximate = bool(approx) if not isinstance(approx, str) else n > KNN_EXACT_MAX
     graph = knn_ivf(x, k, rng) if approximate else knn_graph(x, k)
-    idx, gains = facility_location_sparse(graph, budget)
+    idx, gains = facility_location_sparse(graph, budget, cover)
     kind = "approximate (IVF)" if approximate else "exact"
     return Selection(idx, gains, f"facility-location marginal gain (coverage added, in (1+cos)/2 units) counting "
                                  f"each example's {k} nearest neighbours only ({kind} kNN graph)")
@@ -173,7 +202,8 @@ def facility_location(features: Features, budget: int, rng: np.random.Generator,
 
 # ---------------------------------------------------------------------------- DEITA
 @STRATEGIES.register("deita", "DEITA threshold greedy: walk down a score (by=loss), skip examples with cosine "
-                     ">= threshold to any accepted one", needs=("embeddings",))
+                     ">= threshold to any accepted one", needs=("embeddings",),
+                     labelled="used: the labelled examples count as accepted before the walk")
 def deita(features: Features, budget: int, rng: np.random.Generator, by: ScoreName = "loss",
           threshold: Annotated[float, above(-1)] = 0.9) -> Selection:
     """Score-first, diversity-aware selection (Liu et al., "What makes good data for alignment?",
@@ -181,8 +211,10 @@ def deita(features: Features, budget: int, rng: np.random.Generator, by: ScoreNa
     its cosine similarity to every accepted one is below `threshold` (> 1 disables the filter).
     DEITA stops when the walk ends; here, if fewer than `budget` passed, the rest is filled greedily
     by the lowest max-similarity to the accepted set (ties: earlier in the walk).
-    Score: max cosine similarity to the earlier picks (NaN for the first); a pick passed the
-    threshold exactly when its score is below it, so fill picks are those with score >= threshold."""
+    The labelled set (`features.labelled`) counts as accepted before the walk starts.
+    Score: max cosine similarity to the labelled set and the earlier picks (NaN for the first when
+    nothing is labelled); a pick passed the threshold exactly when its score is below it, so fill
+    picks are those with score >= threshold."""
     threshold = check_number("deita", "threshold", threshold, -1.0, np.inf,
                              "must be a finite number > -1 (a cosine; above 1 accepts everything)")
     if threshold <= -1.0:
@@ -191,7 +223,8 @@ def deita(features: Features, budget: int, rng: np.random.Generator, by: ScoreNa
     x = unit(features.require("embeddings"))                 # (N, D)
     n = len(x)
     order = np.lexsort((rng.random(n), -s))                  # walk order, best first
-    max_sim = np.full(n, -np.inf)                            # (N,) max cosine to the accepted set
+    lab = features.labelled_rows("embeddings")
+    max_sim = np.full(n, -np.inf) if lab is None else max_cosine(x, lab).astype(np.float64)   # (N,) to the accepted
     picks, scores = [], []
 
     def accept(i: int) -> None:
@@ -216,19 +249,22 @@ def deita(features: Features, budget: int, rng: np.random.Generator, by: ScoreNa
             left[i] = False
             accept(i)
     return Selection(np.array(picks, dtype=np.int64), np.array(scores),
-                     f"max cosine similarity to earlier picks (walking down {by}; < {threshold:g} passed "
+                     f"max cosine similarity to {'' if lab is None else 'the labelled set and '}earlier picks "
+                     f"(walking down {by}; < {threshold:g} passed "
                      f"the DEITA filter, >= is a relaxed fill)")
 
 
 # ---------------------------------------------------------------------------- IDDS
 @STRATEGIES.register("idds", "in-domain diversity sampling: typical of the pool, unlike what is already chosen",
-                     needs=("embeddings",))
+                     needs=("embeddings",), labelled="used: the labelled examples join the selected set from the start")
 def idds(features: Features, budget: int, rng: np.random.Generator, lam: Annotated[float, between(0, 1)] = 0.67,
          labelled: Sequence[int] | None = None) -> Selection:
     """In-Domain Diversity Sampling (Tsvigun et al., "Active Learning for Abstractive Text
     Summarization", Findings of EMNLP 2022; implemented in ATGen): greedily pick the example
     maximising lam * mean cos(x, unlabelled pool) - (1 - lam) * mean cos(x, selected), where
-    "selected" holds the `labelled` indices plus earlier picks (its term is 0 while empty).
+    "selected" holds the labelled set (`features.labelled`, the examples labelled outside the
+    candidates), the `labelled` indices (candidates to treat as labelled) and the earlier picks
+    (its term is 0 while empty).
     lam = 0.67 is the paper's value. The pool term is fixed: a dot with the mean embedding of the
     examples not in `labelled` (mean of dot products = dot with the mean vector); the selected term
     is a running sum. `labelled` indices are never picked. Exact ties go to a seeded random order.
@@ -248,6 +284,10 @@ def idds(features: Features, budget: int, rng: np.random.Generator, lam: Annotat
     typical = x @ x[~lab].mean(0)                            # (N,) mean cosine to the unlabelled pool
     sel_sum = x[lab].sum(0)                                  # (D,) running sum of selected embeddings
     n_sel = int(lab.sum())
+    outside = features.labelled_rows("embeddings")           # (L, D) labelled, not candidates
+    if outside is not None:
+        sel_sum += unit(outside).sum(0)
+        n_sel += len(outside)
     tie = rng.permutation(n)
     avail = ~lab
     picks, scores = [], []
@@ -267,14 +307,17 @@ def idds(features: Features, budget: int, rng: np.random.Generator, lam: Annotat
 
 # ---------------------------------------------------------------------------- hybrids
 @STRATEGIES.register("score_then_diversify", "top fraction of the pool by a score (by=loss), then k-center or "
-                     "facility location inside it", needs=("embeddings",))
+                     "facility location inside it", needs=("embeddings",),
+                     labelled="used: its k-center or facility-location stage starts from the labelled set")
 def score_then_diversify(features: Features, budget: int, rng: np.random.Generator, by: ScoreName = "loss",
                          descending: bool = True, fraction: Annotated[float, between(0, 1, lo_open=True)] | None = None,
                          then: Literal["kcenter", "facility_location"] = "kcenter") -> Selection:
     """Filter then diversify, the recipe of Superfiltering's diversity variant (Li et al., ACL 2024:
     IFD filter, then facility location) and of DEITA's score-first design: keep the top `fraction`
     of the pool by `by` (highest first unless descending=False; random tie-break), then run
-    k-center (first centre: the best-scored) or lazy facility location inside that subset.
+    k-center (first centre: the best-scored) or lazy facility location inside that subset. With a
+    labelled set (`features.labelled`) the diversity stage starts from it: k-center from the
+    labelled centres (no fixed first centre), facility location with its coverage.
     fraction=None means 0.3, widened to exactly `budget` examples when 0.3 * N < budget (so the
     default works for every budget, as the contract suite requires); an explicit fraction with
     fraction * N < budget is a ConfigError. Score: what drove each pick inside the subset."""
@@ -295,11 +338,14 @@ def score_then_diversify(features: Features, budget: int, rng: np.random.Generat
                             f"keeps {m} of {n} examples, fewer than budget {budget}; need >= {budget / n:.4g}")
     subset = top_k(s if descending else -s, m, rng)          # (m,) pool indices, best first
     x = features.require("embeddings")[subset]               # (m, D)
+    lab = features.labelled_rows("embeddings")
     if then == "kcenter":
-        idx, drove = kcenter_greedy(x, budget, first=0)
-        what = "distance to already-chosen (k-center; first pick: best score)"
+        idx, drove = kcenter_greedy(x, budget, first=0 if lab is None else None, centres=lab)
+        what = ("distance to already-chosen (k-center; first pick: best score)" if lab is None else
+                "distance to the labelled and already-chosen (k-center from the labelled set)")
     else:
-        idx, drove = facility_location_greedy(dense_similarity(x, 20000, name), budget)   # ties: better score
+        idx, drove = facility_location_greedy(dense_similarity(x, 20000, name), budget,   # ties: better score
+                                              labelled_cover(x, lab))
         what = "facility-location marginal gain"
     kept = f"top {m} of {n} by {by} ({'highest' if descending else 'lowest'} first)"
     return Selection(subset[idx], drove, f"{what} within the {kept}")
@@ -321,8 +367,19 @@ def allocate(sizes: np.ndarray, budget: int) -> np.ndarray:
     return alloc
 
 
+def top_up(sizes: np.ndarray, held: np.ndarray, budget: int) -> np.ndarray:
+    """(K,) picks per cluster when the clusters already hold `held` labelled examples beside their
+    `sizes` candidates: each cluster's proportional share of the combined sample (`allocate` of
+    budget + held.sum() over sizes + held) less what it holds, and the budget split in proportion
+    to those shortfalls; a cluster the labelled set already fills gets none. With nothing held it
+    is allocate(sizes, budget). Never more than a cluster's candidates (a shortfall is at most that)."""
+    target = allocate(sizes + held, budget + int(held.sum()))
+    return allocate(np.maximum(target - held, 0), budget)
+
+
 @STRATEGIES.register("cluster_stratified", "k-means clusters get budget shares by size; best by a score "
-                     "(by=loss) within each", needs=("embeddings",))
+                     "(by=loss) within each", needs=("embeddings",),
+                     labelled="used: labelled examples count towards their clusters' shares")
 def cluster_stratified(features: Features, budget: int, rng: np.random.Generator, by: ScoreName = "loss",
                        descending: bool = True, clusters: PositiveInt | None = None, max_iter: PositiveInt = 100) -> Selection:
     """Cluster-stratified selection: proportional-allocation stratified sampling (strata = k-means
@@ -330,7 +387,11 @@ def cluster_stratified(features: Features, budget: int, rng: np.random.Generator
     a score ranking inside each stratum: k-means the embeddings into `clusters` groups (default
     min(budget, 10)), split the budget across clusters in proportion to their size (`allocate`),
     and take the best by `by` within each (random tie-break). Picks are ordered cluster by cluster,
-    largest cluster first. Score: the `by` value of each pick."""
+    largest cluster first. With a labelled set (`features.labelled`) the k-means runs over the
+    candidates and the labelled examples together and the new picks top each cluster up towards its
+    proportional share of the whole labelled sample (`top_up`): proportional allocation (Cochran,
+    "Sampling Techniques", 1977, sec. 5.5) applied to the combined sample, so strata the labelled
+    set already fills get nothing more. Score: the `by` value of each pick."""
     name = "cluster_stratified"
     if not isinstance(descending, (bool, np.bool_)):
         raise bad_param(name, "descending", descending, "must be true or false")
@@ -338,9 +399,11 @@ def cluster_stratified(features: Features, budget: int, rng: np.random.Generator
     n = len(s)
     k = min(budget, 10) if clusters is None else check_int(name, "clusters", clusters, 1, n)
     max_iter = check_int(name, "max_iter", max_iter, 1)
-    _, labels = kmeans(features.require("embeddings"), k, rng, max_iter)
+    both, lab = with_labelled_rows(features)
+    _, labels = kmeans(both, k, rng, max_iter)
+    labels, held = labels[:n], np.bincount(labels[n:], minlength=k)     # (N,), (k,) labelled per cluster
     sizes = np.bincount(labels, minlength=k)
-    alloc = allocate(sizes, budget)
+    alloc = allocate(sizes, budget) if lab is None else top_up(sizes, held, budget)
     picks = []
     for j in sorted(range(k), key=lambda j: (-sizes[j], j)):
         if alloc[j]:
@@ -355,7 +418,7 @@ WEIGHTED_DEFAULT = {"loss": 1.0}
 
 
 @STRATEGIES.register("weighted", "weighted sum of rank-normalised features, e.g. weights={loss: 1, length: -0.5}",
-                     needs=())
+                     needs=(), labelled=PER_EXAMPLE)
 def weighted(features: Features, budget: int, rng: np.random.Generator,
              weights: Weights | None = None) -> Selection:
     """Linear scalarisation of several per-example scores, each rank-normalised to [0, 1] (ties

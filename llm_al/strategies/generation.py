@@ -37,7 +37,7 @@ from llm_al.features.formatting import Tokenized, prompt_text
 from llm_al.features.probes import PROBES, ProbeContext
 from llm_al.io import write_json
 from llm_al.metrics import METRICS
-from llm_al.strategies.base import STRATEGIES, from_scores, top_k
+from llm_al.strategies.base import STRATEGIES, PER_EXAMPLE, from_scores, top_k
 from llm_al.types import Features
 from llm_al.types import Selection
 
@@ -259,7 +259,7 @@ def _lowest_first(values: np.ndarray, budget: int, rng: np.random.Generator, nam
 
 
 @STRATEGIES.register("greedy_logprob", "least confident first: lowest mean log-prob of the model's own greedy answer",
-                     needs=("greedy_logprob",))
+                     needs=("greedy_logprob",), labelled=PER_EXAMPLE)
 def least_confident(features: Features, budget: int, rng: np.random.Generator) -> Selection:
     """Least-confidence sampling for generation (Perlitz et al., EMNLP 2023; Flores et al. 2026's
     "mean greedy-token log-prob"): the examples whose freely generated greedy answer the untrained
@@ -269,7 +269,7 @@ def least_confident(features: Features, budget: int, rng: np.random.Generator) -
 
 
 @STRATEGIES.register("oracle", "worst first: lowest eval.primary metric of the model's greedy answer vs the reference",
-                     needs=("oracle",))
+                     needs=("oracle",), labelled=PER_EXAMPLE)
 def oracle(features: Features, budget: int, rng: np.random.Generator) -> Selection:
     """Oracle informativeness (Perlitz et al., EMNLP 2023): pick the examples the current model
     answers worst, measured by the evaluation metric against the reference. Needs labels; it is a
@@ -279,7 +279,7 @@ def oracle(features: Features, budget: int, rng: np.random.Generator) -> Selecti
 
 
 @STRATEGIES.register("gen_disagreement", "most disagreeing first: 1 - mean pairwise chrF among sampled answers",
-                     needs=("gen_disagreement",))
+                     needs=("gen_disagreement",), labelled=PER_EXAMPLE)
 def gen_disagreement(features: Features, budget: int, rng: np.random.Generator) -> Selection:
     """Lexical disagreement among sampled outputs, the generation analogue of committee
     disagreement (Perlitz et al., EMNLP 2023; "lexical similarity of outputs" in Flores et al.
@@ -289,7 +289,7 @@ def gen_disagreement(features: Features, budget: int, rng: np.random.Generator) 
 
 
 @STRATEGIES.register("bleu_variance", "highest BLEUVar of sampled answers: mean pairwise (1 - BLEU)^2 (Xiao et al. 2020)",
-                     needs=("bleu_variance",))
+                     needs=("bleu_variance",), labelled=PER_EXAMPLE)
 def bleu_variance_strategy(features: Features, budget: int, rng: np.random.Generator) -> Selection:
     """BLEU variance among sampled outputs (Xiao et al. 2020's BLEUVar, used by Perlitz et al.,
     EMNLP 2023 and Flores et al. 2026). Label-free."""

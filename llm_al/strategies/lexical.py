@@ -10,10 +10,11 @@
 - strategy `delfy`: decayed log frequency (Zeng et al. 2019), the score Flores et al. 2026 correlate.
 - strategy `ngram_coverage`: greedy maximum weighted coverage of the pool's n-gram vocabulary.
 
-No cache: hashing is cheap (see `ngrams`' cost record) and needs no model. Both strategies work on
-the pool they are given: in a loop round that is the remaining pool, so the labelled examples of
-earlier rounds neither count in the pool frequencies nor decay or cover n-grams (the matrix of a
-strategy holds only pool rows); one-shot selection has no labelled set and is exact.
+No cache: hashing is cheap (see `ngrams`' cost record) and needs no model. Both strategies select
+from the candidates they are given (in a loop round, the remaining pool) and read the labelled set
+(`features.labelled`: the examples of earlier rounds, or `llm-al select --labelled`): its n-grams
+count as covered (ngram_coverage) and decay DelFy's weights by exp(-decay C(g|L)). Pool
+frequencies C(g|U) are the candidates' counts, U being the unlabelled pool as in Zeng et al.
 
 Tests: `.venv/bin/pytest -q tests/test_lexical.py` (a few seconds).
 """
@@ -83,16 +84,29 @@ def ngrams_probe(ctx: ProbeContext):
 
 
 # ---------------------------------------------------------------------------- shared pieces
-def counts_matrix(features: Features, strategy: str) -> sparse.csr_matrix:
-    """The pool's (N, V) float64 CSR n-gram counts, restricted to the V columns that occur."""
-    m = features.require("ngram_counts")
-    if not sparse.issparse(m) or m.ndim != 2 or m.shape[0] != len(features):
-        raise ConfigError(f"strategy {strategy!r}: ngram_counts must be a sparse (N, H) count matrix with N = "
-                          f"{len(features)} rows (the 'ngrams' probe), got {type(m).__name__} of shape "
+def _count_matrix(m, rows: int, strategy: str, whose: str) -> sparse.csr_matrix:
+    if not sparse.issparse(m) or m.ndim != 2 or m.shape[0] != rows:
+        raise ConfigError(f"strategy {strategy!r}: ngram_counts {whose} must be a sparse (N, H) count matrix with "
+                          f"N = {rows} rows (the 'ngrams' probe), got {type(m).__name__} of shape "
                           f"{getattr(m, 'shape', None)}")
-    m = sparse.csr_matrix(m, dtype=np.float64)
+    return sparse.csr_matrix(m, dtype=np.float64)
+
+
+def counts_matrices(features: Features, strategy: str) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """The candidates' (N, V) float64 CSR n-gram counts, restricted to the V columns that occur
+    in them, and the labelled set's counts of those same V n-grams, (V,) (zeros when nothing is
+    labelled; n-grams only the labelled set has cannot matter to a candidate)."""
+    m = _count_matrix(features.require("ngram_counts"), len(features), strategy, "of the candidates")
     used = np.unique(m.indices)
-    return m[:, used] if len(used) else sparse.csr_matrix((m.shape[0], 0))
+    x = m[:, used] if len(used) else sparse.csr_matrix((m.shape[0], 0))
+    lab = features.labelled_rows("ngram_counts")
+    if lab is None:
+        return x, np.zeros(x.shape[1])
+    lab = _count_matrix(lab, len(features.labelled), strategy, "of the labelled set")
+    if lab.shape[1] != m.shape[1]:
+        raise ConfigError(f"strategy {strategy!r}: the labelled set's ngram_counts have {lab.shape[1]} columns, "
+                          f"the candidates' {m.shape[1]}: hash both with the same 'ngrams' probe")
+    return x, np.asarray(lab[:, used].sum(0)).ravel()
 
 
 def greedy_pick(score: np.ndarray, taken: np.ndarray, tie: np.ndarray) -> int:
@@ -103,18 +117,26 @@ def greedy_pick(score: np.ndarray, taken: np.ndarray, tie: np.ndarray) -> int:
 
 
 # ---------------------------------------------------------------------------- DelFy
-def delfy_scores(x: sparse.csr_matrix, decay: float, order: np.ndarray) -> np.ndarray:
-    """(N,) DelFy of Zeng et al. 2019, Algorithm 1, with an empty labelled set:
+def delfy_weights(x: sparse.csr_matrix, decay: float, in_labelled: np.ndarray) -> np.ndarray:
+    """(V,) F(g) of Zeng et al. 2019, Algorithm 1: G(g) = log(1 + C(g|U)) exp(-decay C(g|L)),
+    F(g) = G(g) / sum_g' G(g'), with C(g|U) the count of n-gram g in the unlabelled pool (the
+    rows of x) and C(g|L) in the labelled set (`in_labelled`, zeros when nothing is labelled)."""
+    g = np.log1p(np.asarray(x.sum(0)).ravel()) * np.exp(-decay * in_labelled)   # (V,)
+    return g / g.sum() if g.sum() > 0 else g
 
-        G(g) = log(1 + C(g|U)),  F(g) = G(g) / sum_g' G(g')      (C(g|U): count of n-gram g in the pool)
+
+def delfy_scores(x: sparse.csr_matrix, decay: float, order: np.ndarray,
+                 in_labelled: np.ndarray | None = None) -> np.ndarray:
+    """(N,) DelFy of Zeng et al. 2019, Algorithm 1:
+
+        F(g) as in delfy_weights (log pool frequency, decayed by the labelled set's counts)
         DelFy(x) = (1/|x|) sum over the n-gram tokens g of x of F(g) * exp(-decay * C(g|U_<x))
 
     where U_<x are the pool examples ranked above x by LF(x) = (1/|x|) sum F(g) (`order`, best
     first) and |x| the number of n-gram tokens of x. Zero for an example without n-grams.
-    x: (N, V) counts; the labelled-set factor exp(-lambda1 C(g|L)) is 1 (no labelled set)."""
+    x: (N, V) counts; in_labelled: (V,) the labelled set's counts (None: nothing labelled)."""
     n = x.shape[0]
-    g = np.log1p(np.asarray(x.sum(0)).ravel())                           # (V,)
-    f = g / g.sum() if g.sum() > 0 else g
+    f = delfy_weights(x, decay, np.zeros(x.shape[1]) if in_labelled is None else in_labelled)
     k = np.asarray(x.sum(1)).ravel()                                     # (N,) |x|
     xs = sparse.csc_matrix(x[order])                                     # rows in LF order
     xs.sort_indices()
@@ -128,17 +150,17 @@ def delfy_scores(x: sparse.csr_matrix, decay: float, order: np.ndarray) -> np.nd
     return np.divide(out, k, out=np.zeros(n), where=k > 0)
 
 
-def drop_shared_columns(x: sparse.csr_matrix) -> sparse.csr_matrix:
-    """x without the n-grams present in every row (a fixed prompt template): they cannot tell
+def shared_columns(x: sparse.csr_matrix) -> np.ndarray:
+    """(V,) bool: the n-grams present in every row (a fixed prompt template): they cannot tell
     examples apart, and through the 1/|x| normalisation they would favour short prompts."""
     df = np.bincount(x.indices, minlength=x.shape[1])                   # rows containing each column
-    keep = np.flatnonzero(df < x.shape[0])
-    return x[:, keep]
+    return df >= x.shape[0]
 
 
 @STRATEGIES.register("delfy", "DelFy decayed log-frequency of prompt n-grams (Zeng et al. 2019); mode=paper "
                      "(default, one pass as in the paper) or greedy (re-decay after each pick)",
-                     needs=("ngram_counts",))
+                     needs=("ngram_counts",),
+                     labelled="used: the labelled set's n-gram counts decay their weights (exp(-decay C(g|L)))")
 def delfy(features: Features, budget: int, rng: np.random.Generator, decay: Annotated[float, at_least(0)] = 1.0,
           mode: Literal["paper", "greedy"] = "paper",
           drop_shared: bool = True) -> Selection:
@@ -153,24 +175,26 @@ def delfy(features: Features, budget: int, rng: np.random.Generator, decay: Anno
       in the examples ranked above it, take the top `budget` by DelFy (random tie-break). Scores and
       pool_scores: DelFy.
     mode="greedy": pick one at a time the example of highest (1/|x|) sum F(g) exp(-decay C_S(g)),
-      C_S the counts in the examples picked so far, and update C_S. Scores only fall, so the
+      C_S the counts in the examples picked so far (F carries the labelled decay, so a labelled
+      n-gram counts as if picked), and update C_S. Scores only fall, so the
       incremental update (only rows sharing the pick's n-grams change; a sparse column slice) gives
       the same picks as a lazy greedy. Score: DelFy at pick time; pool_scores None.
-    `drop_shared` drops n-grams present in every example (see drop_shared_columns)."""
+    `drop_shared` drops n-grams present in every example (see shared_columns). The labelled set
+    (`features.labelled`) enters through F: lambda1 = `decay` on its counts C(g|L)."""
     decay = diversity.check_number("delfy", "decay", decay, 0.0, np.inf, "must be a finite number >= 0")
     if mode not in ("paper", "greedy"):
         raise ConfigError(f"strategy 'delfy': mode={mode!r} is invalid; must be 'paper' or 'greedy'")
-    x = counts_matrix(features, "delfy")
+    x, in_labelled = counts_matrices(features, "delfy")
     if drop_shared:
-        x = drop_shared_columns(x)
+        keep = np.flatnonzero(~shared_columns(x))
+        x, in_labelled = x[:, keep], in_labelled[keep]
     n = x.shape[0]
-    g = np.log1p(np.asarray(x.sum(0)).ravel())                           # (V,)
-    f = g / g.sum() if g.sum() > 0 else g
+    f = delfy_weights(x, decay, in_labelled)                             # (V,)
     k = np.asarray(x.sum(1)).ravel()                                     # (N,) |x|
-    lf = np.divide(x @ f, k, out=np.zeros(n), where=k > 0)              # (N,) LF with no labelled set
+    lf = np.divide(x @ f, k, out=np.zeros(n), where=k > 0)              # (N,) LF
     if mode == "paper":
         order = np.lexsort((rng.random(n), -lf))
-        score = delfy_scores(x, decay, order)
+        score = delfy_scores(x, decay, order, in_labelled)
         idx = top_k(score, budget, rng)
         return Selection(idx, score[idx], f"DelFy (decayed log-frequency of prompt n-grams, decay={decay:g})", score)
     xc = sparse.csc_matrix(x)
@@ -192,20 +216,21 @@ def delfy(features: Features, budget: int, rng: np.random.Generator, decay: Anno
 
 
 # ---------------------------------------------------------------------------- n-gram coverage
-def coverage_greedy(x: sparse.csr_matrix, weight: np.ndarray, budget: int,
-                    tie: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def coverage_greedy(x: sparse.csr_matrix, weight: np.ndarray, budget: int, tie: np.ndarray,
+                    covered: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Greedy maximum weighted coverage: f(S) = sum of weight[g] over the columns g that some row
     of S contains. Monotone submodular, so greedy is within (1 - 1/e) of the best (Nemhauser,
     Wolsey & Fisher 1978). Exact marginal gains kept up to date: a pick lowers only the rows sharing
     its newly covered columns (a sparse column slice). Ties, including the all-zero gains once
     everything is covered, go to the lowest `tie` key (random when `tie` is a seeded draw).
+    `covered` (V,) bool marks columns covered before the first pick (the labelled set's n-grams).
     Returns (indices in pick order, marginal gain at each pick)."""
     b = sparse.csr_matrix(x, dtype=np.float64, copy=True)
     b.data[:] = 1.0                                                      # presence
     bc = sparse.csc_matrix(b)
-    gain = b @ weight                                                    # (N,)
+    covered = np.zeros(x.shape[1], dtype=bool) if covered is None else np.array(covered, dtype=bool)
+    gain = b @ np.where(covered, 0.0, weight)                            # (N,)
     tol = 1e-9 * max(float(weight.sum()), 1.0)                           # float dust after subtractions
-    covered = np.zeros(x.shape[1], dtype=bool)
     taken = np.zeros(x.shape[0], dtype=bool)
     picks, gains = np.empty(budget, dtype=np.int64), np.empty(budget)
     for k in range(budget):
@@ -220,16 +245,18 @@ def coverage_greedy(x: sparse.csr_matrix, weight: np.ndarray, budget: int,
 
 
 @STRATEGIES.register("ngram_coverage", "greedy max coverage of the pool's prompt n-grams weighted by log(1 + "
-                     "pool count); random once all are covered", needs=("ngram_counts",))
+                     "pool count); random once all are covered", needs=("ngram_counts",),
+                     labelled="used: the labelled set's n-grams count as covered")
 def ngram_coverage(features: Features, budget: int, rng: np.random.Generator) -> Selection:
     """Vocabulary coverage as a selection objective: cover as much of the pool's n-gram vocabulary
     as possible, each n-gram weighted by log(1 + its count in the pool), by greedy with exact
     incremental gains (Nemhauser et al. 1978; the vocabulary-size diversity score of Flores et al.
-    2026 turned into an objective). Once every n-gram is covered the remaining picks are uniformly random among the
-    rest (gain 0). Score: the marginal gain (weight of newly covered n-grams) at pick time."""
-    x = counts_matrix(features, "ngram_coverage")
+    2026 turned into an objective). The labelled set's n-grams (`features.labelled`) are covered
+    before the first pick. Once every n-gram is covered the remaining picks are uniformly random
+    among the rest (gain 0). Score: the marginal gain (weight of newly covered n-grams) at pick time."""
+    x, in_labelled = counts_matrices(features, "ngram_coverage")
     weight = np.log1p(np.asarray(x.sum(0)).ravel())                      # (V,)
-    idx, gains = coverage_greedy(x, weight, budget, rng.random(x.shape[0]))
+    idx, gains = coverage_greedy(x, weight, budget, rng.random(x.shape[0]), covered=in_labelled > 0)
     return Selection(idx, gains, "weight of newly covered prompt n-grams (log(1 + pool count)); "
                      "0 = all covered already, picked at random")
 

@@ -39,7 +39,7 @@ from llm_al.features.engine import length_sorted_batches, response_token_stats
 from llm_al.features.formatting import Tokenized, pack, response_logits, tokenize
 from llm_al.features.probes import PROBES, ProbeContext
 from llm_al.seeds import stream_seed
-from llm_al.strategies.base import STRATEGIES, from_scores
+from llm_al.strategies.base import STRATEGIES, PER_EXAMPLE, from_scores
 from llm_al.train import attach_lora, detach_lora, optimise, train_lora
 from llm_al.types import Selection
 
@@ -428,7 +428,7 @@ def committee_probe(ctx: ProbeContext):
 
 # ---------------------------------------------------------------------------- strategies
 @STRATEGIES.register("bald", "highest MC-dropout BALD (mutual information) along the reference response",
-                     needs=("bald",))
+                     needs=("bald",), labelled=PER_EXAMPLE)
 def bald(features, budget: int, rng: np.random.Generator) -> Selection:
     """BALD (Houlsby et al. 2011; Gal, Islam & Ghahramani, ICML 2017): H[mean prediction] minus
     the mean entropy of the MC-dropout predictions, averaged over the response tokens."""
@@ -436,7 +436,7 @@ def bald(features, budget: int, rng: np.random.Generator) -> Selection:
 
 
 @STRATEGIES.register("mc_disagreement", "highest MC-dropout disagreement: std over the passes of the response NLL",
-                     needs=("mc_disagreement",))
+                     needs=("mc_disagreement",), labelled=PER_EXAMPLE)
 def mc_disagreement(features, budget: int, rng: np.random.Generator) -> Selection:
     """Disagreement of the MC-dropout models (Gal & Ghahramani 2016; the MC-dropout disagreement of
     Flores et al. 2026) at the level of the whole response: the standard deviation over the K passes
@@ -447,7 +447,7 @@ def mc_disagreement(features, budget: int, rng: np.random.Generator) -> Selectio
 
 
 @STRATEGIES.register("egl", "expected gradient length: largest LoRA gradient norm of the response loss",
-                     needs=("grad_norm",))
+                     needs=("grad_norm",), labelled=PER_EXAMPLE)
 def egl(features, budget: int, rng: np.random.Generator) -> Selection:
     """Expected gradient length / expected model change (Settles, Craven & Ray, NIPS 2008), with the
     reference response in place of the expectation over labels; Ash et al. (BADGE, ICLR 2020) use
@@ -456,7 +456,8 @@ def egl(features, budget: int, rng: np.random.Generator) -> Selection:
 
 
 @STRATEGIES.register("qbc", "query-by-committee: largest std of response loss across bootstrap-trained adapters",
-                     needs=("committee",))
+                     needs=("committee",), labelled="ignored: a per-example score (the committee probe itself "
+                     "trains its adapters on the labelled examples, ProbeContext.labelled)")
 def qbc(features, budget: int, rng: np.random.Generator) -> Selection:
     """Query by committee (Seung, Opper & Sompolinsky 1992; Dagan & Engelson 1995): disagreement of
     a committee of adapters trained on bootstraps of the labelled set, as the std of their losses."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Iterable
 
-from llm_al.registries import ORDERINGS, STRATEGIES
+from llm_al.registries import ORDERINGS, STRATEGIES, labelled_use
 from llm_al.strategies.diversity import WEIGHTED_DEFAULT
 
 
@@ -24,6 +24,13 @@ def strategy_needs(name: str, params: dict) -> set[str]:
     if "weights" in defaults:
         needs.update((params.get("weights") or defaults["weights"] or WEIGHTED_DEFAULT).keys())
     return needs
+
+
+def labelled_needs(name: str) -> set[str]:
+    """Features a strategy reads from the labelled set (Features.labelled): its registered `needs`
+    when it registered labelled="used: ...", else none (per-example scores of the candidates only)."""
+    entry = STRATEGIES.get(name)
+    return set(entry.meta.get("needs", ())) if labelled_use(entry.meta) == "used" else set()
 
 
 def needed_features(strategies: Iterable[tuple[str, dict]], ordering_names: Iterable[str]) -> set[str]:

@@ -49,7 +49,7 @@ from llm_al.features.probes import PROBES, ProbeContext
 from llm_al.features.reference_index import reference_index
 from llm_al.io import atomic_path
 from llm_al.strategies import diversity
-from llm_al.strategies.base import STRATEGIES, top_k
+from llm_al.strategies.base import STRATEGIES, PER_EXAMPLE, top_k
 from llm_al.types import Features
 from llm_al.types import Selection
 
@@ -245,7 +245,7 @@ def note_ties(s: np.ndarray, idx: np.ndarray, by: str, strategy: str) -> None:
 
 
 @STRATEGIES.register("novel", "least like the reference corpus first: lowest by= (default ref_overlap, n-gram "
-                     "overlap; or ref_vocab, ref_span, ref_similarity, any score)", needs=())
+                     "overlap; or ref_vocab, ref_span, ref_similarity, any score)", needs=(), labelled=PER_EXAMPLE)
 def novel(features: Features, budget: int, rng: np.random.Generator,
           by: diversity.ScoreName = "ref_overlap") -> Selection:
     """The examples with the lowest `by`: text the reference (a pre-training stand-in) has not seen.
@@ -259,7 +259,7 @@ def novel(features: Features, budget: int, rng: np.random.Generator,
 
 
 @STRATEGIES.register("familiar", "most like the reference corpus first: highest by= (default ref_overlap, n-gram "
-                     "overlap; or ref_vocab, ref_span, ref_similarity, any score)", needs=())
+                     "overlap; or ref_vocab, ref_span, ref_similarity, any score)", needs=(), labelled=PER_EXAMPLE)
 def familiar(features: Features, budget: int, rng: np.random.Generator,
           by: diversity.ScoreName = "ref_overlap") -> Selection:
     """The examples with the highest `by`: text most like the reference (a pre-training stand-in),

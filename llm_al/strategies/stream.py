@@ -29,7 +29,7 @@ import numpy as np
 from llm_al.errors import ConfigError
 from llm_al.registry import at_least
 from llm_al.strategies import diversity   # module import: diversity and this module import each other via strategies
-from llm_al.strategies.base import STRATEGIES, check_budget
+from llm_al.strategies.base import STRATEGIES, PER_EXAMPLE, check_budget
 from llm_al.types import Features, Selection
 
 
@@ -96,7 +96,7 @@ class StreamSelector:
 
 
 @STRATEGIES.register("stream", "stream-based selective sampling: one pass in random order, take an example when "
-                     "its score (by=loss) passes an adaptive quantile threshold", needs=())
+                     "its score (by=loss) passes an adaptive quantile threshold", needs=(), labelled=PER_EXAMPLE)
 def stream(features: Features, budget: int, rng: np.random.Generator, by: diversity.ScoreName = "loss",
            higher: bool = True, warmup: Annotated[int, at_least(0)] | None = None) -> Selection:
     """Stream-based selective sampling (Cohn, Atlas & Ladner 1994; Settles 2009, sec. 2.2) over any

@@ -9,12 +9,12 @@ import numpy as np
 
 from llm_al.errors import ConfigError
 from llm_al.registry import above, one_of
-from llm_al.strategies.base import STRATEGIES, from_scores, top_k
+from llm_al.strategies.base import STRATEGIES, PER_EXAMPLE, from_scores, top_k
 from llm_al.types import MIN_K_FRACTIONS, Features, Selection
 
 
 @STRATEGIES.register("entropy", "highest mean predictive entropy over the response tokens (teacher-forced)",
-                     needs=("entropy",))
+                     needs=("entropy",), labelled=PER_EXAMPLE)
 def mean_entropy(features: Features, budget: int, rng: np.random.Generator) -> Selection:
     """Mean token entropy of the model's next-token distribution along the reference response, a
     standard uncertainty score for generation (Perlitz et al., EMNLP 2023; Flores et al. 2026)."""
@@ -28,7 +28,7 @@ Prefer = Literal["unfamiliar", "familiar"]
 @STRATEGIES.register(
     "min_k",
     "Min-K% Prob: mean of the lowest k% response-token log-probs; prefer=unfamiliar (default) or familiar",
-    needs=("min_k",),
+    needs=("min_k",), labelled=PER_EXAMPLE,
 )
 def min_k_prob(features: Features, budget: int, rng: np.random.Generator, k: MinKFraction = 0.2,
                prefer: Prefer = "unfamiliar") -> Selection:
@@ -54,7 +54,7 @@ def _membership(features: Features, name: str, k: float, prefer: str, budget: in
 @STRATEGIES.register(
     "min_k_plus",
     "Min-K%++: mean of the lowest k% standardised response-token log-probs; prefer=unfamiliar (default) or familiar",
-    needs=("min_k_plus",),
+    needs=("min_k_plus",), labelled=PER_EXAMPLE,
 )
 def min_k_plus(features: Features, budget: int, rng: np.random.Generator, k: MinKFraction = 0.2,
                prefer: Prefer = "unfamiliar") -> Selection:
@@ -82,7 +82,7 @@ def _ifd_select(ifd: np.ndarray, budget: int, rng: np.random.Generator, max_ifd:
 
 
 @STRATEGIES.register("ifd", "highest instruction-following difficulty (Cherry LLM); IFD > max_ifd (1.0) ranked last",
-                     needs=("ifd",))
+                     needs=("ifd",), labelled=PER_EXAMPLE)
 def ifd(features: Features, budget: int, rng: np.random.Generator, max_ifd: Annotated[float, above(0)] | None = 1.0) -> Selection:
     """IFD (Li et al., NAACL 2024): the response's loss given the prompt divided by its loss alone,
     both under the untrained model; high IFD = the prompt helps little, so the example is hard."""
@@ -90,7 +90,7 @@ def ifd(features: Features, budget: int, rng: np.random.Generator, max_ifd: Anno
 
 
 @STRATEGIES.register("superfiltering", "IFD computed by a separate small scorer model (model.scorer), as in Superfiltering",
-                     needs=("scorer_ifd",))
+                     needs=("scorer_ifd",), labelled=PER_EXAMPLE)
 def superfiltering(features: Features, budget: int, rng: np.random.Generator,
                    max_ifd: Annotated[float, above(0)] | None = 1.0) -> Selection:
     """Superfiltering (Li et al., ACL 2024): IFD from a small, cheap model (GPT-2 in the paper)

@@ -20,7 +20,7 @@ import numpy as np
 
 from llm_al.registry import between
 from llm_al.strategies import diversity  # attributes read at call time: diversity imports strategies, which imports us
-from llm_al.strategies.base import STRATEGIES, check_budget
+from llm_al.strategies.base import STRATEGIES, PER_EXAMPLE, check_budget
 from llm_al.types import Features, Selection
 
 
@@ -34,7 +34,7 @@ def window_indices(scores: np.ndarray, budget: int, start: float, rng: np.random
 
 
 @STRATEGIES.register("window", "a contiguous window of the ranking by a score (by=loss): start=0 the lowest "
-                     "(easiest) budget, 1 the highest, 0.5 the middle", needs=())
+                     "(easiest) budget, 1 the highest, 0.5 the middle", needs=(), labelled=PER_EXAMPLE)
 def window(features: Features, budget: int, rng: np.random.Generator, by: diversity.ScoreName = "loss",
            start: Annotated[float, between(0, 1)] = 0.5) -> Selection:
     """Contiguous window of the ascending ranking by `by` (any per-example score: loss under the

@@ -2,7 +2,8 @@
 `kcenter_greedy` (the plain numpy loop, small pools), `kcenter_fast` (lazy, blocked bounds over a
 few "hot" rows per pick: bounded memory at 10^5-10^6 rows) and `kcenter_torch` (the plain loop in
 torch, on a GPU when there is one). `kcenter_select` chooses among them the way the `kcenter`
-strategy does.
+strategy does. Each grows the chosen set from a first row, or from `centres` (the labelled
+examples, not rows of x: the first pick is then the row farthest from them).
 
     .venv/bin/python -m pytest -q tests/test_scale.py tests/test_strategies.py -k kcenter
     .venv/bin/python eval/bench_selection.py                 # 10k / 100k / 1M x 384
@@ -25,17 +26,51 @@ BIG_POOL = 20_000
 """Above this many rows the `kcenter` strategy takes kcenter_fast on cpu, kcenter_torch under auto with a GPU."""
 
 
-def kcenter_greedy(x: np.ndarray, budget: int, first: int) -> tuple[np.ndarray, np.ndarray]:
+def check_start(n: int, first: int | None, centres: np.ndarray | None, who: str) -> np.ndarray | None:
+    """The (L, D) labelled centres to start from, or None (then the first pick is row `first`):
+    exactly one of the two, `first` a row of x."""
+    centres = None if centres is None or len(centres) == 0 else centres
+    if centres is not None and first is not None:
+        raise ConfigError(f"{who}: give first= or centres=, not both (with centres the first pick is the row "
+                          f"farthest from them)")
+    if centres is None and (first is None or not 0 <= first < n):
+        raise ConfigError(f"{who}: first={first} is not a row of x (N={n})")
+    return centres
+
+
+def centre_sq_dists(x: np.ndarray, sq: np.ndarray, centres: np.ndarray, block: int = 1 << 22) -> np.ndarray:
+    """(N,) float32 squared distance of each float32 row of x to the nearest of `centres` (L, D),
+    kcenter_greedy's expression max((|x|^2 + |c|^2) - 2 x.c, 0) through a float32 matrix product,
+    a few centres at a time (at most `block` distances in memory)."""
+    c = np.asarray(centres, dtype=np.float32)                # (L, D)
+    csq = np.einsum("ld,ld->l", c, c)                        # (L,)
+    out = np.full(len(x), np.inf, dtype=np.float32)
+    step = max(1, block // max(len(x), 1))
+    for s in range(0, len(c), step):
+        d = sq[:, None] + csq[None, s : s + step] - 2.0 * (x @ c[s : s + step].T)   # (N, step)
+        np.minimum(out, np.maximum(d, 0.0).min(axis=1), out=out)
+    return out
+
+
+def kcenter_greedy(x: np.ndarray, budget: int, first: int | None,
+                   centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Greedy 2-approximate k-center (Gonzalez 1985): repeatedly take the point farthest from the
     chosen set. Returns (indices in pick order, distance to the chosen set at the time of each
-    pick; NaN for the first). Euclidean distance; x is (N, D)."""
+    pick; NaN for the first). Euclidean distance; x is (N, D). With `centres` (L, D), the
+    already-labelled examples, the chosen set starts as them (the core-set of Sener & Savarese,
+    ICLR 2018, grows the labelled set): no `first`, and the first pick's distance is to them."""
     n = len(x)
+    centres = check_start(n, first, centres, "kcenter_greedy")
     x = x.astype(np.float32, copy=False)
     sq = np.einsum("nd,nd->n", x, x)                         # (N,)
-    min_d = np.full(n, np.inf, dtype=np.float32)
     chosen = np.empty(budget, dtype=np.int64)
     dist_at_pick = np.full(budget, np.nan, dtype=np.float64)
-    c = first
+    if centres is None:
+        min_d, c = np.full(n, np.inf, dtype=np.float32), first
+    else:
+        min_d = centre_sq_dists(x, sq, centres)
+        c = int(np.argmax(min_d))
+        dist_at_pick[0] = float(np.sqrt(max(min_d[c], 0.0)))
     for k in range(budget):
         chosen[k] = c
         d = np.maximum(sq + sq[c] - 2.0 * (x @ x[c]), 0.0)   # (N,) squared distance to the new centre
@@ -100,12 +135,14 @@ def fold_min(val: np.ndarray, src: np.ndarray, xb: np.ndarray, sq32: np.ndarray,
     return val, src
 
 
-def kcenter_fast(x: np.ndarray, budget: int, first: int, block: int = 8192, hot: int | None = None,
-                 candidates: int = 1024, chunk: int = 128,
-                 blas_threads: int | None = 1) -> tuple[np.ndarray, np.ndarray]:
+def kcenter_fast(x: np.ndarray, budget: int, first: int | None, block: int = 8192, hot: int | None = None,
+                 candidates: int = 1024, chunk: int = 128, blas_threads: int | None = 1,
+                 centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Greedy k-center (Gonzalez 1985): strategies.kcenter_greedy's algorithm and contract,
     (indices in pick order, distance to the chosen set at each pick; NaN for the first), first
     pick `first`, then always the row farthest from the chosen set, ties to the lowest index.
+    With `centres` (L, D), the labelled examples, the chosen set starts as them (no `first`): they
+    are folded like earlier picks, lazily, so a row far below the largest bound never meets most of them.
 
     The plain loop reads all of x once per pick. Here each row i keeps val[i], a bound on its
     squared distance to the first folded[i] picks, which can only overestimate its distance to all
@@ -127,7 +164,7 @@ def kcenter_fast(x: np.ndarray, budget: int, first: int, block: int = 8192, hot:
     more to waking BLAS threads than they gain, badly so on a busy machine (~8 ms a call on 2
     cores shared with another job, against ~0.1 ms on one thread)."""
     with blas_threads_limit(blas_threads):
-        return kcenter_lazy(x, budget, first, block, hot, candidates, chunk)
+        return kcenter_lazy(x, budget, first, block, hot, candidates, chunk, centres)
 
 
 def _refresh(rows: np.ndarray, k: int, theta: float, x: np.ndarray, val: np.ndarray, src: np.ndarray,
@@ -162,27 +199,35 @@ def _refresh(rows: np.ndarray, k: int, theta: float, x: np.ndarray, val: np.ndar
     return rows[order], xk[order]
 
 
-def kcenter_lazy(x: np.ndarray, budget: int, first: int, block: int, hot: int | None, candidates: int,
-                 chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """kcenter_fast without the BLAS thread limit."""
+def kcenter_lazy(x: np.ndarray, budget: int, first: int | None, block: int, hot: int | None, candidates: int,
+                 chunk: int, centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """kcenter_fast without the BLAS thread limit. The labelled centres, if any, are the first m
+    entries of the centre arrays (picks number k = m, m + 1, ... there), never rows of x."""
     n, dim = x.shape
     if not isinstance(budget, (int, np.integer)) or not 0 < budget <= n:
         raise BudgetError(int(budget), n)
-    if not 0 <= first < n:
-        raise ConfigError(f"kcenter_fast: first={first} is not a row of x (N={n})")
+    centres = check_start(n, first, centres, "kcenter_fast")
+    m = 0 if centres is None else len(centres)
+    total = m + budget
     m_hot = hot or max(4 * candidates, n // 16)
     sq64 = sq_norms(x, block)                                # (N,)
     sq32 = sq64.astype(np.float32)
     val = np.full(n, np.inf, dtype=np.float32)               # (N,) bound on the squared distance
     src = np.full(n, -1, dtype=np.int32)                     # (N,) -1: val is exact (see fold_min)
     folded = np.zeros(n, dtype=np.int32)                     # (N,) picks folded into val (a prefix)
-    cen32, cen64 = np.empty((budget, dim), dtype=np.float32), np.empty((budget, dim))   # the picks so far
-    csq32, csq64 = np.empty(budget, dtype=np.float32), np.empty(budget)
+    cen32, cen64 = np.empty((total, dim), dtype=np.float32), np.empty((total, dim))   # labelled, then the picks
+    csq32, csq64 = np.empty(total, dtype=np.float32), np.empty(total)
+    if m:
+        cen32[:m] = np.asarray(centres, dtype=np.float32)    # as rows_as reads a row
+        cen64[:m] = cen32[:m]
+        csq64[:m] = np.einsum("ld,ld->l", cen64[:m], cen64[:m])   # as sq_norms
+        csq32[:m] = csq64[:m]
     chosen = np.empty(budget, dtype=np.int64)
     dist_at_pick = np.full(budget, np.nan, dtype=np.float64)
 
     def take(k: int, i: int, row: np.ndarray) -> None:
-        chosen[k], cen32[k], cen64[k], csq32[k], csq64[k], val[i], src[i] = i, row, row, sq32[i], sq64[i], -np.inf, -1
+        chosen[k - m], cen32[k], cen64[k], csq32[k], csq64[k], val[i], src[i] = (i, row, row, sq32[i], sq64[i],
+                                                                                  -np.inf, -1)
 
     def fold(v: np.ndarray, s: np.ndarray, rows: np.ndarray, xr: np.ndarray, lo: int, hi: int,
              exact: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -191,28 +236,29 @@ def kcenter_lazy(x: np.ndarray, budget: int, first: int, block: int, hot: int | 
     def refresh(rows: np.ndarray, k: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
         return _refresh(rows, k, theta, x, val, src, folded, sq64, cen64, csq64, fold, block, chunk)
 
-    take(0, first, rows_as(x, np.array([first]))[0])
-    k, theta = 1, np.inf
+    if not m:
+        take(0, first, rows_as(x, np.array([first]))[0])
+    k, theta = m or 1, np.inf
     hot_rows = np.empty(0, dtype=np.int64)                   # (H,) ascending; exact while >= theta
-    while k < budget:
+    while k < total:
         if not len(hot_rows):                                # lower theta to the m_hot-th largest bound
-            theta = -np.inf if m_hot >= n - k else float(np.partition(val, n - m_hot)[n - m_hot])
+            theta = -np.inf if m_hot >= n - (k - m) else float(np.partition(val, n - m_hot)[n - m_hot])
             hot_rows, xh = refresh(np.flatnonzero((val >= theta) & (val > -np.inf)), k, theta)   # (H,), (H, D)
             continue
         pos, tau, tie = top_t(val[hot_rows], candidates)     # (T,) positions in hot_rows
         cand, xc = hot_rows[pos], xh[pos]
         vals, srcs = val[cand], src[cand]
         start = k
-        while k < budget:
+        while k < total:
             j = int(np.argmax(vals))
             v = vals[j]
             if v < theta or not (v > tau or (v == tau and pos[j] < tie)):
                 break                                        # a row outside the candidates may be farther
             take(k, int(cand[j]), xc[j])
-            dist_at_pick[k] = float(np.sqrt(max(v, 0.0)))
+            dist_at_pick[k - m] = float(np.sqrt(max(v, 0.0)))
             vals[j] = -np.inf
             k += 1
-            if k < budget:
+            if k < total:
                 vals, srcs = fold(vals, srcs, cand, xc, k - 1, k, True)
         if k == start:                                       # the hot rows all fell below theta
             hot_rows = hot_rows[:0]
@@ -228,8 +274,8 @@ def kcenter_lazy(x: np.ndarray, budget: int, first: int, block: int, hot: int | 
     return chosen, dist_at_pick
 
 
-def kcenter_torch(x: np.ndarray, budget: int, first: int, device: str = "cpu",
-                  block: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
+def kcenter_torch(x: np.ndarray, budget: int, first: int | None, device: str = "cpu",
+                  block: int = 1 << 20, centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Greedy k-center with torch, for a GPU: strategies.kcenter_greedy's loop and contract
     (indices in pick order, distance to the chosen set at each pick; NaN for the first), with x
     copied to `device` once as float32 (N D 4 bytes there: 1.5 GB at 1M x 384; on the CPU a
@@ -247,14 +293,15 @@ def kcenter_torch(x: np.ndarray, budget: int, first: int, device: str = "cpu",
     rounding the embeddings to float16 (2^-11 relative a coordinate) changes which far point
     wins within a few dozen picks (eval/bench_selection.py: kcenter_fast on float16-rounded rows).
     Tested on CPU torch; on CUDA by eval/bench_gpu.py (H200, 1M x 384: the same 500 picks as
-    kcenter_greedy, 15.7x its time on 16 CPUs; eval/results/gpu/bench_gpu-cuda.txt)."""
+    kcenter_greedy, 15.7x its time on 16 CPUs; eval/results/gpu/bench_gpu-cuda.txt). With
+    `centres` (L, D), the labelled examples, the distances start from them as in kcenter_greedy
+    (copied to the device once, a (65536, 256) block of distances at a time)."""
     import torch
 
     n, dim = x.shape
     if not isinstance(budget, (int, np.integer)) or not 0 < budget <= n:
         raise BudgetError(int(budget), n)
-    if not 0 <= first < n:
-        raise ConfigError(f"kcenter_torch: first={first} is not a row of x (N={n})")
+    centres = check_start(n, first, centres, "kcenter_torch")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"kcenter_torch: device={device!r} but torch.cuda.is_available() is False")
@@ -271,7 +318,18 @@ def kcenter_torch(x: np.ndarray, budget: int, first: int, device: str = "cpu",
     min_d = torch.full((n,), float("inf"), dtype=torch.float32, device=dev)   # (N,) to the chosen set
     chosen = torch.empty(budget, dtype=torch.int64, device=dev)
     at_pick = torch.full((budget,), float("nan"), dtype=torch.float32, device=dev)   # squared
-    c = torch.tensor([first], dtype=torch.int64, device=dev)          # (1,)
+    if centres is None:
+        c = torch.tensor([first], dtype=torch.int64, device=dev)      # (1,)
+    else:
+        cen = torch.from_numpy(np.asarray(centres, dtype=np.float32)).to(dev)   # (L, D)
+        csq = (cen * cen).sum(dim=1)                                  # (L,)
+        for s in range(0, n, step):
+            for t in range(0, len(cen), 256):
+                d = (sq[s : s + step, None] + csq[None, t : t + 256]) - 2.0 * (xt[s : s + step] @ cen[t : t + 256].T)
+                mb = min_d[s : s + step]
+                torch.minimum(mb, d.clamp_(min=0.0).amin(dim=1), out=mb)
+        c = torch.argmax(min_d).view(1)
+        at_pick[:1] = min_d.index_select(0, c)
     for k in range(budget):
         chosen[k : k + 1] = c
         xc, sqc = xt.index_select(0, c)[0], sq.index_select(0, c)    # (D,), (1,)
@@ -293,11 +351,13 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def kcenter_select(x: np.ndarray, budget: int, first: int, device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """k-center picks of x from row `first`, by the path that suits the pool: device="cpu": the
-    plain loop up to BIG_POOL rows, kcenter_fast above (the same picks); "cuda"/"cuda:N":
-    kcenter_torch there; "auto": cuda when torch sees a GPU and the pool is above BIG_POOL, else cpu.
-    Returns (indices in pick order, distance to the chosen set at each pick; NaN for the first)."""
+def kcenter_select(x: np.ndarray, budget: int, first: int | None, device: str = "auto",
+                   centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """k-center picks of x from row `first`, or from the labelled `centres` (L, D), by the path that
+    suits the pool: device="cpu": the plain loop up to BIG_POOL rows, kcenter_fast above (the same
+    picks); "cuda"/"cuda:N": kcenter_torch there; "auto": cuda when torch sees a GPU and the pool is
+    above BIG_POOL, else cpu. Returns (indices in pick order, distance to the chosen set at each
+    pick; NaN for the first when there are no centres)."""
     big = len(x) > BIG_POOL
     if device == "auto":
         device = "cuda" if big and cuda_available() else "cpu"
@@ -305,7 +365,7 @@ def kcenter_select(x: np.ndarray, budget: int, first: int, device: str = "auto")
         if not cuda_available():
             raise ConfigError(f"strategy 'kcenter': device={device!r} but torch sees no CUDA GPU "
                               f"(torch.cuda.is_available() is False); use device=auto or cpu")
-        return kcenter_torch(x, budget, first, device=device)
+        return kcenter_torch(x, budget, first, device=device, centres=centres)
     if big:
-        return kcenter_fast(np.asarray(x, dtype=np.float32), budget, first=first)
-    return kcenter_greedy(x, budget, first=first)
+        return kcenter_fast(np.asarray(x, dtype=np.float32), budget, first=first, centres=centres)
+    return kcenter_greedy(x, budget, first=first, centres=centres)

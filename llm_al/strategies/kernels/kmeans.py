@@ -13,16 +13,21 @@ from llm_al.errors import ConfigError
 from llm_al.strategies.kernels.rows import rows_as, sq_dists
 
 
-def kmeans_pp_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def kmeans_pp_init(x: np.ndarray, k: int, rng: np.random.Generator, d0: np.ndarray | None = None) -> np.ndarray:
     """(k,) distinct row indices by greedy k-means++ (Arthur & Vassilvitskii 2007; the greedy
     variant scikit-learn uses): each step draws 2 + log k candidates by D^2 sampling and keeps the
     one that lowers the total squared distance most, which rarely puts two seeds in one cluster.
-    When every remaining point coincides with a chosen one (duplicates), the next is uniform."""
+    When every remaining point coincides with a chosen one (duplicates), the next is uniform.
+    `d0` (N,), when given, is each row's squared distance to centres chosen before (fixed ones,
+    see kmeans): the first seed is then D^2-sampled from it too, not uniform."""
     n = len(x)
     trials = 2 + int(np.log(k))
-    chosen = [int(rng.integers(n))]
-    d = ((x - x[chosen[0]]) ** 2).sum(1)                     # (N,) squared distance to the nearest seed
-    for _ in range(1, k):
+    if d0 is None:
+        chosen = [int(rng.integers(n))]
+        d = ((x - x[chosen[0]]) ** 2).sum(1)                 # (N,) squared distance to the nearest seed
+    else:
+        chosen, d = [], np.array(d0, dtype=np.float64)
+    while len(chosen) < k:
         d[chosen] = 0.0
         total = d.sum()
         if total <= 0:
@@ -37,19 +42,34 @@ def kmeans_pp_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarra
     return np.array(chosen, dtype=np.int64)
 
 
-def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 100,
+           fixed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means from a seeded k-means++ start. Returns (centroids (k, D), labels (N,)), the
-    labels being the nearest centroid of each row. A cluster that empties keeps its old centroid."""
+    labels being the nearest centroid of each row. A cluster that empties keeps its old centroid.
+    `fixed` (F, D): centres that are there already and never move (the labelled examples): a row
+    nearer one of them than to every centroid is labelled -1 and moves no centroid, so the k
+    centroids settle where the fixed ones leave the data uncovered, minimising the k-means cost
+    with the fixed centres given (the conditional p-median/k-means problem of location theory,
+    Minieka 1980, "Conditional centers and medians of a graph"). None: plain k-means."""
     x = np.asarray(x, dtype=np.float64)                      # (N, D)
-    c = x[kmeans_pp_init(x, k, rng)].copy()                  # (k, D)
-    labels = np.argmin(sq_dists(x, c), axis=1)               # (N,)
+    to_fixed = None if fixed is None or len(fixed) == 0 else sq_dists(x, np.asarray(fixed, dtype=np.float64)).min(1)
+
+    def nearest(c: np.ndarray) -> np.ndarray:
+        d = sq_dists(x, c)                                   # (N, k)
+        lab = np.argmin(d, axis=1)
+        return lab if to_fixed is None else np.where(to_fixed < d.min(1), -1, lab)
+
+    c = x[kmeans_pp_init(x, k, rng, to_fixed)].copy()        # (k, D)
+    labels = nearest(c)                                      # (N,)
     for _ in range(max_iter):
-        counts = np.bincount(labels, minlength=k)            # (k,)
-        order = np.argsort(labels, kind="stable")
+        xs, ls = (x, labels) if to_fixed is None else (x[labels >= 0], labels[labels >= 0])
+        counts = np.bincount(ls, minlength=k)                # (k,)
+        order = np.argsort(ls, kind="stable")
         filled = np.flatnonzero(counts)
-        sums = np.add.reduceat(x[order], (np.cumsum(counts) - counts)[filled], axis=0)   # (k', D)
-        c[filled] = sums / counts[filled, None]
-        new = np.argmin(sq_dists(x, c), axis=1)
+        if len(filled):
+            sums = np.add.reduceat(xs[order], (np.cumsum(counts) - counts)[filled], axis=0)   # (k', D)
+            c[filled] = sums / counts[filled, None]
+        new = nearest(c)
         if np.array_equal(new, labels):
             break
         labels = new

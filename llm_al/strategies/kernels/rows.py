@@ -64,6 +64,20 @@ def unit(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def max_cosine(x: np.ndarray, y: np.ndarray, block: int = 1 << 24) -> np.ndarray:
+    """(N,) float32: the largest cosine similarity of each row of x (N, D) to a row of y (L, D),
+    L >= 1, from float32 unit rows (scaled in float64 first, as facility.dense_similarity), a block
+    of x at a time (at most `block` similarities in memory). How close each candidate is to the
+    labelled set."""
+    v = unit(y).astype(np.float32)                           # (L, D)
+    out = np.empty(len(x), dtype=np.float32)
+    step = max(1, block // len(v))
+    for s in range(0, len(x), step):
+        u = unit(np.asarray(x[s : s + step])).astype(np.float32)   # (b, D)
+        out[s : s + step] = (u @ v.T).max(axis=1)
+    return out
+
+
 def sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     """(N, K) squared Euclidean distances between rows of x (N, D) and c (K, D)."""
     d = np.einsum("nd,nd->n", x, x)[:, None] + np.einsum("kd,kd->k", c, c)[None] - 2.0 * (x @ c.T)
