@@ -3,6 +3,7 @@ one grouped pass (train_grouped + grouped_generate), on CPU.
 
     .venv/bin/python eval/bench_throughput.py                 # default: K 1,2,4, 24 examples, ~7 min on 2 busy cores
     .venv/bin/python eval/bench_throughput.py --full          # demo-size runs, K up to 8 (much longer)
+    .venv/bin/python eval/bench_throughput.py --real --full --ks 1,4   # the demo's own model, pool and test set
     .venv/bin/python eval/bench_throughput.py --out eval/results/bench_throughput-cpu.txt
     python3 eval/bench_throughput.py --full --device cuda --dtype bfloat16      # on a GPU (not run yet)
 
@@ -103,7 +104,7 @@ def matmul_rate(device: str, dtype) -> float:
     return 2 * 1024 ** 3 / float(np.median(times))
 
 
-def useful_flops(model, runs, cfg, prompts: int, prompt_tokens: int, new_tokens: int) -> tuple[float, float]:
+def useful_flops(model, runs, cfg, prompt_tokens: int, new_tokens: int) -> tuple[float, float]:
     """(training, generation) FLOPs that change the answer: each distinct token once (the shared
     prefix once per step of a run, no padding) through the non-embedding weights, and the LM head
     only where a token is predicted. Training with a frozen base = forward + the backward to the
@@ -123,8 +124,33 @@ def useful_flops(model, runs, cfg, prompts: int, prompt_tokens: int, new_tokens:
             P = shared_prefix_length(items)
             tokens = P + sum(t.length - P for t in items)
             train += 4 * (body * tokens + head * sum(len(t.response_ids) for t in items))
-    gen = 2 * len(runs) * (body * (prompt_tokens + prompts * new_tokens) + head * prompts * new_tokens)
+    gen = 2 * (body * (len(runs) * prompt_tokens + new_tokens) + head * new_tokens)
     return train, gen
+
+
+def generated_tokens(tok, gens, max_new_tokens: int) -> int:
+    """Tokens the K runs' generations took: each output's tokens plus the stop token, if it stopped."""
+    n = 0
+    for run in gens:
+        for text in run:
+            k = len(tok(text, add_special_tokens=False)["input_ids"])
+            n += min(max_new_tokens, k + 1)
+    return n
+
+
+def real_setup(args):
+    """The demo's own model, pool and test prompts (--real): the embedded SmolLM2-135M-Instruct in
+    float32 and the embedded Django English-French pool, its test set as the prompts."""
+    from llm_al.config import DataConfig
+    from llm_al.features.formatting import prompt_text, tokenize
+    from llm_al.models import EMBEDDED_MODEL, load_model
+    from llm_al.run.pipeline import load_data
+
+    model, tok = load_model(EMBEDDED_MODEL, args.device, dtype=getattr(torch, args.dtype))
+    data = load_data(DataConfig(), seed=0)
+    pool = tokenize(tok, data.pool.examples, 256)
+    prompts = [prompt_text(tok, ex.prompt_messages) for ex in data.test.examples][:args.prompts]
+    return model, tok, pool, prompts
 
 
 def rss_mb() -> float:
@@ -211,6 +237,8 @@ def main(argv=None) -> None:
     ap.add_argument("--share-prefix", default="on", choices=["on", "off", "both"],
                     help="grouped training runs the shared prefix once per step (on), or every example whole (off)")
     ap.add_argument("--modes", default="gather", help="grouped modes to time: gather, loop")
+    ap.add_argument("--real", action="store_true",
+                    help="the demo's own model (embedded SmolLM2-135M-Instruct), pool and test prompts")
     ap.add_argument("--tiny", action="store_true", help="the 2-layer test-sized model (same as --shape tiny)")
     ap.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES), help="the random-init model's shape")
     ap.add_argument("--seq-max-k", type=int, default=None,
@@ -226,7 +254,7 @@ def main(argv=None) -> None:
     ks = [int(k) for k in (args.ks or ("1,2,4,8" if args.full else "1,2,4")).split(",")]
     args.examples = args.examples or (100 if args.full else 24)
     args.prompts = args.prompts or (50 if args.full else 10)
-    args.max_new_tokens = args.max_new_tokens or (32 if args.full else 16)
+    args.max_new_tokens = args.max_new_tokens or (64 if args.real else 32 if args.full else 16)
     modes = args.modes.split(",")
     torch.set_num_threads(args.threads)
 
@@ -244,47 +272,61 @@ def main(argv=None) -> None:
         layer_bench([1, 2, 4, 8], say)
         return
     shape = "tiny" if args.tiny else args.shape
-    model = build_model(shape).to(device=args.device, dtype=getattr(torch, args.dtype))
-    vocab = model.config.vocab_size
     cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-3)
-    say(f"model: random-init Llama of shape {shape}, "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.dtype} on {args.device}; LoRA r={cfg.lora_r} "
-        f"alpha={cfg.lora_alpha} all-linear; batch {cfg.batch_size}, {cfg.epochs} epoch, lr {cfg.lr}")
-    say(f"runs: {args.examples} synthesized examples of ~37 tokens each ({args.prefix} shared); {args.prompts} test prompts, greedy, "
-        f"max_new_tokens {args.max_new_tokens}, {args.eval_batch} prompts per generate call (per run)")
     rng = np.random.default_rng(0)
-    pool = synth_pool(max(ks) * args.examples, vocab, rng, args.prefix)
-    prompts = [" ".join(map(str, pool[0].prompt_ids[:args.prefix] + rng.integers(3, vocab, rng.integers(8, 17)).tolist()))
-               for _ in range(args.prompts)]
+    if args.real:
+        model, tok, pool, prompts = real_setup(args)
+        prompt_tokens = sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+        say(f"model: the embedded SmolLM2-135M-Instruct, {args.dtype} on {args.device}; LoRA r={cfg.lora_r} "
+            f"alpha={cfg.lora_alpha} all-linear; batch {cfg.batch_size}, {cfg.epochs} epoch, lr {cfg.lr}")
+        say(f"runs: {args.examples} examples of the demo pool ({len(pool)}, {np.mean([t.length for t in pool]):.1f} "
+            f"tokens on average) each; {len(prompts)} demo test prompts, greedy, max_new_tokens {args.max_new_tokens} "
+            f"(stops at the end of turn), {args.eval_batch} prompts per generate call (per run)")
+    else:
+        model = build_model(shape).to(device=args.device, dtype=getattr(torch, args.dtype))
+        vocab = model.config.vocab_size
+        tok = IdTokenizer()
+        say(f"model: random-init Llama of shape {shape}, "
+            f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.dtype} on {args.device}; "
+            f"LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} all-linear; batch {cfg.batch_size}, {cfg.epochs} epoch, lr {cfg.lr}")
+        say(f"runs: {args.examples} synthesized examples of ~37 tokens each ({args.prefix} shared); {args.prompts} "
+            f"test prompts, greedy, max_new_tokens {args.max_new_tokens}, {args.eval_batch} prompts per generate "
+            "call (per run)")
+        pool = synth_pool(max(ks) * args.examples, vocab, rng, args.prefix)
+        prompts = [" ".join(map(str, pool[0].prompt_ids[:args.prefix] + rng.integers(3, vocab, rng.integers(8, 17)).tolist()))
+                   for _ in range(args.prompts)]
+        prompt_tokens = sum(len(p.split()) for p in prompts)
     rate = matmul_rate(args.device, getattr(torch, args.dtype))
     say(f"matmul rate measured now: {rate / 1e9:.0f} GFLOP/s ({args.dtype}, 1024^3)")
     say(f"peak RSS after the model and data: {rss_mb():.0f} MB")
     say("")
-    prompt_tokens = sum(len(p.split()) for p in prompts)
     say(f"{'K':>3} {'way':<20} {'seconds':>9} {'train s':>8} {'runs/hour':>10} {'vs seq':>7} "
         f"{'train %mm':>9} {'gen %mm':>8} {'peak GPU MB' if args.device != 'cpu' else 'peak RSS MB':>12} "
         f"{'max |dW|':>9} {'gens equal':>10}")
     if args.device != "cpu":          # CUDA start-up and kernel selection, outside every timing
         warm = [GroupedRun(pool[:8], init_seed=1)]
-        sequential(model, IdTokenizer(), warm, prompts[:2], cfg, args)
-        grouped(model, IdTokenizer(), warm, prompts[:2], cfg, args, modes[0])
+        sequential(model, tok, warm, prompts[:2], cfg, args)
+        grouped(model, tok, warm, prompts[:2], cfg, args, modes[0])
     shares = {"on": [True], "off": [False], "both": [True, False]}[args.share_prefix]
     per_run = None                    # sequential seconds per run at the largest timed K
     for K in ks:
         picks = [rng.permutation(len(pool))[:args.examples] for _ in range(K)]
         runs = [GroupedRun([pool[i] for i in p], init_seed=100 + k) for k, p in enumerate(picks)]
-        f_train, f_gen = useful_flops(model, runs, cfg, len(prompts), prompt_tokens, args.max_new_tokens)
-        mm = lambda total, train: (f"{100 * f_train / (train * rate):>8.1f}%"                 # noqa: E731
-                                   f" {100 * f_gen / ((total - train) * rate):>7.1f}%")
+
+        def mm(total: float, train: float, gens) -> str:
+            f_train, f_gen = useful_flops(model, runs, cfg, prompt_tokens,
+                                          generated_tokens(tok, gens, args.max_new_tokens))
+            return f"{100 * f_train / (train * rate):>8.1f}% {100 * f_gen / ((total - train) * rate):>7.1f}%"
+
         timed = args.seq_max_k is None or K <= args.seq_max_k
         if timed:
-            seq_s, seq_train, weights, seq_gens = sequential(model, IdTokenizer(), runs, prompts, cfg, args)
+            seq_s, seq_train, weights, seq_gens = sequential(model, tok, runs, prompts, cfg, args)
             per_run = seq_s / K
             say(f"{K:>3} {'sequential':<20} {seq_s:>9.1f} {seq_train:>8.1f} {K / seq_s * 3600:>10.1f} {1.0:>7.2f} "
-                f"{mm(seq_s, seq_train)} {rss_mb():>12.0f}")
+                f"{mm(seq_s, seq_train, seq_gens)} {rss_mb():>12.0f}")
         for mode in modes:
             for share in shares:
-                g_s, g_train, lora, g_gens = grouped(model, IdTokenizer(), runs, prompts, cfg, args, mode, share)
+                g_s, g_train, lora, g_gens = grouped(model, tok, runs, prompts, cfg, args, mode, share)
                 if timed:
                     equal = sum(a == b for ga, sa in zip(g_gens, seq_gens) for a, b in zip(ga, sa))
                     ratio, diff, gens = f"{seq_s / g_s:>7.2f}", f"{max_weight_diff(lora, weights):>9.1e}", \
@@ -293,7 +335,7 @@ def main(argv=None) -> None:
                     ratio, diff, gens = f"{per_run * K / g_s:>6.2f}*", f"{'-':>9}", f"{'-':>10}"
                 way = f"grouped {mode}" + ("" if share else " padded")
                 say(f"{K:>3} {way:<20} {g_s:>9.1f} {g_train:>8.1f} {K / g_s * 3600:>10.1f} "
-                    f"{ratio} {mm(g_s, g_train)} {rss_mb():>12.0f} {diff} {gens}")
+                    f"{ratio} {mm(g_s, g_train, g_gens)} {rss_mb():>12.0f} {diff} {gens}")
     say("")
     if args.device == "cpu":
         layer_bench([1, 2, 4, 8], say)
