@@ -236,7 +236,7 @@ def main(argv=None) -> None:
                     help="prompt-prefix tokens every example shares (the demo's system turn and user header: 14)")
     ap.add_argument("--share-prefix", default="on", choices=["on", "off", "both"],
                     help="grouped training runs the shared prefix once per step (on), or every example whole (off)")
-    ap.add_argument("--modes", default="gather", help="grouped modes to time: gather, loop")
+    ap.add_argument("--modes", default="auto", help="grouped modes to time: auto, gather, loop")
     ap.add_argument("--real", action="store_true",
                     help="the demo's own model (embedded SmolLM2-135M-Instruct), pool and test prompts")
     ap.add_argument("--tiny", action="store_true", help="the 2-layer test-sized model (same as --shape tiny)")

@@ -1,17 +1,20 @@
 """Evaluation by generating: batched greedy decoding, then the registered metrics.
 
 No teacher forcing: the model writes each answer token by token (left-padded batches, stopping at
-the end of its turn), and the text is scored against the reference. Per-example scores are kept.
+the end of its turn; finished rows leave the batch, llm_al/decode.py), and the text is scored
+against the reference. Per-example scores are kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Sequence
 
 from llm_al.config import EvalConfig
 from llm_al.data.pool import Example
+from llm_al.decode import greedy_decode, plain_greedy
 from llm_al.errors import UserError
 from llm_al.features.formatting import prompt_text
 from llm_al.features.memory import free_accelerator_memory, out_of_memory_errors
@@ -51,7 +54,6 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batc
     """Greedy continuations of `prompts`, batched by length with left padding. On running out of
     accelerator memory the batch size is halved and the batch retried, down to one prompt; `cost`
     (if given) receives the back-offs and the final batch size."""
-    import torch
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
@@ -66,10 +68,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batc
         ids, mask = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id)
         T = ids.shape[1]
         try:
-            with torch.inference_mode():
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                     max_new_tokens=max_new_tokens, eos_token_id=stops,
-                                     pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+            new = decode_batch(model, ids.to(device), mask.to(device), max_new_tokens, stops, tokenizer.pad_token_id)
         except out_of_memory_errors() as err:
             free_accelerator_memory()
             if batch_size == 1:
@@ -80,13 +79,28 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batc
             log.warning("out of memory while generating; retrying with batch_size=%d", batch_size)
             continue
         for b, i in enumerate(batch):
-            outputs[i] = tokenizer.decode(out[b, T:], skip_special_tokens=True).strip()
+            outputs[i] = tokenizer.decode(new[b], skip_special_tokens=True).strip()
         bar.update(len(batch))
         start += len(batch)
     bar.close()
     if cost is not None:
         cost.update({"generate_oom_backoffs": backoffs, "generate_batch_size": batch_size})
     return outputs
+
+
+def decode_batch(model, ids, mask, max_new_tokens: int, stops: Sequence[int], pad_id: int,
+                 route=None) -> list[list[int]]:
+    """Greedy new tokens of each row of a left-padded batch: decode.greedy_decode (finished rows
+    leave the batch) when the model's generation config adds no logits processor, else
+    transformers' generate (which then applies them, as before)."""
+    import torch
+
+    if plain_greedy(model):
+        return greedy_decode(model, ids, mask, max_new_tokens, stops, route)
+    with (route(torch.arange(len(ids))) if route else contextlib.nullcontext()), torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                             eos_token_id=list(stops), pad_token_id=pad_id, temperature=None, top_p=None, top_k=None)
+    return [row.tolist() for row in out[:, ids.shape[1]:]]
 
 
 def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, progress_bar: bool = True) -> dict:

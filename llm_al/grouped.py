@@ -11,6 +11,9 @@ adapter index is set before a forward with `router.rows(index)`, a context manag
 apply the adapters (`mode`): "gather" picks A and B per row (index_select) and uses two bmm;
 "loop" applies each adapter's F.linear to its consecutive rows (the rows of one run are
 consecutive in every batch this module builds). Both give peft's result up to float rounding.
+"auto" (the default) takes "loop" on a CPU or when the batch holds one run, else "gather": on a
+CPU, gathering copies each row's A and B at every layer and decoding step (for 50 rows of one run,
+~6 MB a layer a step at SmolLM2's size), which made grouped generation slower than peft's.
 
 What is exact and what is not:
   * the stacked initial weights equal peft's for each init seed bitwise (they are peft's, copied);
@@ -40,7 +43,7 @@ from torch.nn import functional as F
 from llm_al.config import TrainConfig
 from llm_al.train import attach_lora, detach_lora, save_adapter
 
-MODES = ("gather", "loop")
+MODES = ("auto", "gather", "loop")
 
 
 # ---------------------------------------------------------------------------- routing rows to adapters
@@ -110,7 +113,9 @@ class GroupedLoraLinear(nn.Module):
         x3 = x.to(self.A.dtype).reshape(x.shape[0], -1, x.shape[-1])        # (B, L, in)
         if self.training and self.p > 0:
             x3 = self.router.dropout(x3, self.p)
-        delta = self._gather(x3, index) if self.mode == "gather" else self._loop(x3)   # (B, L, out)
+        gather = self.mode == "gather" or (self.mode == "auto" and x.device.type != "cpu"
+                                           and len(self.router.groups) > 1)
+        delta = self._gather(x3, index) if gather else self._loop(x3)                  # (B, L, out)
         return (result + delta.reshape(*x.shape[:-1], -1) * self.scaling).to(result.dtype)
 
     def _gather(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -121,7 +126,7 @@ class GroupedLoraLinear(nn.Module):
 
     def _loop(self, x: torch.Tensor) -> torch.Tensor:
         parts = [F.linear(F.linear(x[sl], self.A[k]), self.B[k]) for k, sl in self.router.groups]  # (n_k, L, out)
-        return torch.cat(parts, 0)                            # (B, L, out)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 0)                   # (B, L, out)
 
 
 # ---------------------------------------------------------------------------- the stacked adapters
@@ -194,7 +199,7 @@ def _set_module(model, name: str, module: nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def attached(model, lora: GroupedLora, mode: str = "gather",
+def attached(model, lora: GroupedLora, mode: str = "auto",
              dropout_seeds: Sequence[int] | None = None) -> Iterator[Router]:
     """Wrap the target layers of `model` with grouped LoRA layers for the block; yields the Router.
     The base parameters are frozen inside the block; on leaving it the original Linear modules and
@@ -247,7 +252,7 @@ def export_adapter(model, lora: GroupedLora, k: int, path: Path) -> Path:
 
 # ---------------------------------------------------------------------------- grouped generation
 def grouped_generate(model, tokenizer, lora: GroupedLora, prompts, max_new_tokens: int, batch_size: int,
-                     mode: str = "gather", runs: Sequence[int] | None = None) -> list[list[str]]:
+                     mode: str = "auto", runs: Sequence[int] | None = None) -> list[list[str]]:
     """Greedy continuations for each run (adapter) in `runs` (default: all), one list per run.
 
     `prompts` is one list shared by every run, or one list per run. Each run's prompts are sorted
@@ -256,7 +261,7 @@ def grouped_generate(model, tokenizer, lora: GroupedLora, prompts, max_new_token
     with their run. With shared prompts each run's rows are padded as in a run alone; with
     different prompts a row may get more left padding (masked, so the same continuation up to
     float rounding). No out-of-memory back-off here."""
-    from llm_al.evaluate import left_pad, stop_token_ids
+    from llm_al.evaluate import decode_batch, left_pad, stop_token_ids
 
     runs = list(range(lora.K)) if runs is None else list(runs)
     per_run = [list(prompts)] * len(runs) if prompts and isinstance(prompts[0], str) else [list(p) for p in prompts]
@@ -272,11 +277,9 @@ def grouped_generate(model, tokenizer, lora: GroupedLora, prompts, max_new_token
         for j in range(n_chunks):
             slots = [(r, i) for r, order in enumerate(orders) for i in order[j * batch_size:(j + 1) * batch_size]]
             ids, mask = left_pad([encoded[r][i] for r, i in slots], tokenizer.pad_token_id)     # (N, T)
-            T = ids.shape[1]
-            with router.rows([runs[r] for r, _ in slots]), torch.inference_mode():
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                     max_new_tokens=max_new_tokens, eos_token_id=stops,
-                                     pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+            tags = torch.tensor([runs[r] for r, _ in slots])                              # (N,) adapter of each row
+            new = decode_batch(model, ids.to(device), mask.to(device), max_new_tokens, stops, tokenizer.pad_token_id,
+                               route=lambda rows, tags=tags: router.rows(tags[rows.cpu()]))
             for b, (r, i) in enumerate(slots):
-                outputs[r][i] = tokenizer.decode(out[b, T:], skip_special_tokens=True).strip()
+                outputs[r][i] = tokenizer.decode(new[b], skip_special_tokens=True).strip()
     return outputs

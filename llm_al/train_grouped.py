@@ -123,7 +123,7 @@ def _run_configs(runs: Sequence[GroupedRun], cfg: TrainConfig) -> list[TrainConf
     return cfgs
 
 
-def train_grouped(model, runs: Sequence[GroupedRun], pad_id: int, cfg: TrainConfig, mode: str = "gather",
+def train_grouped(model, runs: Sequence[GroupedRun], pad_id: int, cfg: TrainConfig, mode: str = "auto",
                   on_batch: Callable[[int, list[int]], None] | None = None,
                   progress_bar: bool = False, share_prefix: bool = True) -> tuple[GroupedLora, list[GroupedResult]]:
     """Train one LoRA adapter per run on `model`, all in one pass (see the module docstring).

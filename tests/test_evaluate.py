@@ -18,7 +18,7 @@ def test_batched_left_padded_generation_equals_one_at_a_time(tiny_model, example
     model, tok = tiny_model
     # The random-init model mostly writes whitespace; compare the generated token ids themselves.
     monkeypatch.setattr(tok, "decode", lambda ids, skip_special_tokens=True: " ".join(
-        str(i) for i in ids.tolist() if i not in tok.all_special_ids))
+        str(i) for i in list(ids) if i not in tok.all_special_ids))
     prompts = [prompt_text(tok, ex.prompt_messages) for ex in examples]
     batched = generate(model, tok, prompts, max_new_tokens=8, batch_size=5, progress_bar=False)
     single = [generate(model, tok, [p], max_new_tokens=8, batch_size=1, progress_bar=False)[0] for p in prompts]

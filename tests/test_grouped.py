@@ -273,8 +273,8 @@ def test_grouped_generation_equals_per_adapter_peft(tiny_model, random_lora, tra
 
 def test_generation_keeps_finished_rows_routed(tiny_model, random_lora, trained):
     """A group where run 0's rows stop at once (a trained adapter that answers with the end-of-turn
-    token) and run 1's rows go on to max_new_tokens: HF generate keeps every row at every step
-    (so the per-row adapter index stays valid), and both runs equal peft alone."""
+    token) and run 1's rows go on to max_new_tokens: run 0's rows leave the batch after the first
+    step (llm_al/decode.py), run 1's rows keep their adapter, and both runs equal peft alone."""
     from dataclasses import replace
 
     from llm_al.evaluate import generate
@@ -292,7 +292,7 @@ def test_generation_keeps_finished_rows_routed(tiny_model, random_lora, trained)
         got = grouped_generate(model, tok, mixed, prompts, max_new_tokens=6, batch_size=5)
     finally:
         hook.remove()
-    assert rows_seen == [10] * 6                       # prefill + 5 decode steps, all 10 rows each time
+    assert rows_seen == [10, 5, 5, 5, 5, 5]            # prefill of all 10 rows, then run 1's 5 alone
     want = []
     for k in range(2):
         with peft_view(model, mixed, k) as peft_model:

@@ -141,3 +141,21 @@ def test_auto_pack_size(tiny_model):
     assert packed.pack_size(load_config(None, ["run.pack_size=7"]), model) == 7
     one = packed.run_memory_bytes(model, cfg)
     assert one > 0 and packed.run_memory_bytes(model, load_config(None, ["train.batch_size=8"])) > one
+
+
+def test_dry_run_says_how_runs_are_packed(tmp_path, tiny_model_dir, pool_file, cache_dir):
+    """--dry-run (estimate.plan_experiment) names the pack size and counts the shared prefix once a
+    training step: fewer training tokens packed than alone, the same everything else."""
+    from llm_al.run.estimate import plan_experiment
+
+    cfg = _cfg(tmp_path, tiny_model_dir, pool_file, "out", **{"run.pack_size": 3})
+    packed_plan = plan_experiment(cfg)
+    alone_plan = plan_experiment(_cfg(tmp_path, tiny_model_dir, pool_file, "out", **{"run.pack_size": "alone"}))
+    assert "packing: 3 runs a pass (run.pack_size=3)" in packed_plan and "packing: none" in alone_plan
+
+    def train_tokens(plan: str) -> int:
+        line = next(x for x in plan.splitlines() if x.strip().startswith("train "))
+        return int(line.split(": ")[1].split(" tokens")[0].replace(",", ""))
+
+    assert 0 < train_tokens(packed_plan) < train_tokens(alone_plan)
+    assert not (tmp_path / "out").exists()

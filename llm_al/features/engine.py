@@ -187,10 +187,10 @@ def decode_packed(model, decoder, batch: PackedBatch, prefix_kv, four_d: bool, m
                              config=model.config)
     mask = batch.attention_mask(four_d, mask_dtype)
     return decoder(input_ids=batch.ids, attention_mask=mask, position_ids=batch.position_ids,
-                   **{_cache_kwarg(decoder): cache}, use_cache=cache is not None).last_hidden_state
+                   **{cache_kwarg(decoder): cache}, use_cache=cache is not None).last_hidden_state
 
 
-def _cache_kwarg(decoder) -> str:
+def cache_kwarg(decoder) -> str:
     """The decoder's name for a KV cache argument: `cache` from transformers 5.24, `past_key_values`
     before (still accepted there, with a deprecation warning)."""
     import inspect
