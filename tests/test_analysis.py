@@ -11,9 +11,8 @@ import warnings
 import numpy as np
 import pytest
 
-from llm_al.analysis.protocol import (band, decompose_arms, feature_correlations, holm, learning_curve, ols_r2,
-                             percentile_among_random, strategy_vs_random, variance_decomposition, verdict,
-                             wilcoxon_vs_baseline)
+from llm_al.analysis.protocol import (band, feature_correlations, holm, learning_curve, ols_r2,
+                                     percentile_among_random, strategy_vs_random, verdict, wilcoxon_vs_baseline)
 
 BETTER, WORSE, NOISE = ("better than 95% of random subsets", "worse than 95% of random subsets",
                         "inside the noise of random")
@@ -106,16 +105,15 @@ def test_strategy_far_above_random_is_better_paired_and_unpaired():
     rng = np.random.default_rng(0)
     random_runs = rng.normal(40, 2, 100)
     strat = random_runs + 6 + rng.normal(0, 0.5, 100)       # 3 sd above, consistent paired gains
-    r = strategy_vs_random(strat, random_runs, np.random.default_rng(1), n_boot=2000)
+    r = strategy_vs_random(strat, random_runs, np.random.default_rng(1))
     assert r.paired and r.test == "wilcoxon" and r.win_rate == 1.0
     assert r.ci_low > 5 and r.ci_high < 7 and r.p < 1e-10 and r.percentile >= 99
     assert r.verdict == BETTER
-    few = strategy_vs_random(rng.normal(46, 0.5, 10), random_runs, np.random.default_rng(1), n_boot=2000)
+    few = strategy_vs_random(rng.normal(46, 0.5, 10), random_runs, np.random.default_rng(1))
     assert not few.paired and few.test == "mann-whitney" and "unequal" in few.note
     assert few.win_rate > 0.95 and few.verdict == BETTER
     # lower-is-better metric: the same numbers make the strategy worse
-    assert strategy_vs_random(strat, random_runs, np.random.default_rng(1), higher_is_better=False,
-                              n_boot=2000).verdict == WORSE
+    assert strategy_vs_random(strat, random_runs, np.random.default_rng(1), higher_is_better=False).verdict == WORSE
     json.dumps(r.to_dict())                                 # plain values only
 
 
@@ -124,7 +122,7 @@ def test_strategy_from_the_random_distribution_is_inside_the_noise_in_most_seeds
     for seed in range(50):
         rng = np.random.default_rng(seed)
         random_runs, strat = rng.normal(40, 2, 20), rng.normal(40, 2, 20)
-        verdicts.append(strategy_vs_random(strat, random_runs, rng, n_boot=1000).verdict)
+        verdicts.append(strategy_vs_random(strat, random_runs, rng).verdict)
     assert verdicts.count(NOISE) >= 47, verdicts
 
 
@@ -203,98 +201,26 @@ def test_ols_refuses_too_few_observations():
     ols_r2(rng.normal(size=(13, 11)), rng.normal(size=13), rng, n_perm=10)
 
 
-# ---------------------------------------------------------------- variance decomposition
-
-def test_variance_decomposition_hand_case():
-    # rows (1, 3) and (5, 7): grand mean 4; SS_total 9+1+1+9 = 20; SS_within 2+2 = 4; SS_between 16;
-    # F = (16/1) / (4/2) = 8 on (1, 2) df, p = P(|t_2| > sqrt 8) = 1 - sqrt(8/10).
-    d = variance_decomposition(np.array([[1.0, 3.0], [5.0, 7.0]]), np.random.default_rng(0), n_boot=200)
-    assert (d.grand_mean, d.ss_total, d.ss_within, d.ss_between) == pytest.approx((4.0, 20.0, 4.0, 16.0))
-    assert d.share_within == pytest.approx(0.2) and d.ms_within == pytest.approx(2.0)
-    assert d.anova_f == pytest.approx(8.0) and d.anova_p == pytest.approx(1 - np.sqrt(0.8))
-
-
-def test_variance_decomposition_identities():
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(7, 5)) + rng.normal(size=(7, 1))
-    d = variance_decomposition(x, rng, n_boot=500)
-    g, n = x.shape
-    assert d.ss_total == pytest.approx(g * n * x.var())                  # protocol: G*N*Var_pop(all)
-    assert d.ss_within == pytest.approx(sum(n * row.var() for row in x))
-    assert d.anova_f == pytest.approx((d.ss_between / (g - 1)) / (d.ss_within / (g * (n - 1))))
-    assert d.share_ci_low <= d.share_within <= d.share_ci_high
-    x[2, 3] = x[4, 0] = x[0, 0] = np.nan
-    with pytest.raises(ValueError, match="3 NaN"):
-        variance_decomposition(x, rng)
-
-
-def test_variance_share_matches_its_expectation():
-    """Subset effect sd s_b = 1, run noise sd s_w = 3, G = N = 10.
-
-    E[SS_within] = G(N-1) s_w^2 = 10*9*9 = 810 and E[SS_between] = (G-1)(N s_b^2 + s_w^2) = 9*19 = 171,
-    so share_within ~ 810 / 981 = 0.826: below the population ratio s_w^2/(s_w^2 + s_b^2) = 0.9, which
-    the variance-component share estimates instead."""
-    shares, vcs = [], []
-    for seed in range(200):
-        rng = np.random.default_rng(seed)
-        d = variance_decomposition(rng.normal(0, 1, (10, 1)) + rng.normal(0, 3, (10, 10)), rng, n_boot=0)
-        shares.append(d.share_within)
-        vcs.append(d.share_within_vc)
-    assert abs(np.mean(shares) - 810 / 981) < 0.015
-    assert abs(np.mean(vcs) - 0.9) < 0.03
-
-
-def test_anova_finds_subset_effects_only_when_they_exist():
-    null_p, real_p = [], []
-    for seed in range(50):
-        rng = np.random.default_rng(seed)
-        null_p.append(variance_decomposition(rng.normal(0, 3, (10, 10)), rng, n_boot=0).anova_p)
-        real_p.append(variance_decomposition(rng.normal(0, 3, (10, 1)) + rng.normal(0, 1, (10, 10)), rng,
-                                             n_boot=0).anova_p)
-    assert sum(p > 0.05 for p in null_p) >= 44
-    assert all(p < 0.01 for p in real_p)
-
-
-def test_decompose_arms_hand_case_and_init_variance():
-    order = np.array([[1.0, 3.0], [5.0, 7.0]])             # share 4/20 = 0.2, MS_within 2
-    both = np.array([[0.0, 4.0], [4.0, 8.0]])              # share 16/32 = 0.5, MS_within 8
-    arms = decompose_arms(order, both, np.random.default_rng(0), n_boot=200)
-    assert arms.order_only.share_within == pytest.approx(0.2) and arms.all_seeds.share_within == pytest.approx(0.5)
-    assert arms.share_difference == pytest.approx(0.3) and arms.ms_within_difference == pytest.approx(6.0)
-    # subset sd 1, order noise sd 1, init noise sd 3: within variance 10 in the all-seeds arm, 1 in the
-    # order-only arm. Expected shares (see test_variance_share_matches_its_expectation, G=40, N=10):
-    # order-only 360/(360 + 39*11) = 0.46, all-seeds 3600/(3600 + 39*20) = 0.82.
-    rng = np.random.default_rng(1)
-    subset = rng.normal(0, 1, (40, 1))
-    arms = decompose_arms(subset + rng.normal(0, 1, (40, 10)), subset + rng.normal(0, np.sqrt(10), (40, 10)), rng,
-                          n_boot=500)
-    assert abs(arms.ms_within_difference - 9.0) < 2.0
-    assert abs(arms.share_difference - 0.36) < 0.12
-    assert 0 < arms.diff_ci_low < arms.share_difference < arms.diff_ci_high   # init noise adds a visible share
-    with pytest.raises(ValueError, match="same G"):
-        decompose_arms(order, np.ones((3, 2)), rng)
-
-
 # ---------------------------------------------------------------- learning curves
 
 def test_learning_curve_groups_and_sorts():
     recs = [{"strategy": "random", "budget": 200, "seed": s, "value": v} for s, v in enumerate([50.0, 52.0, 54.0])]
     recs += [{"strategy": "ifd", "budget": b, "seed": 0, "value": float(b)} for b in (300, 100)]
     recs += [{"strategy": "random", "budget": 100, "seed": s, "value": v} for s, v in enumerate([40.0, 44.0])]
-    pts = learning_curve(recs, np.random.default_rng(0), n_boot=500)
+    pts = learning_curve(recs)
     assert [(p.strategy, p.x) for p in pts] == [("random", 100), ("random", 200), ("ifd", 100), ("ifd", 300)]
     r200 = pts[1]
     assert (r200.n, r200.mean, r200.sd) == (3, pytest.approx(52.0), pytest.approx(2.0))
-    assert 50.0 <= r200.ci_low <= 52.0 <= r200.ci_high <= 54.0
+    half = 4.302653 * 2.0 / np.sqrt(3)                   # t_{0.975, 2} sd / sqrt(n): wider than the values' range
+    assert (r200.ci_low, r200.ci_high) == pytest.approx((52.0 - half, 52.0 + half), abs=1e-4)
     single = pts[2]
-    assert single.n == 1 and np.isnan(single.sd) and single.ci_low == single.ci_high == 100.0
-    rounds = learning_curve([{"strategy": "s", "round": r, "seed": 0, "value": 1.0} for r in (2, 0, 1)],
-                            np.random.default_rng(0), n_boot=10)
+    assert single.n == 1 and np.isnan(single.sd) and np.isnan(single.ci_low) and np.isnan(single.ci_high)
+    rounds = learning_curve([{"strategy": "s", "round": r, "seed": 0, "value": 1.0} for r in (2, 0, 1)])
     assert [p.x for p in rounds] == [0, 1, 2]
     with pytest.raises(ValueError, match="repeats"):
-        learning_curve(recs + [recs[0]], np.random.default_rng(0))
+        learning_curve(recs + [recs[0]])
     with pytest.raises(ValueError, match="budget or round"):
-        learning_curve([{"strategy": "s", "seed": 0, "value": 1.0}], np.random.default_rng(0))
+        learning_curve([{"strategy": "s", "seed": 0, "value": 1.0}])
 
 
 def test_verdict_does_not_claim_a_level_its_baseline_cannot_resolve():
@@ -309,10 +235,13 @@ def test_verdict_does_not_claim_a_level_its_baseline_cannot_resolve():
 def test_report_verdict_agrees_with_the_table_on_three_same_signed_seeds():
     """report.md's verdict (analysis.verdict via strategy_vs_random) must not call a difference that
     the paired sign-flip test cannot show "worse": the table says "leans worse" for the same seeds."""
-    strat, rand = np.array([22.1, 26.0, 26.8]), np.array([29.0, 27.5, 28.5])
-    r = strategy_vs_random(strat, rand, np.random.default_rng(0), n_boot=2000)
+    strat, rand = np.array([25.0, 24.4, 25.7]), np.array([29.0, 27.5, 28.5])    # differences -4.0, -3.1, -2.8
+    r = strategy_vs_random(strat, rand, np.random.default_rng(0))
     assert r.ci_high < 0 and r.percentile == 0
     assert r.verdict.startswith("leans worse, not significant (sign-flip p 0.25; worse than all 3 random")
+    # differences -6.9, -1.5, -1.7 all below 0: their t interval (n = 3) reaches past 0, so no lean either
+    spread = strategy_vs_random(np.array([22.1, 26.0, 26.8]), rand, np.random.default_rng(0))
+    assert spread.ci_low < 0 < spread.ci_high and spread.verdict == NOISE
     assert verdict(0, -2.0, -0.5, n_baseline=3, p=0.01) == "worse than all 3 random subsets (too few to claim 95%)"
     assert verdict(97, 0.5, 2.0, p=0.2, test="Mann-Whitney p") == \
         "leans better, not significant (Mann-Whitney p 0.2; better than 95% of random subsets)"

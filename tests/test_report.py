@@ -110,3 +110,30 @@ def test_probe_cost_is_charged_to_the_strategies_that_need_it():
     assert gen["probe_tokens"] == 4000 and gen["feature_seconds"] == 50.0
     assert strategy_cost("perplexity", cost)["probe_tokens"] == 0
     assert _cost(bald) == "8k probe tok"
+
+
+def test_table_prints_n_beside_every_interval_and_the_share_beside_its_null():
+    """Issue 16: t intervals (not a bootstrap's min..max) with their n, and the within-subset share
+    beside what it would be with no subset effect, (n - G)/(n - 1)."""
+    from llm_al.analysis.stats import t_interval
+
+    cfg = load_config(None, ["strategies=[random, kcenter]", "seeds=[0, 1, 2]"])
+    base = [30.0, 33.0, 28.0]
+    runs = [_run("random", "shuffled", k, k, k, base[k]) for k in range(3)]
+    runs += [_run("kcenter", "shuffled", k, k, k, base[k] + d) for k, d in enumerate([1.0, 2.5, 0.5])]
+    summary = summarize(runs, FLOOR, cfg)
+    rnd, kc = summary["strategies"]
+    assert rnd["chrf"]["ci"] == pytest.approx(list(t_interval(np.array(base))))
+    assert rnd["chrf"]["ci"][0] < min(base) and rnd["chrf"]["ci"][1] > max(base)
+    lo, hi = t_interval(np.array([1.0, 2.5, 0.5]))
+    assert kc["vs_random"]["ci"] == pytest.approx([lo, hi])
+    table = format_table(summary)
+    assert f"[{lo:+.2f}, {hi:+.2f}] (n=3)" in table and "95% t-CI (paired)" in table
+    assert f"[{rnd['chrf']['ci'][0]:.2f}, {rnd['chrf']['ci'][1]:.2f}] (n=3)" in table
+
+    grid = load_config(None, ["strategies=[random]", "design=grid", "subset_seeds=[0, 1, 2]", "order_seeds=[0, 1, 2, 3]"])
+    runs = [_run("random", "shuffled", s, o, 0, 30 + s + 10 * (o % 2)) for s in range(3) for o in range(4)]
+    var = summarize(runs, FLOOR, grid)["strategies"][0]["variance"]
+    assert var["null_share"] == pytest.approx(9 / 11) and var["runs_per_subset"] == 4
+    assert [c["name"] for c in var["components"]] == ["subset", "order"]
+    assert f"{100 * var['share_within']:.0f} (82)" in format_table(summarize(runs, FLOOR, grid))

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from llm_al.analysis import protocol as analysis
+from llm_al.analysis import variance
 from llm_al.errors import UserError
 from llm_al.analysis.writeup import write_report
 
@@ -147,7 +148,7 @@ def test_strong_feature_is_significant_noise_is_not(comparison):
 
 def test_absent_sections_say_why(comparison):
     md = comparison[1]["report.md"].read_text(encoding="utf-8")
-    assert "Not shown: needs >= 2 distinct subsets with >= 2 runs each" in md
+    assert "Not shown: needs >= 2 distinct subsets, one of them with >= 2 runs" in md
     assert "Not shown: needs runs at >= 2 budgets" in md
     assert "Not shown: needs several orderings" in md
 
@@ -163,9 +164,12 @@ def test_grid_variance_and_orderings(tmp_path):
         _write(tmp_path, "random", "easy_to_hard", s, 0, 0, 60.0, cfg)      # beats every shuffled run
     files = write_report(tmp_path, tmp_path / "wr")
     (row,) = [r for r in _csv(files["variance.csv"]) if r["ordering"] == "shuffled"]
-    expected = analysis.variance_decomposition(matrix, np.random.default_rng(0))
+    expected = variance.variance_decomposition(matrix, np.random.default_rng(0))
     assert float(row["share_within"]) == pytest.approx(expected.share_within)
     assert float(row["anova_p"]) == pytest.approx(expected.anova_p)
+    assert float(row["null_share"]) == pytest.approx(8 / 11)                     # (n - G)/(n - 1), 4 x 3
+    assert row["within"] == "order" and float(row["subset_variance"]) == pytest.approx(
+        expected.components[0].variance)
     assert files["variance.png"].exists() and files["orderings.png"].exists()
     md = files["report.md"].read_text(encoding="utf-8")
     assert "random [easy_to_hard]: better than all 12 shuffled runs (too few to claim 95%)" in md
@@ -217,8 +221,10 @@ def test_deterministic_and_matplotlib_stays_out_of_import(comparison, tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_unbalanced_variance_uses_the_largest_balanced_block(tmp_path):
-    """Subsets with 4, 4, 4 and 2 runs: 3 x 4 (12 runs) beats 4 x 2 (8 runs)."""
+def test_variance_is_read_beside_its_null_for_the_design_run(tmp_path):
+    """Subsets with 4, 4, 4 and 2 runs: every run (null (14 - 4)/13) and the largest balanced block,
+    3 x 4 (null 9/11), each beside its own null and permutation null, with components and intervals;
+    the paper's 10 x 10 null (0.91) beside its shares."""
     cfg = _cfg(strategies=["random"], design="grid", subset_seeds=[0, 1, 2, 3], order_seeds=[0, 1, 2, 3], seeds=[0])
     rng = np.random.default_rng(2)
     matrix = 30 + rng.normal(0, 3, (4, 4))
@@ -226,11 +232,64 @@ def test_unbalanced_variance_uses_the_largest_balanced_block(tmp_path):
         for o in range(4 if s < 3 else 2):
             _write(tmp_path, "random", "shuffled", s, o, 0, float(matrix[s, o]), cfg)
     files = write_report(tmp_path, tmp_path / "wr")
-    (row,) = _csv(files["variance.csv"])
-    assert (int(row["n_subsets"]), int(row["n_runs"])) == (3, 4)
-    expected = analysis.variance_decomposition(matrix[:3], np.random.default_rng(0))
-    assert float(row["share_within"]) == pytest.approx(expected.share_within)
-    assert "largest balanced block" in row["note"]
+    rows = {r["block"]: r for r in _csv(files["variance.csv"])}
+    every, block = rows["all runs"], rows["balanced block"]
+    assert (int(every["n_subsets"]), int(every["n_runs"]), int(every["min_runs"])) == (4, 14, 2)
+    assert float(every["null_share"]) == pytest.approx(10 / 13)
+    expected = variance.variance_decomposition([matrix[s, :4 if s < 3 else 2] for s in range(4)], rng)
+    assert float(every["share_within"]) == pytest.approx(expected.share_within)
+    assert (int(block["n_subsets"]), int(block["n_runs"])) == (3, 12) and float(block["null_share"]) == pytest.approx(9 / 11)
+    assert float(block["share_within"]) == pytest.approx(
+        variance.variance_decomposition(matrix[:3], rng).share_within)
+    for r in rows.values():
+        assert float(r["perm_q05"]) < float(r["null_share"]) < float(r["perm_q95"]) and 0 < float(r["perm_p"]) <= 1
+        assert float(r["subset_ci_low"]) <= float(r["subset_variance"]) <= float(r["subset_ci_high"])
+        assert float(r["order_ci_low"]) <= float(r["order_variance"]) <= float(r["order_ci_high"])
+    md = files["report.md"].read_text(encoding="utf-8")
+    section = md[md.index("## 4."):md.index("## 5.")]
+    assert "| within-subset share | null | excess |" in section
+    assert f"| {10 / 13:.2f} |" in section and f"| {9 / 11:.2f} |" in section
+    assert "whose null is 0.91" in section and "at or below it" in section
+    assert "if subsets made no difference" in md.split("## 1.")[0]
+
+
+def test_feature_correlation_uses_one_run_per_subset_when_subsets_ran_unequally(tmp_path):
+    """12 subsets at order 0, init 0, four of them also run at orders 1-3 (as the reproduction's 8 x 4
+    arm beside its 30 single runs): the correlation reads the order-0 run of each, not the mean of 4
+    runs beside single runs, and says so."""
+    cfg = _cfg(strategies=["random"], design="grid", subset_seeds=list(range(12)), order_seeds=[0, 1, 2, 3])
+    rng = np.random.default_rng(3)
+    first = 30 + rng.normal(0, 3, 12)
+    loss = first + rng.normal(0, 0.5, 12)                     # tracks the order-0 runs
+    for s in range(12):
+        _write(tmp_path, "random", "shuffled", s, 0, 0, float(first[s]), cfg, features={"loss": loss[s]})
+        for o in range(1, 4) if s < 4 else ():
+            _write(tmp_path, "random", "shuffled", s, o, 0, float(first[s] + (-1) ** s * 8.0 * o), cfg,
+                   features={"loss": loss[s]})
+    files = write_report(tmp_path, tmp_path / "wr")
+    rows = {r["feature"]: r for r in _csv(files["correlations.csv"])}
+    expected = stats.spearmanr(loss, first).statistic
+    assert float(rows["subset.loss"]["rho"]) == pytest.approx(expected) and int(rows["subset.loss"]["n"]) == 12
+    md = files["report.md"].read_text(encoding="utf-8")
+    assert "over 12 random subsets (ordering shuffled, budget 100; one run each, at order seed 0 and init seed 0" in md
+
+
+def test_intervals_are_t_intervals_with_n_beside_them(comparison):
+    files = comparison[1]
+    md = files["report.md"].read_text(encoding="utf-8")
+    kc = next(r for r in _csv(files["strategies.csv"]) if r["label"] == "kcenter")
+    lo, hi = stats_welch([44.0, 45.5, 46.0, 43.0, 45.0], kc)
+    assert float(kc["ci_low"]) == pytest.approx(lo) and float(kc["ci_high"]) == pytest.approx(hi)
+    assert f"95% t-CI [{lo:+.2f}, {hi:+.2f}] (n=5 vs 30)" in md
+
+
+def stats_welch(strategy: list[float], row: dict) -> tuple[float, float]:
+    """Welch's interval for the kcenter row, from the random runs' mean and the recorded values."""
+    from llm_al.analysis.stats import welch_interval
+
+    z = np.random.default_rng(0).normal(0, 1, 30)
+    assert float(row["random_mean"]) == pytest.approx(float(np.mean(30 + 3 * z)))
+    return welch_interval(np.array(strategy), 30 + 3 * z)
 
 
 def test_loop_runs_give_a_learning_curve_by_labelled_examples(tmp_path):

@@ -179,6 +179,13 @@ def fmt(x, spec: str = ".2f") -> str:
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
 
+def interval(lo, hi, n, spec: str = ".2f") -> str:
+    """An interval with its n beside it, '[lo, hi] (n=N)'; '- (n=N)' where there is none (one run)."""
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"- (n={n})"
+    return f"[{format(lo, spec)}, {format(hi, spec)}] (n={n})"
+
+
 def figure(width: float = 6.5, height: float = 4.0, ncols: int = 1):
     # a bare Figure renders with Agg; pyplot and its global backend state are never touched
     from matplotlib.figure import Figure

@@ -1,33 +1,23 @@
 """Analysis statistics for the research protocol: strategy vs random, feature correlation, OLS R^2 beside
-its chance level, the variance decomposition (SS_within / SS_total, ANOVA) and learning curves.
+its chance level and learning curves (the variance decomposition is llm_al/analysis/variance.py).
 
 Pure functions over arrays; every randomised function takes an explicit `rng`; results are frozen
-dataclasses of plain floats/ints/strings (`.to_dict()` gives a JSON-ready dict). Bootstrap intervals
-and paired comparisons reuse `llm_al.analysis.stats`. Bad input raises ValueError with the offending value.
+dataclasses of plain floats/ints/strings (`.to_dict()` gives a JSON-ready dict). Intervals of means
+and paired comparisons reuse `llm_al.analysis.stats` (Student t intervals, see there why not a
+bootstrap). Bad input raises ValueError with the offending value.
 
     .venv/bin/python -m pytest -q tests/test_analysis.py    # ~ a few seconds on 2 CPU cores
-
-Over 450 lines because every analysis of the research protocol is here, sharing one result type
-and one bootstrap convention: the file is the one place to audit the statistics the report states.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sps
 
-from llm_al.analysis.stats import bootstrap_ci, paired_comparison
-
-
-class _Result:
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
+from llm_al.analysis.stats import Result, paired_comparison, t_interval, welch_interval
 
 def _as_1d(x, name: str) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
@@ -42,7 +32,7 @@ def _as_1d(x, name: str) -> np.ndarray:
 # ---------------------------------------------------------------- paired tests and multiple testing
 
 @dataclass(frozen=True)
-class WilcoxonResult(_Result):
+class WilcoxonResult(Result):
     n: int               # pairs
     n_nonzero: int       # pairs with a non-zero difference (zero_method="wilcox" drops the rest)
     statistic: float     # scipy's W (NaN when the test was not run)
@@ -128,8 +118,8 @@ def verdict(percentile: float, ci_low: float, ci_high: float, higher_is_better: 
     cannot reach the level's resolution: the verdict then says "better/worse than all N" and that
     N is too few for the level, rather than claim it. With `p` (the paired sign-flip or unpaired
     Mann-Whitney p, named by `test`), a better/worse verdict whose p is not below `alpha` (NaN
-    included) only "leans": with 3 seeds a CI of 3 same-signed differences excludes 0 a quarter of
-    the time by chance, as report.paired_verdict says for the table."""
+    included) only "leans": 3 seeds cannot give a sign-flip p below 0.25 however tight their
+    interval, as table.paired_verdict says for the table."""
     if any(np.isnan(v) for v in (percentile, ci_low, ci_high)):
         raise ValueError(f"verdict needs finite inputs, got percentile={percentile}, CI=({ci_low}, {ci_high})")
     if ci_low > ci_high:
@@ -156,14 +146,14 @@ def verdict(percentile: float, ci_low: float, ci_high: float, higher_is_better: 
 
 
 @dataclass(frozen=True)
-class StrategyVsRandom(_Result):
+class StrategyVsRandom(Result):
     paired: bool          # True: differences by seed; False: two independent samples
     n_strategy: int
     n_random: int
     strategy_mean: float
     random_mean: float
     mean_diff: float      # strategy - random (raw units, not direction-adjusted)
-    ci_low: float         # bootstrap CI of mean_diff (paired: stats.paired_comparison)
+    ci_low: float         # 95% t interval of mean_diff (paired: stats.paired_comparison; unpaired: Welch)
     ci_high: float
     p: float              # paired: Wilcoxon signed-rank; unpaired: Mann-Whitney U (two-sided)
     test: str             # "wilcoxon" or "mann-whitney"
@@ -176,20 +166,21 @@ class StrategyVsRandom(_Result):
 
 
 def strategy_vs_random(strategy_runs, random_runs, rng: np.random.Generator, higher_is_better: bool = True,
-                       paired: bool = True, n_boot: int = 10_000) -> StrategyVsRandom:
+                       paired: bool = True) -> StrategyVsRandom:
     """Compare a strategy's per-seed results with per-seed random-subset results.
 
-    Paired (by seed) when `paired` and both have the same length: CI from stats.paired_comparison,
-    Wilcoxon signed-rank p, win rate = seeds won / seeds. Otherwise independent samples: CI from
-    resampling each side separately, Mann-Whitney U p, win rate = P(a strategy run beats a random
-    run) with ties counted half. The percentile places the strategy MEAN among all single random
+    Paired (by seed) when `paired` and both have the same length: the t interval of the paired
+    differences (stats.paired_comparison), Wilcoxon signed-rank p, win rate = seeds won / seeds.
+    Otherwise independent samples: Welch's t interval (stats.welch_interval), Mann-Whitney U p, win
+    rate = P(a strategy run beats a random run) with ties counted half. `rng` drives the sign-flip
+    test's Monte Carlo above 16 pairs. The percentile places the strategy MEAN among all single random
     results; a mean of k runs varies less than one run, so the percentile alone overstates a small
     shift, which is why the verdict also needs the CI (see `verdict`)."""
     s, r = _as_1d(strategy_runs, "strategy_runs"), _as_1d(random_runs, "random_runs")
     sign = 1.0 if higher_is_better else -1.0
     note = ""
     if paired and s.size == r.size:
-        c = paired_comparison(s, r, rng, n_boot=n_boot, higher_is_better=higher_is_better)
+        c = paired_comparison(s, r, rng, higher_is_better=higher_is_better)
         w = wilcoxon_vs_baseline(s, r)
         lo, hi, p, note = c.ci_low, c.ci_high, w.p, w.note
         win_rate, test, is_paired = c.wins / c.n, "wilcoxon", True
@@ -197,9 +188,7 @@ def strategy_vs_random(strategy_runs, random_runs, rng: np.random.Generator, hig
     else:
         if paired:
             note = f"unequal lengths ({s.size} strategy, {r.size} random): compared as independent samples"
-        means = (s[rng.integers(0, s.size, (n_boot, s.size))].mean(1)
-                 - r[rng.integers(0, r.size, (n_boot, r.size))].mean(1))
-        lo, hi = float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+        lo, hi = welch_interval(s, r)
         p = float(sps.mannwhitneyu(s, r, alternative="two-sided").pvalue)   # 1.0 when all values tie
         diff = sign * (s[:, None] - r[None, :])
         win_rate = float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
@@ -207,16 +196,17 @@ def strategy_vs_random(strategy_runs, random_runs, rng: np.random.Generator, hig
         gate, gate_test = p, "Mann-Whitney p"
     pct = percentile_among_random(float(s.mean()), r, higher_is_better)
     b_lo, b_hi = band(r)
+    said = (verdict(pct, lo, hi, higher_is_better, n_baseline=int(r.size), p=gate, test=gate_test)
+            if np.isfinite(lo) and np.isfinite(hi) else "no verdict (one run on each side: no interval)")
     return StrategyVsRandom(is_paired, int(s.size), int(r.size), float(s.mean()), float(r.mean()),
                             float(s.mean() - r.mean()), float(lo), float(hi), float(p), test, float(win_rate),
-                            pct, b_lo, b_hi, verdict(pct, lo, hi, higher_is_better, n_baseline=int(r.size), p=gate,
-                                                      test=gate_test), note)
+                            pct, b_lo, b_hi, said, note)
 
 
 # ---------------------------------------------------------------- feature correlation and OLS
 
 @dataclass(frozen=True)
-class FeatureCorrelation(_Result):
+class FeatureCorrelation(Result):
     feature: str
     n: int
     rho: float            # Spearman rho with the metric (NaN for a constant feature)
@@ -278,7 +268,7 @@ def partial_spearman(x, y, z) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class OLSFit(_Result):
+class OLSFit(Result):
     n: int                # G observations
     n_features: int       # F columns of X
     rank: int             # rank of the centred X (the degrees of freedom chance uses)
@@ -335,131 +325,20 @@ def ols_r2(X, y, rng: np.random.Generator, n_perm: int = 200) -> OLSFit:
     return OLSFit(g, f, rank, r2, float(adj), f_p, rank / (g - 1), chance_perm, p_perm)
 
 
-# ---------------------------------------------------------------- variance decomposition
-
-@dataclass(frozen=True)
-class VarianceDecomposition(_Result):
-    n_subsets: int        # G
-    n_runs: int           # N runs (orders / seeds) per subset
-    grand_mean: float
-    ss_total: float       # sum over all (x - grand mean)^2 = G*N*Var_pop(all runs)
-    ss_within: float      # sum over subsets of N*Var_pop(runs of that subset)
-    ss_between: float     # ss_total - ss_within
-    share_within: float   # ss_within / ss_total: the protocol's "ordering share"
-    share_ci_low: float   # percentile bootstrap over subsets (rows)
-    share_ci_high: float
-    ms_within: float      # ss_within / (G (N - 1)): estimates the within-subset (run) variance
-    share_within_vc: float  # ms_within / (ms_within + max(0, (MS_between - MS_within)/N)): the
-                            # variance-component share, which SS_within/SS_total underestimates
-    anova_f: float        # scipy.stats.f_oneway over the G subsets
-    anova_p: float
-
-
-def _shares(row_means: np.ndarray, row_ss: np.ndarray, n_runs: int) -> np.ndarray:
-    """share_within for each resample; row_means, row_ss: (B, G)."""
-    ss_within = row_ss.sum(-1)
-    ss_between = n_runs * ((row_means - row_means.mean(-1, keepdims=True)) ** 2).sum(-1)
-    total = ss_within + ss_between
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, ss_within / total, np.nan)
-
-
-def variance_decomposition(scores, rng: np.random.Generator, n_boot: int = 2000,
-                           level: float = 0.95) -> VarianceDecomposition:
-    """Split the variance of G subsets x N runs into between-subset and within-subset (run) parts,
-    exactly as the protocol: SS_total = G*N*Var(all runs), SS_within = sum_g N*Var(runs of g),
-    share = SS_within / SS_total, plus a one-way ANOVA across subsets.
-
-    Expectation (balanced, subset effect sd s_b, run noise sd s_w): E[SS_within] = G(N-1) s_w^2 and
-    E[SS_between] = (G-1)(N s_b^2 + s_w^2), so share_within tends to G(N-1)s_w^2 / (that + (G-1)(N s_b^2
-    + s_w^2)), which is below s_w^2/(s_w^2 + s_b^2) (e.g. 0.83 vs 0.90 at G=N=10, s_b=1, s_w=3);
-    `share_within_vc` is the method-of-moments variance-component share, for the population ratio.
-    `n_boot = 0` skips the bootstrap (CI fields NaN)."""
-    x = np.asarray(scores, dtype=np.float64)                   # (G, N)
-    if x.ndim != 2:
-        raise ValueError(f"scores must be (G subsets, N runs), got shape {x.shape}")
-    n_nan = int(np.isnan(x).sum())
-    if n_nan:
-        raise ValueError(f"scores hold {n_nan} NaN of {x.size} values: drop or rerun those runs first")
-    g, n = x.shape
-    if g < 2 or n < 2:
-        raise ValueError(f"need at least 2 subsets and 2 runs each, got G = {g}, N = {n}")
-    grand = float(x.mean())
-    ss_total = float(((x - grand) ** 2).sum())
-    if ss_total == 0:
-        raise ValueError(f"all {x.size} scores equal {grand}: the variance shares are undefined")
-    row_means = x.mean(1)                                      # (G,)
-    row_ss = n * x.var(1)                                      # (G,) N * Var_pop(row)
-    ss_within = float(row_ss.sum())
-    ms_within = ss_within / (g * (n - 1))
-    ms_between = (ss_total - ss_within) / (g - 1)
-    var_between = max(0.0, (ms_between - ms_within) / n)
-    share_vc = ms_within / (ms_within + var_between) if ms_within + var_between > 0 else float("nan")
-    with warnings.catch_warnings():                            # zero within-variance: F = inf, let it show
-        warnings.simplefilter("ignore")
-        anova = sps.f_oneway(*x)
-    lo = hi = float("nan")
-    if n_boot:
-        idx = rng.integers(0, g, size=(n_boot, g))             # (B, G) resampled subsets
-        boot = _shares(row_means[idx], row_ss[idx], n)
-        tail = (1 - level) / 2
-        lo, hi = float(np.nanquantile(boot, tail)), float(np.nanquantile(boot, 1 - tail))
-    return VarianceDecomposition(g, n, grand, ss_total, ss_within, ss_total - ss_within, ss_within / ss_total,
-                                 lo, hi, ms_within, float(share_vc), float(anova.statistic), float(anova.pvalue))
-
-
-@dataclass(frozen=True)
-class ArmsDecomposition(_Result):
-    order_only: VarianceDecomposition  # data-order seed varies, model-init seed fixed
-    all_seeds: VarianceDecomposition   # data order and init (and dropout) vary together
-    share_difference: float            # all_seeds.share_within - order_only.share_within
-    diff_ci_low: float                 # bootstrap over subsets, both arms resampled jointly
-    diff_ci_high: float
-    ms_within_difference: float        # all_seeds.ms_within - order_only.ms_within: init variance
-
-
-def decompose_arms(order_only, all_seeds, rng: np.random.Generator, n_boot: int = 2000,
-                   level: float = 0.95) -> ArmsDecomposition:
-    """Both arms of the variance experiment on the same G subsets (row g is the same subset in both).
-
-    The paper moved data order, adapter init and dropout with one seed, so its "ordering share" mixes
-    them. Here the order-only arm varies only the data-order seed with init fixed, the all-seeds arm
-    varies order and init: the order-only share is the ordering effect alone, and the difference
-    (all-seeds share minus order-only share) estimates how much of the within-subset share comes
-    from init noise, the part the paper could not separate. The shares have different denominators,
-    so `ms_within_difference` (difference of within-subset variances, assuming order and init noise
-    add independently) is the init variance itself in metric units^2; it can come out negative by
-    chance when init matters little."""
-    a, b = np.asarray(order_only, dtype=np.float64), np.asarray(all_seeds, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
-        raise ValueError(f"both arms must be (G, N) over the same G subsets, got {a.shape} and {b.shape}")
-    da = variance_decomposition(a, rng, n_boot, level)
-    db = variance_decomposition(b, rng, n_boot, level)
-    lo = hi = float("nan")
-    if n_boot:
-        g = a.shape[0]
-        idx = rng.integers(0, g, size=(n_boot, g))
-        diff = (_shares(b.mean(1)[idx], (b.shape[1] * b.var(1))[idx], b.shape[1])
-                - _shares(a.mean(1)[idx], (a.shape[1] * a.var(1))[idx], a.shape[1]))
-        tail = (1 - level) / 2
-        lo, hi = float(np.nanquantile(diff, tail)), float(np.nanquantile(diff, 1 - tail))
-    return ArmsDecomposition(da, db, db.share_within - da.share_within, lo, hi, db.ms_within - da.ms_within)
-
-
 # ---------------------------------------------------------------- learning curves
 
 @dataclass(frozen=True)
-class CurvePoint(_Result):
+class CurvePoint(Result):
     strategy: str
     x: int | float        # the record's budget (or round when it has no budget)
     n: int                # seeds
     mean: float
     sd: float             # sample sd (ddof 1); NaN with one seed
-    ci_low: float         # bootstrap CI of the mean (stats.bootstrap_ci)
+    ci_low: float         # 95% t interval of the mean (stats.t_interval); NaN with one seed
     ci_high: float
 
 
-def learning_curve(results: Sequence[Mapping], rng: np.random.Generator, n_boot: int = 2000) -> list[CurvePoint]:
+def learning_curve(results: Sequence[Mapping]) -> list[CurvePoint]:
     """Group records {strategy, budget | round, seed, value} into one point per (strategy, x).
 
     Strategies keep the order of their first appearance; within a strategy points are sorted by x.
@@ -484,7 +363,7 @@ def learning_curve(results: Sequence[Mapping], rng: np.random.Generator, n_boot:
     points = []
     for (strategy, x), seeds in sorted(groups.items(), key=lambda kv: (first[kv[0][0]], kv[0][1])):
         v = np.array(list(seeds.values()))
-        lo, hi = bootstrap_ci(v, rng, n_boot)
+        lo, hi = t_interval(v)
         sd = float(v.std(ddof=1)) if v.size > 1 else float("nan")
         points.append(CurvePoint(strategy, x, int(v.size), float(v.mean()), sd, lo, hi))
     return points

@@ -1,5 +1,6 @@
 """The comparison with random: per-strategy means over seeds, paired differences from random with
-bootstrap intervals, wins out of n; printed as a table and written as Markdown, CSV and JSON."""
+Student t intervals (n beside each), wins out of n; printed as a table and written as Markdown, CSV
+and JSON."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_al.analysis.protocol import percentile_among_random, variance_decomposition
-from llm_al.analysis.stats import bootstrap_ci, paired_comparison
+from llm_al.analysis.document import interval
+from llm_al.analysis.protocol import percentile_among_random
+from llm_al.analysis.stats import paired_comparison, t_interval
+from llm_al.analysis.variance import variance_decomposition
 from llm_al.config import ExperimentConfig, parse_strategy
 from llm_al.features.probes import provider
 from llm_al.io import write_text
@@ -49,11 +52,12 @@ def strategy_cost(spec: str, feature_cost: dict) -> dict:
 
 
 def summarize(results: list[dict], floor: dict, cfg: ExperimentConfig, feature_cost: dict | None = None) -> dict:
-    """One row per (strategy, ordering): mean and 95% bootstrap CI over runs of every metric; for
+    """One row per (strategy, ordering): mean and 95% t interval over runs of every metric (None
+    with one run); for
     the primary metric, the difference from random under the same ordering paired by seeds, with
     its CI and wins out of n; with several orderings, each against shuffled order (percentile among
     the shuffled runs); with several subsets of several runs each, the within-subset share of the
-    variance (how much order and init noise, rather than the subset, moves the score)."""
+    variance beside its null (how much order and init noise, rather than the subset, moves the score)."""
     primary = cfg.eval.primary
     higher = METRICS.get(primary).meta.get("higher_is_better", True)
     value = lambda r: r["eval"]["metrics"][primary]  # noqa: E731
@@ -78,9 +82,9 @@ def summarize(results: list[dict], floor: dict, cfg: ExperimentConfig, feature_c
                 continue
             for metric in cfg.eval.metrics:
                 vals = np.array([runs[k]["eval"]["metrics"][metric] for k in sorted(runs)])
-                lo, hi = bootstrap_ci(vals, stats_rng)
+                ci = list(t_interval(vals)) if len(vals) > 1 else None
                 row[metric] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                               "ci": [lo, hi], "values": vals.tolist()}
+                               "ci": ci, "values": vals.tolist()}
             row["train_seconds"] = float(np.mean([r["timings"]["train_seconds"] for r in runs.values()]))
             row["select_seconds"] = float(np.mean([r["timings"]["select_seconds"] for r in runs.values()]))
             row["overlap"] = _mean_overlap(list(runs.values()))
@@ -91,7 +95,8 @@ def summarize(results: list[dict], floor: dict, cfg: ExperimentConfig, feature_c
                 cmp = paired_comparison(np.array([value(runs[k]) for k in paired]),
                                         np.array([value(baseline[k]) for k in paired]), stats_rng,
                                         higher_is_better=higher)
-                row["vs_random"] = {"n": cmp.n, "mean_diff": cmp.mean_diff, "ci": [cmp.ci_low, cmp.ci_high],
+                ci = [cmp.ci_low, cmp.ci_high] if cmp.n > 1 else None
+                row["vs_random"] = {"n": cmp.n, "mean_diff": cmp.mean_diff, "ci": ci,
                                     "wins": cmp.wins, "ties": cmp.ties, "p_sign_flip": cmp.p,
                                     "verdict": paired_verdict(cmp.ci_low, cmp.ci_high, higher, cmp.n, cmp.p)}
             shuffled = groups.get((spec, "shuffled", budget), {})
@@ -122,19 +127,20 @@ def _curve(runs: list[dict], primary: str) -> list[dict] | None:
 
 
 def _variance(runs: dict[tuple, dict], value, stats_rng) -> dict | None:
-    """Within-subset share of the sum of squares, when there are >= 2 subsets with the same number
-    (>= 2) of runs each; None otherwise."""
-    by_subset: dict[int, list[float]] = {}
+    """The within-subset share beside its null and the variance components (llm_al.analysis.variance),
+    over every run of >= 2 subsets when at least one has >= 2 runs; None otherwise."""
+    by_subset: dict[int, list[tuple]] = {}
     for key in sorted(runs):
-        by_subset.setdefault(key[0], []).append(value(runs[key]))
-    sizes = {len(v) for v in by_subset.values()}
-    if len(by_subset) < 2 or len(sizes) != 1 or sizes.pop() < 2:
+        by_subset.setdefault(key[0], []).append((value(runs[key]), key[1], key[2]))
+    sizes = sorted(len(v) for v in by_subset.values())
+    if len(by_subset) < 2 or sizes[-1] < 2:
         return None
-    scores = np.array(list(by_subset.values()))                         # (G subsets, N runs)
-    shape = {"subsets": scores.shape[0], "runs_per_subset": scores.shape[1]}
-    if np.ptp(scores) == 0:
+    shape = {"subsets": len(by_subset), "runs_per_subset": sizes[0] if sizes[0] == sizes[-1] else f"{sizes[0]}-{sizes[-1]}"}
+    groups = [np.array([v for v, _, _ in rs]) for rs in by_subset.values()]
+    if np.ptp(np.concatenate(groups)) == 0:
         return {**shape, "share_within": None, "note": "every run scored the same: no variance to share out"}
-    return {**shape, **variance_decomposition(scores, stats_rng, n_boot=1000).to_dict()}
+    seeds = [np.array([(o, i) for _, o, i in rs]) for rs in by_subset.values()]
+    return {**shape, **variance_decomposition(groups, stats_rng, seeds=seeds, n_draws=2000, n_perm=2000).to_dict()}
 
 
 OVERLAP_COLUMNS = {("reference", "pooled_ngram_overlap"): "ref n-gram %",
@@ -183,9 +189,9 @@ def table_rows(summary: dict) -> list[list[str]]:
     overlap_cols = [c for c in OVERLAP_COLUMNS.values() if any(c in r.get("overlap", {}) for r in rows_in)]
     with_orders = any("vs_shuffled" in r for r in rows_in)
     with_variance = any(r.get("variance") for r in rows_in)
-    header = ["strategy", "n", f"{p} mean", "95% CI (runs)", "diff vs random", "95% CI (paired)", "wins",
+    header = ["strategy", "n", f"{p} mean", "95% t-CI (runs)", "diff vs random", "95% t-CI (paired)", "wins",
               "verdict", *(["diff vs shuffled", "pct of shuffled"] if with_orders else []),
-              *(["within-subset SS %"] if with_variance else []), "train s/run", "scoring cost", *overlap_cols]
+              *(["within-subset SS % (null)"] if with_variance else []), "train s/run", "scoring cost", *overlap_cols]
     blank = [""] * (len(header) - 3)
     rows = [header, ["untrained (floor)", "-", _fmt(summary["untrained"][p]), *blank]]
     for r in rows_in:
@@ -194,17 +200,22 @@ def table_rows(summary: dict) -> list[list[str]]:
             continue
         m, v, o, var = r[p], r.get("vs_random"), r.get("vs_shuffled"), r.get("variance")
         rows.append([
-            r["label"], str(r["n"]), _fmt(m["mean"]), f"[{m['ci'][0]:.2f}, {m['ci'][1]:.2f}]",
+            r["label"], str(r["n"]), _fmt(m["mean"]), interval(*(m.get("ci") or (None, None)), r["n"]),
             f"{v['mean_diff']:+.2f}" if v else ("(baseline)" if r["strategy"] == "random" else ""),
-            f"[{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}]" if v else "",
+            interval(*(v.get("ci") or (None, None)), v["n"], "+.2f") if v else "",
             f"{v['wins']}/{v['n']}" if v else "", v["verdict"] if v else "",
             *([f"{o['mean_diff']:+.2f}" if o else "", f"{o['percentile']:.0f}" if o else ""] if with_orders else []),
-            *([f"{100 * var['share_within']:.0f}" if var and var["share_within"] is not None else ""]
-              if with_variance else []),
+            *([_share(var)] if with_variance else []),
             f"{r['train_seconds']:.0f}", _cost(r.get("cost")),
             *(f"{r['overlap'][c]:.1f}" if c in r.get("overlap", {}) else "" for c in overlap_cols),
         ])
     return rows
+
+
+def _share(var: dict | None) -> str:
+    if not var or var.get("share_within") is None:
+        return ""
+    return f"{100 * var['share_within']:.0f} ({100 * var['null_share']:.0f})"
 
 
 def _cost(cost: dict | None) -> str:
@@ -237,7 +248,9 @@ def format_table(summary: dict) -> str:
     extra = [f"  {r['label']}: " + ", ".join(f"{m} {r[m]['mean']:.2f}" for m in others)
              for r in summary["strategies"] if all(m in r for m in others)]
     floor = ", ".join(f"{m} {summary['untrained'][m]:.2f}" for m in others if m in summary["untrained"])
-    notes = ["scoring cost: model tokens scored (forward passes over the pool) and examples embedded to compute "
+    notes = ["95% t-CI: Student t interval of the mean over the n runs (paired: of the n differences from "
+             "random by seed); with 3 runs it is wide (t = 4.30), as 3 runs warrant.",
+             "scoring cost: model tokens scored (forward passes over the pool) and examples embedded to compute "
              "the strategy's features, beyond the training every strategy pays; random needs none. probe tok: "
              "tokens a probe ran through the model (all MC-dropout passes, generated tokens) in this run; 0 "
              "when its results came from the cache.",
@@ -252,8 +265,11 @@ def format_table(summary: dict) -> str:
         notes += [f"  {r['label']}: " + ", ".join(f"{c['labelled']}: {c['mean']:.2f}" for c in r["curve"])
                   for r in curves]
     if any(r.get("variance") for r in summary["strategies"]):
-        notes.append("within-subset SS %: SS_within / SS_total over subsets x runs; the share of the variance "
-                     "that order and init seeds, not the choice of subset, account for.")
+        notes.append("within-subset SS % (null): SS_within / SS_total over every run of the subsets, and in "
+                     "parentheses what it would be if subsets made no difference, (n - G)/(n - 1) for G subsets and "
+                     "n runs (77 at 8 x 4, 91 at 10 x 10). Only a share below its null says anything (that "
+                     "subsets matter); shares of different designs compare as their excess over their own null. "
+                     "`llm-al report` gives the permutation null and the variance components with intervals.")
     return "\n".join([title, "", *lines, "", "Other metrics (mean over runs):", f"  untrained: {floor}", *extra,
                       "", *notes])
 

@@ -14,7 +14,7 @@ statistic comes from llm_al.analysis.protocol; this module groups runs, formats 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ import numpy as np
 import yaml
 
 from llm_al.analysis import protocol as analysis
-from llm_al.analysis.document import (Context, Document, Run, budget_key, coarse_note, figure, fmt, strip_plot,
-                                      to_run)
+from llm_al.analysis.document import (Context, Document, Run, budget_key, coarse_note, figure, fmt, interval,
+                                      strip_plot, to_run)
+from llm_al.analysis.variance_report import report_section as variance_section
 from llm_al.analysis.windows import report_section as windows_section
 from llm_al.errors import UnknownNameError, UserError
 from llm_al.io import write_text
@@ -86,10 +87,10 @@ def _vs_random(doc: Document, c: Context) -> None:
         return
     lines = []
     if tested:
-        doc.add("table", ["strategy", "n", "mean", "random mean (n)", "diff", "95% CI", "test", "p", "p Holm",
+        doc.add("table", ["strategy", "n", "mean", "random mean (n)", "diff", "95% t-CI", "test", "p", "p Holm",
                           "win rate", "pct of random", "verdict"],
                 [[r["label"], str(r["n_strategy"]), fmt(r["strategy_mean"]), f"{fmt(r['random_mean'])} ({r['n_random']})",
-                  fmt(r["mean_diff"], "+.2f"), f"[{fmt(r['ci_low'], '+.2f')}, {fmt(r['ci_high'], '+.2f')}]", r["test"],
+                  fmt(r["mean_diff"], "+.2f"), interval(r["ci_low"], r["ci_high"], _n(r), "+.2f"), r["test"],
                   fmt(r["p"], ".3g"), fmt(r["p_holm"], ".3g"), fmt(r["win_rate"]), fmt(r["percentile"], ".0f"),
                   r["verdict"]] for r in tested.values()])
         doc.csv("strategies.csv", list(tested.values()))
@@ -100,18 +101,25 @@ def _vs_random(doc: Document, c: Context) -> None:
         r = tested[k]
         coarse = coarse_note(r["n_random"], "random")
         lines.append(f"**{r['label']}**: {r['verdict']} ({c.primary} {r['strategy_mean']:.2f} vs {r['random_mean']:.2f}; "
-                     f"diff {r['mean_diff']:+.2f}, 95% CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], "
+                     f"diff {r['mean_diff']:+.2f}, 95% t-CI {interval(r['ci_low'], r['ci_high'], _n(r), '+.2f')}, "
                      f"{'paired by seeds' if r['paired'] else 'unpaired'}, p {r['p']:.3g} (Holm {r['p_holm']:.3g}); "
                      f"percentile {r['percentile']:.0f} among {r['n_random']} random runs{coarse})")
         doc.findings.append(f"{r['label']}: {r['verdict']}.")
     doc.add("list", lines)
     if tested:
-        doc.add("p", "Verdict: better (worse) needs the 95% CI of the difference to exclude 0 on that side AND the "
+        doc.add("p", "95% t-CI: Student t interval of the mean difference, over the n paired differences (paired by "
+                     "seeds) or Welch's for n strategy vs n random runs (unpaired). "
+                     "Verdict: better (worse) needs that interval to exclude 0 on that side AND the "
                      "strategy mean to beat (lose to) 95% of single random runs (all of them, below 20); it only "
                      "'leans' unless the paired sign-flip p (unpaired: Mann-Whitney p) is below 0.05, which 3 seeds "
                      "cannot reach (their smallest p is 0.25). p Holm corrects over the strategies.")
         strip_plot(doc, c, [(c.label(*k), c.values(k), c.values(("random", k[1], k[2]))) for k in c.groups
                         if k[0] == "random" or k in tested], "strategies_vs_random.png", "random")
+
+
+def _n(r: dict) -> str:
+    """The n of a comparison's interval (a StrategyVsRandom as a dict): pairs, or strategy vs baseline runs."""
+    return str(r["n_strategy"]) if r["paired"] else f"{r['n_strategy']} vs {r['n_random']}"
 
 
 def _feature_seconds(rec: dict, cost: dict) -> float | None:
@@ -150,73 +158,41 @@ def _cost(doc: Document, c: Context) -> None:
             if cost else "summary.json records no feature scoring (feature_cost): its cost is not included.")
 
 
-def _variance(doc: Document, c: Context) -> None:
-    doc.add("h", "4. Variance decomposition (subset vs order and init)")
-    rows, skipped = [], []
-    for (s, o, b), runs in c.groups.items():
-        by: dict[Any, list[float]] = defaultdict(list)
-        for r in runs:
-            by[r.subset].append(r.value)
-        kept = [v for v in by.values() if len(v) >= 2]
-        if len(kept) < 2:
-            skipped.append(f"{c.label(s, o, b)} ({len(by)} distinct subset(s), {len(kept)} with >= 2 runs)")
-            continue
-        # the largest balanced block: n runs from every subset that has at least n (G >= 2)
-        n = max((m for m in range(2, max(map(len, kept)) + 1) if sum(len(v) >= m for v in kept) >= 2),
-                key=lambda m: (m * sum(len(v) >= m for v in kept), m))
-        kept = [v for v in kept if len(v) >= n]
-        scores = np.array([v[:n] for v in kept])                   # (G subsets, N runs)
-        if np.ptp(scores) == 0:
-            skipped.append(f"{c.label(s, o, b)} (every run scored {scores.flat[0]:g}: no variation to analyse)")
-            continue
-        sizes = sorted(map(len, by.values()))
-        note = ("" if sizes[0] == sizes[-1] else f"unbalanced ({sizes[0]}-{sizes[-1]} runs per subset): the first "
-                f"{n} runs of the {len(kept)} subsets with >= {n} (the largest balanced block)")
-        v = analysis.variance_decomposition(scores, c.rng)
-        rows.append({"label": c.label(s, o, b), "strategy": s, "ordering": o, "budget": b, **v.to_dict(), "note": note})
-    why = "needs >= 2 distinct subsets with >= 2 runs each (orders or init seeds), e.g. design=grid"
-    if not rows:
-        doc.absent(why + (f"; have: {'; '.join(skipped)}" if skipped else ""))
-        return
-    doc.add("table", ["runs", "subsets x runs", "within-subset share", "95% CI", "variance-component share",
-                      "ANOVA F", "ANOVA p", "note"],
-            [[r["label"], f"{r['n_subsets']} x {r['n_runs']}", fmt(r["share_within"]),
-              f"[{fmt(r['share_ci_low'])}, {fmt(r['share_ci_high'])}]", fmt(r["share_within_vc"]),
-              fmt(r["anova_f"], ".3g"), fmt(r["anova_p"], ".3g"), r["note"]] for r in rows])
-    doc.csv("variance.csv", rows)
-    doc.add("p", "within-subset share = SS_within / SS_total: the part of the spread that order and init seeds, not "
-                 "the choice of subset, account for (the protocol's ordering share); a low ANOVA p says subsets do "
-                 "differ." + (f" Not decomposed ({why}): {'; '.join(skipped)}." if skipped else ""))
-    for r in rows:
-        doc.findings.append(f"{r['label']}: {100 * r['share_within']:.0f}% of the {c.primary} variance is within "
-                            f"subsets (order/init), 95% CI [{100 * r['share_ci_low']:.0f}, "
-                            f"{100 * r['share_ci_high']:.0f}]%.")
-    fig, ax = figure(max(4.0, 1.2 * len(rows) + 2), 3.6)
-    x, share = np.arange(len(rows)), np.array([r["share_within"] for r in rows])
-    err = np.abs(np.array([[r["share_ci_low"], r["share_ci_high"]] for r in rows]).T - share)   # (2, rows)
-    ax.bar(x, share, color="C0", label="within subsets (order, init)")
-    ax.bar(x, 1 - share, bottom=share, color="0.8", label="between subsets")
-    ax.errorbar(x, share, yerr=np.nan_to_num(err), fmt="none", ecolor="k", capsize=4)
-    ax.set_xticks(x, [r["label"] for r in rows], rotation=25, ha="right")
-    ax.set(ylim=(0, 1), ylabel="share of SS_total")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    doc.figure(fig, "variance.png", "Within-subset share of the sum of squares, with its bootstrap 95% CI over subsets.")
+def feature_sample(runs: list[Run]) -> tuple[list[list[Run]], str]:
+    """The runs a feature correlation reads, one list per subset, and that design in words. When every
+    subset has the same number k of runs, all of them (a subset's value is the mean of its k runs);
+    otherwise one run per subset, at the (order seed, init seed) pair the most subsets have (the
+    lowest seeds on ties), leaving out subsets without it: means of 4 runs beside single runs would
+    give the subsets unequal noise, and a correlation over them a mixed design."""
+    by: dict[Any, list[Run]] = defaultdict(list)
+    for r in runs:
+        by[r.subset].append(r)
+    sizes = sorted({len(v) for v in by.values()})
+    if len(sizes) <= 1:
+        k = sizes[0] if sizes else 0
+        return list(by.values()), "one run each" if k == 1 else f"each subset's {k} runs averaged, {k} for every subset"
+    count = Counter(pair for rs in by.values() for pair in {r.seeds[1:3] for r in rs})
+    pair = min(count, key=lambda p: (-count[p], [-1 if x is None else x for x in p]))
+    chosen = [[hit] for rs in by.values() if (hit := next((r for r in rs if r.seeds[1:3] == pair), None))]
+    left = len(by) - len(chosen)
+    return chosen, (f"one run each, at order seed {pair[0]} and init seed {pair[1]} (the subsets ran {sizes[0]}-"
+                    f"{sizes[-1]} times; the other runs are not used" + (f"; {left} subsets without that run left "
+                                                                          "out)" if left else ")"))
 
 
 def _correlations(doc: Document, c: Context) -> None:
     doc.add("h", "5. Subset features vs the metric (random subsets)")
     cells = [k for k in c.groups if k[0] == "random"]     # the random cell with the most subsets, shuffled first
     key = max(cells, key=lambda k: (k[1] == "shuffled", len({r.subset for r in c.groups[k]})), default=None)
-    by: dict[Any, list[Run]] = defaultdict(list)
-    for r in c.groups.get(key, []):
-        by[r.subset].append(r)
-    if len(by) < MIN_FEATURE_SUBSETS:
-        doc.absent(f"needs >= {MIN_FEATURE_SUBSETS} random subsets, has {len(by)}")
+    samples, design = feature_sample(c.groups.get(key, []))
+    if len(samples) < MIN_FEATURE_SUBSETS:
+        doc.absent(f"needs >= {MIN_FEATURE_SUBSETS} random subsets, has {len(samples)}")
         return
-    y = np.array([np.mean([r.value for r in rs]) for rs in by.values()])   # (G,) a subset's runs averaged
+    y = np.array([np.mean([r.value for r in rs]) for rs in samples])       # (G,) one value per subset
     if np.ptp(y) == 0:
         doc.absent(f"every random subset scored {y[0]:g}: no variation to analyse")
         return
+    by = dict(enumerate(samples))
     first = next(iter(by.values()))[0].features
     names = [n for n in first if all(n in rs[0].features for rs in by.values())]
     if not names:
@@ -226,14 +202,14 @@ def _correlations(doc: Document, c: Context) -> None:
     rows = [r.to_dict() for r in analysis.feature_correlations(X, y)]
     doc.csv("correlations.csv", rows)
     doc.add("p", f"Spearman rho of each subset-level feature with {c.primary} over {len(y)} random subsets "
-                 f"(ordering {key[1]}, budget {key[2]}; a subset's runs averaged), Bonferroni over {len(names)} "
-                 "features.")
+                 f"(ordering {key[1]}, budget {key[2]}; {design}), Bonferroni over {len(names)} features.")
     doc.add("table", ["feature", "rho", "p", "p Bonferroni", "significant", "note"],
             [[r["feature"], fmt(r["rho"], "+.2f"), fmt(r["p"], ".3g"), fmt(r["p_bonferroni"], ".3g"),
               "yes" if r["significant"] else "no", r["note"]] for r in rows])
     sig = [r["feature"] for r in rows if r["significant"]]
     doc.findings.append(f"{len(sig)} of {len(names)} subset features correlate significantly with {c.primary} "
-                        f"over {len(y)} random subsets" + (f" ({', '.join(sig)})." if sig else "."))
+                        f"over {len(y)} random subsets ({design.split(' (')[0]})"
+                        + (f": {', '.join(sig)}." if sig else "."))
     live = [n for n in names if np.ptp(X[n]) > 0]
     if live and len(y) > len(live) + 1:
         fit = analysis.ols_r2(np.column_stack([X[n] for n in live]), y, c.rng)
@@ -274,9 +250,9 @@ def _curves(doc: Document, c: Context) -> None:
         xkey = "budget" if len(c.budgets) > 1 else "round"
         recs = [{"strategy": c.label(r.strategy, r.ordering), xkey: getattr(r, xkey), "seed": r.seeds,
                  "value": r.value} for r in c.runs if getattr(r, xkey) is not None]
-    pts = analysis.learning_curve(recs, c.rng)
-    doc.add("table", ["strategy", xkey, "n", "mean", "sd", "95% CI"],
-            [[p.strategy, str(p.x), str(p.n), fmt(p.mean), fmt(p.sd), f"[{fmt(p.ci_low)}, {fmt(p.ci_high)}]"] for p in pts])
+    pts = analysis.learning_curve(recs)
+    doc.add("table", ["strategy", xkey, "n", "mean", "sd", "95% t-CI"],
+            [[p.strategy, str(p.x), str(p.n), fmt(p.mean), fmt(p.sd), interval(p.ci_low, p.ci_high, p.n)] for p in pts])
     fig, ax = figure()
     for i, s in enumerate(dict.fromkeys(p.strategy for p in pts)):
         ps = [p for p in pts if p.strategy == s]
@@ -285,7 +261,7 @@ def _curves(doc: Document, c: Context) -> None:
         ax.fill_between(x, [p.ci_low for p in ps], [p.ci_high for p in ps], color=f"C{i % 10}", alpha=.2)
     ax.set(xlabel=xkey, ylabel=c.primary)
     ax.legend(fontsize=8)
-    doc.figure(fig, "learning_curves.png", f"Mean {c.primary} per {xkey} with bootstrap 95% CI bands.")
+    doc.figure(fig, "learning_curves.png", f"Mean {c.primary} per {xkey} with 95% t-interval bands over the seeds.")
 
 
 def _overlap(doc: Document, c: Context) -> None:
@@ -324,7 +300,7 @@ def _orderings(doc: Document, c: Context) -> None:
             continue
         v = res.verdict.replace("random subsets", "shuffled runs").replace("random", "shuffled orders")
         rows.append([c.label(s, o, b), str(res.n_strategy), str(res.n_random), fmt(res.mean_diff, "+.2f"),
-                     f"[{fmt(res.ci_low, '+.2f')}, {fmt(res.ci_high, '+.2f')}]", fmt(res.p, ".3g"),
+                     interval(res.ci_low, res.ci_high, _n(res.to_dict()), "+.2f"), fmt(res.p, ".3g"),
                      fmt(res.percentile, ".0f"), v])
         items.setdefault(c.label(*base), (c.values(base), c.values(base)))
         items[c.label(s, o, b)] = (c.values((s, o, b)), c.values(base))
@@ -333,7 +309,7 @@ def _orderings(doc: Document, c: Context) -> None:
     if not rows:
         doc.absent("no strategy was run both shuffled and under another ordering at the same budget")
         return
-    doc.add("table", ["ordering", "n", "n shuffled", "diff vs shuffled", "95% CI", "p", "pct of shuffled", "verdict"],
+    doc.add("table", ["ordering", "n", "n shuffled", "diff vs shuffled", "95% t-CI", "p", "pct of shuffled", "verdict"],
             rows)
     if items:
         strip_plot(doc, c, [(k, *v) for k, v in items.items()], "orderings.png", "shuffled")
@@ -394,7 +370,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         doc.findings.append(f"every run scored {c.runs[0].value:g} {primary}: no variation to analyse.")
     _setup(doc, c, failed, floor)
 
-    for section in (_vs_random, _cost, _variance, _correlations, _curves, _overlap, _orderings, windows_section):
+    for section in (_vs_random, _cost, variance_section, _correlations, _curves, _overlap, _orderings, windows_section):
         section(doc, c)
     title = f"llm-al report: {cfg.get('name', results.name)} ({results})"
     write_text(out / "report.md", doc.markdown(title))
