@@ -160,8 +160,31 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024        # Linux: KiB
 
 
-def sequential(model, tok, runs, prompts, cfg, args):
-    """train_lora + generate per run; returns (seconds, train seconds, weights per run, generations per run)."""
+def hf_generate(model, tok, prompts, max_new_tokens: int, batch_size: int) -> list[str]:
+    """evaluate.generate as it was before llm_al/decode.py: transformers' generate on length-sorted,
+    left-padded batches, every row kept until the batch's longest answer ends."""
+    from llm_al.evaluate import left_pad, stop_token_ids
+
+    encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    outputs = [""] * len(prompts)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        ids, mask = left_pad([encoded[i] for i in batch], tok.pad_token_id)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                 max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids(model, tok),
+                                 pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+        for b, i in enumerate(batch):
+            outputs[i] = tok.decode(out[b, ids.shape[1]:], skip_special_tokens=True).strip()
+    return outputs
+
+
+def sequential(model, tok, runs, prompts, cfg, args, before: bool = True):
+    """train_lora + generation per run (`before`: transformers' generate, as runs were made before
+    this issue; else evaluate.generate, finished rows leaving the batch); returns (seconds, train
+    seconds, weights per run, generations per run)."""
     t0 = time.perf_counter()
     weights, gens, train_s = [], [], 0.0
     for run in runs:
@@ -171,7 +194,8 @@ def sequential(model, tok, runs, prompts, cfg, args):
         w, _ = peft_lora_weights(peft_model)
         weights.append({n: (a.detach().clone(), b.detach().clone()) for n, (a, b) in w.items()})
         peft_model.eval()
-        gens.append(generate(peft_model, tok, prompts, args.max_new_tokens, args.eval_batch, progress_bar=False))
+        gens.append(hf_generate(peft_model, tok, prompts, args.max_new_tokens, args.eval_batch) if before else
+                    generate(peft_model, tok, prompts, args.max_new_tokens, args.eval_batch, progress_bar=False))
         detach_lora(peft_model)
     _sync()
     return time.perf_counter() - t0, train_s, weights, gens
@@ -237,6 +261,8 @@ def main(argv=None) -> None:
     ap.add_argument("--share-prefix", default="on", choices=["on", "off", "both"],
                     help="grouped training runs the shared prefix once per step (on), or every example whole (off)")
     ap.add_argument("--modes", default="auto", help="grouped modes to time: auto, gather, loop")
+    ap.add_argument("--sequential-now", action="store_true",
+                    help="also time train_lora + today's evaluate.generate (finished rows leave the batch)")
     ap.add_argument("--real", action="store_true",
                     help="the demo's own model (embedded SmolLM2-135M-Instruct), pool and test prompts")
     ap.add_argument("--tiny", action="store_true", help="the 2-layer test-sized model (same as --shape tiny)")
@@ -322,8 +348,14 @@ def main(argv=None) -> None:
         if timed:
             seq_s, seq_train, weights, seq_gens = sequential(model, tok, runs, prompts, cfg, args)
             per_run = seq_s / K
-            say(f"{K:>3} {'sequential':<20} {seq_s:>9.1f} {seq_train:>8.1f} {K / seq_s * 3600:>10.1f} {1.0:>7.2f} "
-                f"{mm(seq_s, seq_train, seq_gens)} {rss_mb():>12.0f}")
+            say(f"{K:>3} {'sequential before':<20} {seq_s:>9.1f} {seq_train:>8.1f} {K / seq_s * 3600:>10.1f} "
+                f"{1.0:>7.2f} {mm(seq_s, seq_train, seq_gens)} {rss_mb():>12.0f}")
+            if args.sequential_now:
+                now_s, now_train, now_w, now_gens = sequential(model, tok, runs, prompts, cfg, args, before=False)
+                equal = sum(a == b for ga, sa in zip(now_gens, seq_gens) for a, b in zip(ga, sa))
+                say(f"{K:>3} {'sequential now':<20} {now_s:>9.1f} {now_train:>8.1f} {K / now_s * 3600:>10.1f} "
+                    f"{seq_s / now_s:>7.2f} {mm(now_s, now_train, now_gens)} {rss_mb():>12.0f} {0.0:>9.1e} "
+                    f"{equal:>5}/{K * len(prompts)}")
         for mode in modes:
             for share in shares:
                 g_s, g_train, lora, g_gens = grouped(model, tok, runs, prompts, cfg, args, mode, share)
@@ -342,7 +374,8 @@ def main(argv=None) -> None:
     load1 = os.getloadavg()
     say("")
     say(f"load average at the end {load1[0]:.1f} (1 min), {load1[1]:.1f} (5 min)")
-    say("vs seq: sequential seconds / grouped seconds (train + generate) for the same K runs; * where the "
+    say("vs seq: 'sequential before' seconds (train_lora + transformers' generate, one run after another, as runs "
+        "were made before issue 15) / this way's seconds (train + generate) for the same K runs; * where the "
         "sequential time is K x the per-run time measured at the largest timed K")
     say("train %mm, gen %mm: useful FLOPs (each distinct token once: the shared prefix once per step, no padding; "
         "4 per weight per token in training, 2 in generation; see useful_flops) / (phase seconds x the matmul "
