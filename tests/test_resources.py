@@ -169,19 +169,21 @@ def test_generation_halves_batch_size_on_out_of_memory(tiny_model, monkeypatch):
     prompts = [f"<|im_start|>user\n{s}<|im_end|>\n<|im_start|>assistant\n" for s, _ in
                [(r["source"], 0) for r in pool_records(7)]]
     reference = generate(model, tok, prompts, 3, batch_size=2, progress_bar=False)
-    real, sizes = model.generate, []
+    import llm_al.evaluate as evaluate_mod
+    real, sizes = evaluate_mod.decode_batch, []
 
-    def flaky(**kw):
-        sizes.append(int(kw["input_ids"].shape[0]))
+    def flaky(model, ids, *args, **kw):                # the decoding step every batch goes through
+        sizes.append(int(ids.shape[0]))
         if sizes[-1] > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
-        return real(**kw)
+        return real(model, ids, *args, **kw)
 
-    monkeypatch.setattr(model, "generate", flaky)
+    monkeypatch.setattr(evaluate_mod, "decode_batch", flaky)
     cost: dict = {}
     assert generate(model, tok, prompts, 3, batch_size=8, progress_bar=False, cost=cost) == reference
     assert sizes[:3] == [7, 4, 2] and cost == {"generate_oom_backoffs": 2, "generate_batch_size": 2}
-    monkeypatch.setattr(model, "generate", lambda **kw: (_ for _ in ()).throw(torch.OutOfMemoryError("fake")))
+    monkeypatch.setattr(evaluate_mod, "decode_batch",
+                        lambda *a, **kw: (_ for _ in ()).throw(torch.OutOfMemoryError("fake")))
     with pytest.raises(UserError, match="single prompt"):
         generate(model, tok, prompts, 3, batch_size=4, progress_bar=False)
 
