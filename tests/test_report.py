@@ -30,6 +30,7 @@ def test_paired_gain_over_random_is_found():
     assert kc["vs_random"]["wins"] == 6 and kc["vs_random"]["mean_diff"] == pytest.approx(2.0, abs=0.2)
     assert kc["vs_random"]["verdict"] == "better than random"
     assert "better than random" in format_table(summary)
+    assert "with 6 runs t = 2.57" in format_table(summary)          # the footnote's t is the table's n
 
 
 def test_variance_share_and_ordering_percentile():

@@ -235,6 +235,18 @@ def _budgets(budget) -> str:
     return "/".join(map(str, budget)) if isinstance(budget, list) else str(budget)
 
 
+def _t_note(ns: list[int]) -> str:
+    """The footnote on the t intervals, with the t quantile of the fewest runs a row has."""
+    from scipy import stats as sps
+
+    note = ("95% t-CI: Student t interval of the mean over the n runs (paired: of the n differences from "
+            "random by seed)")
+    n = min((k for k in ns if k >= 2), default=0)
+    if not n:
+        return note + "."
+    return note + f"; with {n} runs t = {sps.t.ppf(0.975, n - 1):.2f} (1.96 for many runs), so few runs give wide intervals."
+
+
 def format_table(summary: dict) -> str:
     rows = table_rows(summary)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -248,8 +260,7 @@ def format_table(summary: dict) -> str:
     extra = [f"  {r['label']}: " + ", ".join(f"{m} {r[m]['mean']:.2f}" for m in others)
              for r in summary["strategies"] if all(m in r for m in others)]
     floor = ", ".join(f"{m} {summary['untrained'][m]:.2f}" for m in others if m in summary["untrained"])
-    notes = ["95% t-CI: Student t interval of the mean over the n runs (paired: of the n differences from "
-             "random by seed); with 3 runs it is wide (t = 4.30), as 3 runs warrant.",
+    notes = [_t_note([r["n"] for r in summary["strategies"] if not r.get("failed")]),
              "scoring cost: model tokens scored (forward passes over the pool) and examples embedded to compute "
              "the strategy's features, beyond the training every strategy pays; random needs none. probe tok: "
              "tokens a probe ran through the model (all MC-dropout passes, generated tokens) in this run; 0 "
