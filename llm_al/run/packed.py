@@ -43,8 +43,9 @@ from llm_al.train_grouped import GroupedRun, train_grouped
 log = logging.getLogger("llm_al")
 
 CPU_PACK = 4
-"""pack_size "auto" on a CPU: training is compute-bound there, so K adds little to training but
-batches generation K-fold (eval/results/bench_throughput-cpu.txt)."""
+"""pack_size "auto" on a CPU. Training is compute-bound there, so stacking runs adds little: on the
+2-core machine with 2 threads a pack of 4 ran 1.09x the runs per hour of a pack of 1 (at 1 thread
+0.91x; eval/results/bench_throughput-cpu.txt)."""
 MAX_AUTO_PACK = 64
 """The largest pack "auto" picks on a GPU (the H200 benchmark went up to 64)."""
 
