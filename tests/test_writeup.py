@@ -319,3 +319,15 @@ def test_setup_names_the_seeds_the_runs_used_not_the_first_runs_config(tmp_path)
         _write(root, "kcenter", "shuffled", s, s, s, 31.0 + s, cfg)
     md = write_report(root)["report.md"].read_text()
     assert "design paired (seeds [0, 1, 2])" in md
+
+
+def test_title_names_the_folders_own_config(tmp_path):
+    """Runs reused from an earlier experiment keep their config's name; the report is titled by the
+    folder's config.yaml (the invocation that made the folder), when there is one."""
+    cfg = _cfg(strategies=["random"], seeds=[0, 1])
+    for k in range(2):
+        _write(tmp_path, "random", "shuffled", k, k, k, 30.0 + k, {**cfg, "name": "earlier"})
+    assert write_report(tmp_path)["report.md"].read_text(encoding="utf-8").startswith("# llm-al report: earlier")
+    (tmp_path / "config.yaml").write_text("name: this_folder\n", encoding="utf-8")
+    assert write_report(tmp_path)["report.md"].read_text(encoding="utf-8").startswith(
+        "# llm-al report: this_folder")

@@ -372,7 +372,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
 
     for section in (_vs_random, _cost, variance_section, _correlations, _curves, _overlap, _orderings, windows_section):
         section(doc, c)
-    title = f"llm-al report: {cfg.get('name', results.name)} ({results})"
+    folder_cfg = results / "config.yaml"       # the folder's own invocation; runs may come from earlier ones
+    name = (yaml.safe_load(folder_cfg.read_text(encoding="utf-8")) or {}).get("name") if folder_cfg.exists() else None
+    title = f"llm-al report: {name or cfg.get('name', results.name)} ({results})"
     write_text(out / "report.md", doc.markdown(title))
     write_text(out / "report.html", doc.html(title))
     return {"report.md": out / "report.md", "report.html": out / "report.html", **doc.files}
