@@ -151,3 +151,13 @@ def test_the_umask_is_read_without_changing_it():
     finally:
         os.umask(mask)
     assert io._current_umask() == mask
+
+
+def test_out_dir_check_is_per_process(tmp_path):
+    """Ray workers check one out_dir at once: a probe another process holds (here the old shared
+    name, left as a directory) does not make this process's check fail."""
+    from llm_al.run.experiment import check_out_dir
+
+    (tmp_path / ".write-test").mkdir()
+    check_out_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".write-test"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 import traceback
@@ -91,7 +92,7 @@ def _with_defaults(section, default):
 def check_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"          # per process: workers check one out_dir at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
