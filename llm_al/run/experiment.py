@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 import traceback
@@ -36,7 +35,7 @@ from llm_al.run.loop import run_loop
 from llm_al.run.pipeline import compute_features, load_data
 from llm_al.run.packed import Sweep, run_packed
 from llm_al.run.record import describe_subset, run_header, selection_record
-from llm_al.run.resources import check_run_resources
+from llm_al.run.resources import check_run_resources, check_writable
 from llm_al.seeds import rng
 from llm_al.strategies.base import run_strategy
 from llm_al.strategies.needs import needed_features
@@ -90,13 +89,9 @@ def _with_defaults(section, default):
 
 
 def check_out_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"          # per process: workers check one out_dir at once
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"cannot write to output directory {str(out)!r}: {err.strerror or err}") from None
+    """Create the output directory and check it is writable (a per-process probe: Ray workers check
+    one out_dir at once)."""
+    check_writable(out, "output directory")
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
