@@ -102,17 +102,20 @@ def candidate_indices(pool: Pool, labelled: Pool | None) -> np.ndarray:
 
 def select(pool: Pool, strategy: str, budget: int, *, seed: int = 0, model: ModelConfig | None = None,
            explain: bool = False, features: Features | None = None, progress: bool = True,
-           labelled: Pool | None = None) -> list[Pick]:
+           labelled: Pool | None = None, targets: str | None = None) -> list[Pick]:
     """`budget` examples of `pool` chosen by `strategy` (a spec: `name` or `name:key=value,...`), in
     pick order. The features the strategy needs are computed (and cached) with `model` (default:
     the embedded models), unless `features` for this pool are given. Same seed, same picks as
     `llm-al select --seed`. `labelled`: examples already chosen ("I have these, pick `budget`
     more"), e.g. an earlier selection: pool examples with one of their prompts are never picked,
-    and a strategy registered labelled="used: ..." (`llm-al list`) picks away from them."""
+    and a strategy registered labelled="used: ..." (`llm-al list`) picks away from them. `targets`:
+    the target set of `rds` (config probe.targets), a file of examples of the data to do well on
+    (default: the embedded task's dev split, for an embedded:NAME pool)."""
     name, params = check_selection(pool, strategy, budget, labelled)
     if features is None:
         needs = needed_features([(name, params)], []) | ({"embeddings"} if explain else set())
-        features = compute_features(pool, needs, model or ModelConfig(), progress=progress)
+        cfg = config_from(None, {"probe.targets": targets}) if targets else None
+        features = compute_features(pool, needs, model or ModelConfig(), progress=progress, cfg=cfg)
     candidates, chosen_from = candidate_indices(pool, labelled), features
     if labelled is not None:
         lab = labelled_set_features(pool, labelled, features, labelled_needs(name), model, progress)

@@ -8,6 +8,7 @@
     llm-al annotate export|import ...          humans in the loop: prompts out, filled responses back in
     llm-al annotate synthesize POOL --out F --n N   new prompts written near the least-sure pool prompts
     llm-al report RESULTS_DIR                   Markdown + HTML report with plots and statistics
+    llm-al eval-harness RUN_DIR --tasks T1,T2   lm-eval scores of a run's adapter, added to its result
     llm-al list                                 strategies, orderings and metrics
     llm-al doctor                               what the environment has and lacks
 
@@ -93,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--labelled", default=None, metavar="FILE",
                      help="examples already chosen (any format select reads, e.g. an earlier --out): never picked "
                           "again, and strategies that use a labelled set pick away from them (llm-al list)")
+    sel.add_argument("--targets", default=None, metavar="FILE",
+                     help="rds: examples of the data to do well on (any pool format; default: an embedded task's dev split)")
+    sel.add_argument("--order", default=None, metavar="ORDERING",
+                     help="write the picks in this training order (llm-al list: easy_to_hard, shuffled, ...; "
+                          "default: pick order), for trainers that keep the file's order (README: hand-off)")
     sel.add_argument("--explain", action="store_true",
                      help="add why each example was picked: its k-means cluster and nearest earlier pick (embeddings)")
     sel.add_argument("--seed", type=NON_NEGATIVE, default=0)
@@ -188,7 +194,22 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("results_dir")
     rep.add_argument("--out", default=None, help="output folder (default: RESULTS_DIR/report)")
 
+    har = sub.add_parser("eval-harness", help="lm-evaluation-harness on the base model + a run's adapter; the "
+                         "scores join the run's result (needs: pip install 'llm-al[harness]')")
+    har.add_argument("run_dir", metavar="RUN_DIR", help="RESULTS_DIR/adapters/RUN_ID or RESULTS_DIR/runs/RUN_ID.json")
+    har.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    har.add_argument("--limit", type=POSITIVE, default=None, help="at most N examples per task")
+    har.add_argument("--include-path", action="append", default=[], metavar="DIR", help="a folder of task YAML files")
+    har.add_argument("--batch-size", default="8", help="an integer, 'auto' or 'auto:N' (default 8)")
+    har.add_argument("--device", default=None, help="default: the run's model.device")
+
+    lb = sub.add_parser("leaderboard", help="every strategy vs random across results folders (one task each), "
+                        "Holm-adjusted as one family, with each strategy's cost")
+    lb.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR")
+    lb.add_argument("--out", default=None, help="also write the Markdown table here")
+
     sub.add_parser("list", help="list strategies, orderings and metrics")
+    sub.add_parser("tasks", help="list the embedded tasks (pick one with task=NAME), with their pool and test sizes")
     sub.add_parser("doctor", help="report the environment (torch, GPU, embedded assets, cache, offline state)")
     return p
 
@@ -492,7 +513,12 @@ def cmd_select(args: argparse.Namespace) -> None:
 
     name, params = parse_strategy(args.strategy)
     STRATEGIES.check(name, params)                  # parameter values, in the first second
-    needs = needed_features([(name, params)], []) | ({"embeddings"} if args.explain else set())
+    if args.order is not None:
+        from llm_al.orderings import ORDERINGS
+
+        ORDERINGS.check(args.order)
+    orderings = [args.order] if args.order else []
+    needs = needed_features([(name, params)], orderings) | ({"embeddings"} if args.explain else set())
     model_cfg = api.model_config(args.model, embedder=args.embedder, scorer=args.scorer, device=args.device,
                                  max_length=args.max_length, trust_remote_code=args.trust_remote_code)
     pool = api.load_pool(args.pool, fields=_fields(args.field), system_prompt=args.system_prompt, split=args.split,
@@ -508,7 +534,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         print(plan_select(pool, args.strategy, needs, model_cfg, args.budget, args.out, output_format))
         return
     picks = api.select(pool, args.strategy, args.budget, seed=args.seed, model=model_cfg, explain=args.explain,
-                       labelled=labelled)
+                       labelled=labelled, targets=args.targets)
     columns = {
         "llm_al_id": [p.id for p in picks],
         "llm_al_rank": [p.rank for p in picks],
@@ -516,10 +542,16 @@ def cmd_select(args: argparse.Namespace) -> None:
     }
     for col in picks[0].explanation:
         columns[col] = [p.explanation[col] for p in picks]
-    path = write_subset(pool, [p.index for p in picks], args.out, columns=columns, shape=args.export_shape)
+    rows = list(range(len(picks)))
+    if args.order:                                  # the training order: rows re-sorted, columns with them
+        at = {p.index: k for k, p in enumerate(picks)}
+        rows = [at[i] for i in api.order(pool, picks, args.order, seed=args.seed, model=model_cfg)]
+        columns = {col: [values[k] for k in rows] for col, values in columns.items()}
+    path = write_subset(pool, [picks[k].index for k in rows], args.out, columns=columns, shape=args.export_shape)
     beside = "" if labelled is None else f" beside the {len(labelled)} in {args.labelled}"
     print(f"selected {len(picks)} of {len(pool)} examples{beside} with {args.strategy} (seed {args.seed}) -> {path}")
-    print(f"llm_al_score is the {picks[0].reason}; llm_al_rank is the pick order")
+    print(f"llm_al_score is the {picks[0].reason}; llm_al_rank is the pick order"
+          + (f"; the rows are in {args.order} order (train in file order: README, hand-off)" if args.order else ""))
 
 
 def cmd_annotate_import(args: argparse.Namespace) -> None:
@@ -552,6 +584,16 @@ def cmd_annotate_import(args: argparse.Namespace) -> None:
     print(f"{len(new)} responses merged; {len(keep)} {what} -> {path}")
 
 
+def cmd_eval_harness(args: argparse.Namespace) -> None:
+    from llm_al.harness import evaluate_run
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    entries = evaluate_run(args.run_dir, tasks, args.limit, args.include_path, args.batch_size, args.device)
+    for task, entry in entries.items():
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in entry["metrics"].items() if v is not None and "stderr" not in k)
+        print(f"{task}: {scores} (n={entry['n_samples']})")
+
+
 def _options_last(argv: list[str], options: dict[str, int]) -> list[str]:
     """argv with the given options (name -> how many values follow it; `--name=value` too) moved
     to the end, so they may stand among the key=value overrides."""
@@ -579,6 +621,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             cmd_list()
+        elif args.command == "leaderboard":
+            from llm_al.analysis.leaderboard import format_leaderboard, leaderboard
+            from llm_al.io import check_output, write_text
+
+            if args.out:
+                check_output(args.out, [*args.results_dirs], label="--out")
+            text = format_leaderboard(leaderboard(args.results_dirs))
+            print(text)
+            if args.out:
+                write_text(args.out, text)
+        elif args.command == "tasks":
+            from llm_al.data.tasks import task_table
+
+            print(task_table())
         elif args.command == "doctor":
             from llm_al.doctor import report
 
@@ -597,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_overlap(args)
         elif args.command == "annotate":
             cmd_annotate(args)
+        elif args.command == "eval-harness":
+            cmd_eval_harness(args)
         elif args.command == "report":
             from llm_al import api
             from llm_al.io import check_output

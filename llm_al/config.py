@@ -22,9 +22,11 @@ from typing import Any
 import yaml
 
 from llm_al.data.demo import EMBEDDED_POOL
+from llm_al.data.reference import is_hub_id
 from llm_al.errors import ConfigError, UnknownNameError, UserError
+from llm_al.metrics_evaluate import builtin_names, is_evaluate_spec, load_evaluate_metric, naming_help
 from llm_al.models import DTYPES, EMBEDDED_EMBEDDER, EMBEDDED_MODEL
-from llm_al.registries import METRICS, ORDERINGS, STRATEGIES, provided_names
+from llm_al.registries import METRICS, ORDERINGS, STRATEGIES, TASKS, provided_names
 from llm_al.registry import did_you_mean
 from llm_al.types import FEATURE_NAMES
 
@@ -73,13 +75,21 @@ class DataConfig:
     target_lang: str | None = None
     """Translation pools: the target language of pairs whose records name none (e.g. fr or French)."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.pool, str) and self.pool.startswith("embedded:"):
+            TASKS.get(self.pool[len("embedded:"):])          # an unknown task lists the valid ones
+
 
 @dataclass
 class ModelConfig:
     name: str = EMBEDDED_MODEL
     """Causal LM to score, fine-tune and evaluate: embedded default, hub id or local folder."""
     embedder: str = EMBEDDED_EMBEDDER
-    """sentence-transformers model for embedding features."""
+    """sentence-transformers model for embedding features (hub id or local folder), or `model`: the
+    causal LM's own final hidden states, position-weighted mean-pooled over every token of each
+    formatted example and L2-normalised (SGPT / RDS+), from the same pass as the losses and cached
+    beside them (llm_al.features.pooling). `model` needs labelled examples and has no use for
+    plain reference passages (ref_similarity)."""
     scorer: str | None = None
     """A second, small causal LM for scorer_ifd (Superfiltering); None: not configured."""
     device: str = "auto"
@@ -133,6 +143,10 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["chrf", "bleu", "rougeL", "exact_match"])
+    """Built-in metrics (`llm-al list`) and any Hugging Face `evaluate` metric: `evaluate:<hub id>`, a
+    local script `path/to/m.py` or folder `./m`, with `;key=...;higher_is_better=...;range=0..1` where
+    the metric does not declare them (llm_al.metrics_evaluate). Each evaluate metric is loaded and
+    checked here, before any work (3-5 s for the `evaluate` import, once per process)."""
     primary: str = "chrf"
     """The metric the comparison table and the verdicts use."""
     max_new_tokens: int = 64
@@ -140,7 +154,11 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         for name in self.metrics:
-            METRICS.get(name)
+            if is_evaluate_spec(name):
+                load_evaluate_metric(name)
+            elif name not in METRICS:
+                raise UnknownNameError(f"eval.metrics: unknown metric {name!r}."
+                                       f"{did_you_mean(name, builtin_names())} {naming_help()}")
         if self.primary not in self.metrics:
             raise ConfigError(f"eval.primary {self.primary!r} is not among eval.metrics {self.metrics}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -189,6 +207,11 @@ class ProbeConfig:
     """Sampled answers per prompt for the `sampled` probe (gen_disagreement, bleu_variance); >= 2."""
     gen_temperature: float = 1.0
     """Sampling temperature of the `sampled` probe (no top-k / top-p truncation)."""
+    targets: str | None = None
+    """The target set of the `rds_targets` probe (strategy rds): examples of the data to do well on, a
+    file (or datasets folder, hub id) in any pool format, read as the pool is (data.fields, the pool's
+    load-time system prompt); a record's `task` groups them. None: the embedded task's dev split
+    (llm_al.data.tasks.dev_records) when data.pool is embedded:NAME, else rds is an error."""
 
     def __post_init__(self) -> None:
         for name, lo in (("mc_passes", 2), ("committee_size", 2), ("ngram_max", 1), ("gen_samples", 2)):
@@ -199,6 +222,10 @@ class ProbeConfig:
             raise ConfigError(f"probe.mc_dropout must be in [0, 1), got {self.mc_dropout!r}")
         if not self.gen_temperature > 0:
             raise ConfigError(f"probe.gen_temperature must be > 0, got {self.gen_temperature!r}")
+        if self.targets is not None and not (isinstance(self.targets, str) and self.targets
+                                             and (Path(self.targets).expanduser().exists() or is_hub_id(self.targets))):
+            raise ConfigError(f"probe.targets must name an existing file or folder of target examples (or a hub "
+                              f"dataset id), got {self.targets!r}")
 
 
 @dataclass
@@ -350,6 +377,23 @@ def parse_strategy(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------- building
+def task_alias(delta: dict) -> dict:
+    """A recipe's or override's top-level `task: NAME` as `data.pool: embedded:NAME`."""
+    if "task" not in delta:
+        return delta
+    delta = dict(delta)
+    task = delta.pop("task")
+    if not isinstance(task, str) or not task:
+        raise ConfigError(f"task must be the name of an embedded task (llm-al tasks), got {task!r}")
+    data = dict(delta.get("data") or {})
+    pool = data.get("pool")
+    if pool is not None and pool != "embedded:" + task:
+        raise ConfigError(f"task={task!r} and data.pool={pool!r} both name the pool: keep one")
+    data["pool"] = "embedded:" + task
+    delta["data"] = data
+    return delta
+
+
 def _merge(base: dict, delta: dict, cls: type, prefix: str = "") -> dict:
     """Deep-merge `delta` into `base`, rejecting keys the dataclass `cls` does not have."""
     known = {f.name: f for f in fields(cls)}
@@ -437,8 +481,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
             raise ConfigError(f"{path}: not a valid recipe: {err}") from None
         if not isinstance(delta, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of config keys, got {type(delta).__name__}")
-        values = _merge(values, delta, ExperimentConfig)
-    values = _merge(values, parse_overrides(overrides or []), ExperimentConfig)
+        values = _merge(values, task_alias(delta), ExperimentConfig)
+    values = _merge(values, task_alias(parse_overrides(overrides or [])), ExperimentConfig)
     return _build(ExperimentConfig, values)
 
 
@@ -459,4 +503,4 @@ def config_from(source: ExperimentConfig | str | Path | None = None, delta: dict
             node[parts[-1]].update(value)
         else:
             node[parts[-1]] = value
-    return _build(ExperimentConfig, _merge(values, nested, ExperimentConfig))
+    return _build(ExperimentConfig, _merge(values, task_alias(nested), ExperimentConfig))

@@ -121,14 +121,29 @@ def evaluate(model, tokenizer, examples: Sequence[Example], cfg: EvalConfig, pro
 def score_predictions(examples: Sequence[Example], predictions: Sequence[str], cfg: EvalConfig,
                       gen_seconds: float) -> dict:
     """evaluate()'s result for `predictions` of `examples` (one run's generations, however made):
-    the metrics, per-example scores, predictions, ids, and timing (seconds = generation + scoring)."""
+    the metrics, per-example scores, predictions, ids, and timing (seconds = generation + scoring).
+    When the examples come from more than one task (their records' `task`, as in the mixed pool),
+    `metrics` is the macro average of the tasks' own scores, `by_task` holds each task's, and
+    `metrics_pooled` the scores of all examples as one corpus."""
     t0 = time.perf_counter()
-    scores = score_all(cfg.metrics, list(predictions), [ex.response for ex in examples])
-    return {
+    predictions, references = list(predictions), [ex.response for ex in examples]
+    scores = score_all(cfg.metrics, predictions, references)
+    result = {
         "metrics": {name: s["score"] for name, s in scores.items()},
         "per_example": {name: s["per_example"] for name, s in scores.items()},
-        "predictions": list(predictions),
+        "predictions": predictions,
         "ids": [ex.id for ex in examples],
-        "seconds": gen_seconds + time.perf_counter() - t0,
-        "generate_seconds": gen_seconds,
     }
+    tasks = [ex.source.get("task") if isinstance(ex.source, dict) else None for ex in examples]
+    if len(set(tasks)) > 1:                 # a mixed test set: each task on its own, then their macro average
+        by_task = {}
+        for task in sorted(set(tasks), key=str):
+            rows = [i for i, t in enumerate(tasks) if t == task]
+            part = score_all(cfg.metrics, [predictions[i] for i in rows], [references[i] for i in rows])
+            by_task[str(task)] = {"n": len(rows), **{name: s["score"] for name, s in part.items()}}
+        result["metrics_pooled"] = result["metrics"]
+        result["metrics"] = {name: sum(t[name] for t in by_task.values()) / len(by_task) for name in cfg.metrics}
+        result["by_task"] = by_task
+        result["aggregate"] = f"macro average over {len(by_task)} tasks (metrics_pooled: all test examples as one corpus)"
+    result.update({"seconds": gen_seconds + time.perf_counter() - t0, "generate_seconds": gen_seconds})
+    return result

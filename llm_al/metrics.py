@@ -1,8 +1,19 @@
 """Generation metrics, all on a 0-100 scale, each with per-example scores.
 
 `fn(predictions, references) -> (corpus score, per-example scores)`, registered with metadata
-(`higher_is_better`) so reports never guess a direction. sacrebleu and rouge-score are called
-directly (the `evaluate` hub metrics do not load offline).
+(`higher_is_better`) so reports never guess a direction. Any Hugging Face `evaluate` metric can be
+named beside these (`evaluate:<hub id>`, or a local `.py` script or folder): see metrics_evaluate.py;
+`metric(name)` resolves either kind.
+
+The well-kept library path for the built-ins is sacrebleu and rouge-score called directly, not
+`evaluate`'s chrf / sacrebleu / rouge scripts, because those scripts are thin wrappers of the same
+calls with the same defaults (tests/test_metrics_evaluate.py checks chrF and BLEU give identical
+corpus scores on accented text, and ROUGE-L identical per-example scores on ASCII text), while
+`evaluate` adds a 3-5 s import, hub scripts that do not load offline, and for ROUGE a corpus score
+that is a bootstrap median of resampled means (random) rather than the mean. Two deliberate
+differences: ROUGE-L here tokenises Unicode words (rouge-score's default tokenizer, which evaluate
+uses, drops every non-ASCII letter, so "été" becomes "t"), and per-example BLEU uses
+effective order (sacrebleu.sentence_bleu) where a one-pair `evaluate` sacrebleu call does not.
 """
 
 from __future__ import annotations
@@ -12,7 +23,9 @@ from typing import Sequence
 
 import numpy as np
 
+from llm_al.metrics_evaluate import is_evaluate_spec, load_evaluate_metric
 from llm_al.registries import METRICS
+from llm_al.registry import Entry
 
 
 def _check(predictions: Sequence[str], references: Sequence[str]) -> None:
@@ -70,9 +83,15 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> tuple[
     return float(per.mean()), per
 
 
+def metric(name: str) -> Entry:
+    """The METRICS entry of a built-in name or an evaluate spec (loaded and registered on first use;
+    a fresh process, such as a worker that unpickled its config, loads it here)."""
+    return load_evaluate_metric(name) if is_evaluate_spec(name) else METRICS.get(name)
+
+
 def score_all(names: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> dict[str, dict]:
     out = {}
     for name in names:
-        corpus, per = METRICS.get(name).fn(predictions, references)
+        corpus, per = metric(name).fn(predictions, references)
         out[name] = {"score": corpus, "per_example": per.round(4).tolist()}
     return out

@@ -18,10 +18,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llm_al.errors import UserError
+from llm_al.errors import ConfigError, UserError
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 EMBEDDED_EMBEDDER = "embedded:all-minilm-l6-v2"
+MODEL_EMBEDDER = "model"
+"""model.embedder=model: the causal LM's own pooled hidden states, from its scoring pass
+(llm_al.features.pooling), not a sentence-transformers model."""
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -193,6 +196,12 @@ def load_model(name: str, device: str = "auto", dtype: Any = None, trust_remote_
 
 
 def load_embedder(name: str, device: str = "auto"):
+    """A sentence-transformers model; `model` (MODEL_EMBEDDER) is none: its vectors come from the LM's
+    scoring pass, so a path that needs an encoder to call is a ConfigError."""
+    if name == MODEL_EMBEDDER:
+        raise ConfigError("model.embedder=model pools the causal LM's hidden states inside its scoring pass "
+                          "(pipeline.compute_features); this step needs a sentence-transformers model to encode "
+                          "text with: set model.embedder (--embedder) to one, e.g. " + EMBEDDED_EMBEDDER)
     from sentence_transformers import SentenceTransformer
 
     device = pick_device(device)

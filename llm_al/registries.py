@@ -9,6 +9,7 @@ plug-ins register where they are defined:
     @PROBES.register(name, description, provides=(...))     beside the strategies that use the scores
     @ORDERINGS.register(name, description, needs=(...))     in llm_al/orderings.py
     @METRICS.register(name, description, higher_is_better=...)   in llm_al/metrics.py
+    @TASKS.register(name, description, source=..., licence=...)  in llm_al/data/tasks.py
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ ProbeFn = Callable[..., "tuple[dict, dict]"]
 """fn(ctx: features.probes.ProbeContext) -> (scores by name, cost)"""
 MetricFn = Callable[..., "tuple[float, object]"]
 """fn(predictions, references) -> (corpus score, (N,) per-example scores), on a 0-100 scale"""
+TaskFn = Callable[[], "object"]
+"""fn() -> data.tasks.TaskData (the pool and test records of an embedded task)"""
 OrderingFn = Callable[..., "object"]
 """fn(indices, features, rng) -> a permutation of indices (see orderings.py)"""
 
@@ -54,6 +57,7 @@ STRATEGIES: Registry[StrategyFn] = Registry("strategy", "strategies", home="llm_
 PROBES: Registry[ProbeFn] = Registry("probe", home="llm_al.strategies")
 ORDERINGS: Registry[OrderingFn] = Registry("ordering", home="llm_al.orderings")
 METRICS: Registry[MetricFn] = Registry("metric", home="llm_al.metrics")
+TASKS: Registry[TaskFn] = Registry("task", home="llm_al.data.tasks")
 
 
 # ---------------------------------------------------------------------------- probe lookups

@@ -57,6 +57,13 @@ class Registry(Generic[F]):
         self.home = home
         self.check_meta = check_meta
         self._entries: dict[str, Entry[F]] = {}
+        self._resolvers: list[Callable[[str], "Entry[F] | None"]] = []
+
+    def add_resolver(self, resolve: Callable[[str], "Entry[F] | None"]) -> None:
+        """`resolve(name)` is asked for a name no plug-in registered (after the home module is
+        imported); it may load, register and return an entry, or return None. The metrics use it so
+        that an `evaluate` spec resolves in any process, not only the one that read the config."""
+        self._resolvers.append(resolve)
 
     def _load(self) -> None:
         """Import the module whose import registers the entries (once; a no-op while it is importing)."""
@@ -79,6 +86,10 @@ class Registry(Generic[F]):
     def get(self, name: str) -> Entry[F]:
         self._load()
         if name not in self._entries:
+            for resolve in self._resolvers:
+                entry = resolve(name)
+                if entry is not None:
+                    return entry
             names = sorted(self._entries)
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}.{did_you_mean(name, names)} "

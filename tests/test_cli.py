@@ -169,6 +169,23 @@ def test_select_with_model_scores(tmp_path, pool_file, tiny_model_dir, cache_dir
     assert [r["llm_al_rank"] for r in rows] == [1, 2, 3, 4]
 
 
+def test_select_writes_the_picks_in_a_training_order(tmp_path, pool_file, tiny_model_dir, cache_dir, capsys):
+    """--order: the file is the training order (for trainers that keep it), each row keeping its own columns."""
+    out = tmp_path / "ordered.jsonl"
+    args = ["select", str(pool_file), "--strategy", "perplexity", "--budget", "6", "--model", str(tiny_model_dir)]
+    assert main([*args, "--out", str(out), "--order", "easy_to_hard"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    scores = [r["llm_al_score"] for r in rows]      # perplexity's score is the loss easy_to_hard sorts by
+    assert scores == sorted(scores) and sorted(r["llm_al_rank"] for r in rows) == [1, 2, 3, 4, 5, 6]
+    assert [r["llm_al_rank"] for r in rows] != [1, 2, 3, 4, 5, 6]   # high band picks hardest first: reversed
+    assert main([*args, "--out", str(tmp_path / "plain.jsonl")]) == 0
+    plain = [json.loads(line) for line in (tmp_path / "plain.jsonl").read_text().splitlines()]
+    assert {r["llm_al_id"] for r in plain} == {r["llm_al_id"] for r in rows}
+    assert "easy_to_hard order" in capsys.readouterr().out
+    err = _bad([*args, "--out", str(tmp_path / "x.jsonl"), "--order", "easy_to_hardd"], tmp_path, capsys)
+    assert "Did you mean 'easy_to_hard'" in err
+
+
 def test_superfiltering_without_scorer_is_a_clear_error(tmp_path, pool_file, tiny_model_dir, cache_dir, capsys):
     err = _bad(["select", str(pool_file), "--strategy", "superfiltering", "--budget", "2",
                 "--out", str(tmp_path / "o.jsonl"), "--model", str(tiny_model_dir)], tmp_path, capsys)

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "llm_al"
 MAX_FILE_LINES = 450
 LAYERS = [   # bottom first; a module may import from its own layer and the ones below
     ("base", ["llm_al", "llm_al.errors", "llm_al.io", "llm_al.registry", "llm_al.registries", "llm_al.seeds",
-              "llm_al.types", "llm_al.models", "llm_al.doctor"]),
+              "llm_al.types", "llm_al.models", "llm_al.doctor", "llm_al.metrics_evaluate"]),
     ("data", ["llm_al.data"]),
     ("config", ["llm_al.config"]),
     ("features", ["llm_al.features"]),
@@ -27,7 +27,7 @@ LAYERS = [   # bottom first; a module may import from its own layer and the ones
                      "llm_al.metrics"]),
     ("selection", ["llm_al.strategies", "llm_al.orderings"]),
     ("analysis", ["llm_al.analysis"]),
-    ("run", ["llm_al.run"]),
+    ("run", ["llm_al.run", "llm_al.harness"]),
     ("api", ["llm_al.api"]),
     ("cli", ["llm_al.cli"]),
 ]

@@ -138,3 +138,23 @@ def test_table_prints_n_beside_every_interval_and_the_share_beside_its_null():
     assert var["null_share"] == pytest.approx(9 / 11) and var["runs_per_subset"] == 4
     assert [c["name"] for c in var["components"]] == ["subset", "order"]
     assert f"{100 * var['share_within']:.0f} (82)" in format_table(summarize(runs, FLOOR, grid))
+
+
+def test_a_mixed_test_set_is_reported_per_task_beside_the_macro_average():
+    cfg = load_config(None, ["strategies=[random, kcenter]", "seeds=[0, 1]"])
+    runs = []
+    for k, (a, b) in enumerate([(40.0, 10.0), (44.0, 12.0)]):
+        for strategy, shift in (("random", 0.0), ("kcenter", 5.0)):
+            r = _run(strategy, "shuffled", k, k, k, (a + b + shift) / 2)
+            r["eval"]["by_task"] = {"code": {"n": 25, "chrf": a + shift}, "chat": {"n": 25, "chrf": b}}
+            runs.append(r)
+    floor = {**FLOOR, "eval": {**FLOOR["eval"], "aggregate": "macro average over 2 tasks",
+                               "by_task": {"code": {"n": 25, "chrf": 8.0}, "chat": {"n": 25, "chrf": 3.0}}}}
+    summary = summarize(runs, floor, cfg)
+    kc = next(r for r in summary["strategies"] if r["strategy"] == "kcenter")
+    assert kc["by_task"] == {"chat": {"mean": 11.0, "n_test": 25}, "code": {"mean": 47.0, "n_test": 25}}
+    text = format_table(summary)
+    assert "macro average over 2 tasks" in text and "chat [25], code [25]" in text
+    assert "untrained: 3.00, 8.00" in text and "kcenter: 11.00, 47.00" in text
+    plain = summarize([r | {"eval": {"metrics": r["eval"]["metrics"]}} for r in runs], FLOOR, cfg)
+    assert all(r["by_task"] is None for r in plain["strategies"]) and "Per task" not in format_table(plain)

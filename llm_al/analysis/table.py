@@ -85,6 +85,7 @@ def summarize(results: list[dict], floor: dict, cfg: ExperimentConfig, feature_c
                 ci = list(t_interval(vals)) if len(vals) > 1 else None
                 row[metric] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
                                "ci": ci, "values": vals.tolist()}
+            row["by_task"] = _by_task(list(runs.values()), primary)
             row["train_seconds"] = float(np.mean([r["timings"]["train_seconds"] for r in runs.values()]))
             row["select_seconds"] = float(np.mean([r["timings"]["select_seconds"] for r in runs.values()]))
             row["overlap"] = _mean_overlap(list(runs.values()))
@@ -111,7 +112,17 @@ def summarize(results: list[dict], floor: dict, cfg: ExperimentConfig, feature_c
     return {"primary": primary, "higher_is_better": higher,
             "budget": budgets[0] if len(budgets) == 1 else budgets, "orderings": cfg.orderings,
             "design": cfg.design, "runs": sum(r["n"] for r in rows), "test_size": floor.get("test_size"),
-            "pool_size": floor.get("pool_size"), "untrained": floor["eval"]["metrics"], "strategies": rows}
+            "pool_size": floor.get("pool_size"), "untrained": floor["eval"]["metrics"], "strategies": rows,
+            "untrained_by_task": _by_task([floor], primary), "aggregate": floor["eval"].get("aggregate")}
+
+
+def _by_task(runs: list[dict], primary: str) -> dict | None:
+    """Mean primary metric per task over runs whose test set mixes tasks (eval.by_task), else None."""
+    if not runs or not all(r["eval"].get("by_task") for r in runs):
+        return None
+    tasks = sorted(runs[0]["eval"]["by_task"])
+    return {t: {"mean": float(np.mean([r["eval"]["by_task"][t][primary] for r in runs])),
+                "n_test": runs[0]["eval"]["by_task"][t]["n"]} for t in tasks}
 
 
 def _curve(runs: list[dict], primary: str) -> list[dict] | None:
@@ -267,6 +278,16 @@ def format_table(summary: dict) -> str:
              "when its results came from the cache.",
              "Overlap columns: share of the subset's word n-grams found in the reference corpus, share of its "
              "words seen there, and share of the test references' words present in the subset's responses."]
+    per_task = [r for r in summary["strategies"] if r.get("by_task")]
+    if per_task:
+        tasks = list(per_task[0]["by_task"])
+        notes.append(f"Per task ({summary['primary']}, mean over runs; test examples per task in brackets). The table's "
+                     f"figures are {summary.get('aggregate') or 'the macro average over the tasks'}:")
+        notes.append("  " + ", ".join(f"{t} [{per_task[0]['by_task'][t]['n_test']}]" for t in tasks))
+        floor_tasks = summary.get("untrained_by_task") or {}
+        if floor_tasks:
+            notes.append("  untrained: " + ", ".join(f"{floor_tasks[t]['mean']:.2f}" for t in tasks))
+        notes += [f"  {r['label']}: " + ", ".join(f"{r['by_task'][t]['mean']:.2f}" for t in tasks) for r in per_task]
     if any("vs_shuffled" in r for r in summary["strategies"]):
         notes.append("pct of shuffled: percentile of the ordering's mean among the runs of the same strategy "
                      "under shuffled orders (50 = typical of a random order).")

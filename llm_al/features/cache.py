@@ -179,6 +179,22 @@ def _new_shard_name() -> str:
     return f"{os.getpid()}-{next(_counter):06d}-{secrets.token_hex(4)}.npz"
 
 
+class SavedElsewhere:
+    """Which of the `todo` positions of `keys` a batch of cache keys (as bytes, ShardedCache.new_keys)
+    holds: the rows another process saved meanwhile."""
+
+    def __init__(self, keys: Sequence[str], todo: Sequence[int]):
+        todo_keys = key_bytes(np.asarray([keys[i] for i in todo], dtype=str))
+        by_key = np.argsort(todo_keys)
+        self.sorted_keys, self.todo_at = todo_keys[by_key], np.asarray(todo)[by_key]
+
+    def __call__(self, new: np.ndarray) -> np.ndarray:
+        if not len(new):
+            return np.zeros(0, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.sorted_keys, new), len(self.sorted_keys) - 1)
+        return self.todo_at[pos[self.sorted_keys[pos] == new]]
+
+
 class ShardedCache:
     """Rows keyed by strings in a folder of append-only shards: `missing`, `add`, `get`.
 

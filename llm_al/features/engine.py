@@ -5,7 +5,8 @@
   `min_k` / `min_k_plus`: Min-K% Prob and Min-K%++ membership scores, from the same pass. The
   shared prompt prefix runs once, the rest is packed with no padding, and the LM head runs at
   response positions only (see response_token_stats).
-- `embeddings`: L2-normalised sentence embeddings of each example's text.
+- `embeddings`: L2-normalised sentence embeddings of each example's text (compute_embeddings), or,
+  with model.embedder=model, the model's own pooled hidden states from the loss pass (pooling.py).
 - `length`: response length in words (needs no model).
 
 The caches hold one row per example text, keyed by a hash of the exact formatted text, in a folder
@@ -25,10 +26,12 @@ import numpy as np
 
 from llm_al.data.pool import Example
 from llm_al.errors import UserError
-from llm_al.features.cache import ShardedCache, key_bytes, text_key
+from llm_al.features.cache import SavedElsewhere, ShardedCache, text_key
 from llm_al.features.formatting import (PackedBatch, TokenTable, Tokenized, head_logits, pack_suffixes, plain_start_id,
                                plan_rows, shared_prefix_length, tokenize_table)
 from llm_al.features.memory import free_accelerator_memory, out_of_memory_errors
+from llm_al.features.pooling import (embedding_cache, hidden_size, pool_members, prefix_weighted_sum,
+                                     require_responses)
 from llm_al.io import claim, clear_stale_claims
 from llm_al.types import MIN_K_FRACTIONS, Features, ifd_ratio
 
@@ -78,7 +81,8 @@ CPU (8-16 rows were best; 48 were as slow as 1024). On GPU it runs on the whole 
 
 def response_token_stats(model, items: Sequence[Tokenized], pad_id: int, max_tokens: int = 4096,
                          max_batch: int = 64, progress: Callable | None = None,
-                         row_tokens: int = ROW_TOKENS, share_prefix: bool = True) -> np.ndarray:
+                         row_tokens: int = ROW_TOKENS, share_prefix: bool = True,
+                         embed_out: np.ndarray | None = None) -> np.ndarray:
     """(N, len(STAT_COLUMNS)) array per item: summed response NLL, summed predictive entropy,
     response-token count, for each k in MIN_K_FRACTIONS the mean of the lowest k% of the
     response-token log-probs (Min-K% Prob), then the mean of the lowest k% of the Min-K%++ scores,
@@ -92,6 +96,9 @@ def response_token_stats(model, items: Sequence[Tokenized], pad_id: int, max_tok
     hidden states that predict response tokens. Batches hold up to `max_tokens` row tokens and
     `max_batch` rows. Models whose attention cannot take such a mask (e.g. flash-attention, or a
     sliding window shorter than a row) get one item per right-padded row instead, same answer.
+
+    `embed_out`, (N, hidden_size) float32, receives each item's pooled vector from the same hidden
+    states (position-weighted mean over all its tokens, prefix included: llm_al.features.pooling).
     """
     import torch
 
@@ -110,10 +117,15 @@ def response_token_stats(model, items: Sequence[Tokenized], pad_id: int, max_tok
     # (and ran a little faster with them than with bool masks on CPU)
     mask_dtype = model.get_input_embeddings().weight.dtype
     with torch.inference_mode():
-        prefix_kv = prefix_cache(decoder, torch.tensor([items[0].prompt_ids[:P]], device=device)) if P else None
+        prefix_kv, prefix_sum = None, None
+        if P:
+            prefix_kv, prefix_hidden = prefix_pass(decoder, torch.tensor([items[0].prompt_ids[:P]], device=device))
+            prefix_sum = prefix_weighted_sum(prefix_hidden) if embed_out is not None else None    # (H,)
         for rows in batches:
             batch = pack_suffixes(items, rows, P, pad_id).to(device)
             hidden = decode_packed(model, decoder, batch, prefix_kv, four_d, mask_dtype)          # (B, T, H)
+            if embed_out is not None:
+                embed_out[batch.members] = pool_members(hidden, batch, prefix_sum)              # (n_mem, H)
             h = hidden[batch.rows, batch.pos]                                               # (M, H)
             chunks = [token_scores_blocked(head_logits(model, h[c:c + HEAD_CHUNK]), batch.targets[c:c + HEAD_CHUNK])
                       for c in range(0, len(h), HEAD_CHUNK)]
@@ -170,9 +182,14 @@ def takes_block_masks(model, span: int) -> bool:
 def prefix_cache(decoder, ids) -> list[tuple]:
     """The KV cache of prefix rows `ids` (R, P), per layer (keys, values) of (R, kv heads, P, d);
     differentiable when run with gradients (training reuses it the same way)."""
+    return prefix_pass(decoder, ids)[0]
+
+
+def prefix_pass(decoder, ids) -> tuple[list[tuple], object]:
+    """prefix_cache's KV cache and the prefix's (R, P, H) last hidden states, from one pass."""
     done = decoder(input_ids=ids, use_cache=True)
     kv = getattr(done, "cache", None) or done.past_key_values        # transformers >= 5.24: `cache`
-    return [(k, v) for k, v, *_ in kv]
+    return [(k, v) for k, v, *_ in kv], done.last_hidden_state
 
 
 def decode_packed(model, decoder, batch: PackedBatch, prefix_kv, four_d: bool, mask_dtype):
@@ -278,13 +295,15 @@ SCORE_CHUNK = 256
 """Examples scored between two cache writes: a killed scoring run loses at most one chunk."""
 
 
-def _stats_backing_off(model, items: Sequence[Tokenized], pad_id: int, state: dict, bar) -> np.ndarray:
+def _stats_backing_off(model, items: Sequence[Tokenized], pad_id: int, state: dict, bar,
+                       embed_out: np.ndarray | None = None) -> np.ndarray:
     """response_token_stats of `items`; on out-of-memory, halve state["max_tokens"] (kept for later
     chunks) and retry, until every batch holds a single example; then raise a UserError."""
     while True:
         done = bar.n
         try:
-            return response_token_stats(model, items, pad_id, state["max_tokens"], progress=bar.update)
+            return response_token_stats(model, items, pad_id, state["max_tokens"], progress=bar.update,
+                                        embed_out=embed_out)
         except out_of_memory_errors() as err:
             free_accelerator_memory()
             lengths = [t.length for t in items]
@@ -304,11 +323,24 @@ def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_d
                           max_length: int, max_tokens: int = 4096, progress_bar: bool = True,
                           direct: bool = False, chunk_size: int = SCORE_CHUNK,
                           on_chunk: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
-    """(N, len(STAT_COLUMNS)) token statistics for `examples` (see response_token_stats), reusing the
-    cache; and what it cost. `direct=True` scores the responses without their prompts.
+    """(N, len(STAT_COLUMNS)) token statistics for `examples` and what they cost: compute_model_features
+    with no embeddings. `direct=True` scores the responses without their prompts."""
+    stats, _, cost = compute_model_features(model, tokenizer, examples, cache_dir, model_key, max_length, max_tokens,
+                                            progress_bar, direct, chunk_size, on_chunk)
+    return stats, cost
+
+
+def compute_model_features(model, tokenizer, examples: Sequence[Example], cache_dir: Path, model_key: str,
+                           max_length: int, max_tokens: int = 4096, progress_bar: bool = True,
+                           direct: bool = False, chunk_size: int = SCORE_CHUNK,
+                           on_chunk: Callable[[int], None] | None = None,
+                           embed: bool = False) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """(stats, vectors, cost): (N, len(STAT_COLUMNS)) token statistics of `examples` (response_token_stats)
+    and, with `embed`, their (N, hidden_size) pooled vectors from the same with-prompt pass (model.embedder=
+    model, pooling.py; else None). Each comes from its cache; the pass runs for what either lacks, filling both.
 
     The examples still to score go longest first in chunks of `chunk_size`; each chunk is added to
-    the cache (atomically) as soon as it is scored, so a killed run resumes at the chunk it was in.
+    the caches (atomically) as soon as it is scored, so a killed run resumes at the chunk it was in.
     Several processes scoring the same pool into the same cache (the workers of a sweep) share the
     work: each claims a chunk with a lock file before scoring it, passes over chunks another
     process holds and, once through the list, scores whatever of those is still missing (so a
@@ -320,30 +352,36 @@ def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_d
 
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if embed and direct:
+        raise ValueError("pooled vectors come from the with-prompt pass (direct=False)")
+    if embed:
+        require_responses(examples)
     kind = "direct" if direct else "loss"
-    cache, items, keys = loss_cache_plan(tokenizer, examples, cache_dir, model_key,
-                                         str(next(model.parameters()).dtype), max_length, direct)
+    dtype = str(next(model.parameters()).dtype)
+    cache, items, keys = loss_cache_plan(tokenizer, examples, cache_dir, model_key, dtype, max_length, direct)
+    caches = [cache, *([embedding_cache(cache_dir, model_key, dtype, max_length)] if embed else [])]
+    need = np.stack([np.isin(np.arange(len(keys)), each.missing(keys)) for each in caches])   # (caches, N) to write
     lengths = items.lengths
-    todo = sorted(cache.missing(keys), key=lambda i: -lengths[i])
+    todo = sorted(np.flatnonzero(need.any(0)).tolist(), key=lambda i: -lengths[i])
     state = {"max_tokens": max_tokens, "oom_backoffs": 0}
     t0 = time.perf_counter()
     scored: list[int] = []
     if todo:
         bar = tqdm(total=len(todo), desc=f"scoring {kind}", unit="ex", disable=not progress_bar)
-        todo_keys = key_bytes(np.asarray([keys[i] for i in todo], dtype=str))
-        by_key = np.argsort(todo_keys)
-        sorted_keys, todo_at = todo_keys[by_key], np.asarray(todo)[by_key]
-        elsewhere = np.zeros(len(keys), dtype=bool)
+        saved_elsewhere = SavedElsewhere(keys, todo)
 
         def score(chunk: list[int]) -> None:
-            new = cache.new_keys()                           # rows other workers saved since the last look
-            if len(new):
-                pos = np.minimum(np.searchsorted(sorted_keys, new), len(sorted_keys) - 1)
-                elsewhere[todo_at[pos[sorted_keys[pos] == new]]] = True
-            chunk = [i for i in chunk if not elsewhere[i]]
+            for c, each in enumerate(caches):                # rows other workers saved since the last look
+                need[c, saved_elsewhere(each.new_keys())] = False
+            chunk = [i for i in chunk if need[:, i].any()]
             if chunk:
-                stats = _stats_backing_off(model, [items[i] for i in chunk], tokenizer.pad_token_id, state, bar)
-                cache.add([keys[i] for i in chunk], stats)
+                vectors = np.zeros((len(chunk), hidden_size(model)), dtype=np.float32) if embed else None
+                stats = _stats_backing_off(model, [items[i] for i in chunk], tokenizer.pad_token_id, state, bar,
+                                           vectors)
+                for c, values in enumerate((stats, vectors)[:len(caches)]):
+                    rows = [j for j, i in enumerate(chunk) if need[c, i]]
+                    caches[c].add([keys[chunk[j]] for j in rows], values[rows])
+                need[:, chunk] = False
                 scored.extend(chunk)
                 if on_chunk:
                     on_chunk(len(scored))
@@ -360,12 +398,15 @@ def compute_loss_features(model, tokenizer, examples: Sequence[Example], cache_d
             score(chunk)
         clear_stale_claims(cache.path / ".claims")           # a killed run's lock, and the empty folder
         bar.close()
-    cost = {f"{kind}_seconds": time.perf_counter() - t0, f"{kind}_examples_scored": len(scored),
+    seconds = time.perf_counter() - t0
+    cost = {f"{kind}_seconds": seconds, f"{kind}_examples_scored": len(scored),
             f"{kind}_tokens_scored": int(lengths[scored].sum()),
             f"{kind}_tokens_needed": int(lengths.sum()),                      # cached or not
             f"{kind}_oom_backoffs": state["oom_backoffs"], f"{kind}_max_tokens": state["max_tokens"],
             "truncated": int(items.truncated.sum())}
-    return cache.get(keys), cost
+    if embed:                 # the pass that made them: shared with loss_seconds (one pass, both caches)
+        cost.update({"embed_seconds": seconds, "embed_examples": len(scored), "embed_examples_needed": len(keys)})
+    return cache.get(keys), caches[1].get(keys) if embed else None, cost
 
 
 def compute_embeddings(embedder, texts: Sequence[str], cache_dir: Path, embedder_key: str,

@@ -9,7 +9,10 @@ where it is defined. `scores` maps each provided name to an (N,) array aligned w
 `Features.cost` under the probe's name. The scores land in `Features.scores`, so a strategy or
 ordering that declares `needs=("score_a",)` gets them through `features.require("score_a")`,
 and `pipeline.compute_features` (one-shot) and `loop.rescore` (under each round's adapter) run
-exactly the probes the requested features need.
+exactly the probes the requested features need. Optional meta: `matrices=(...)` for provided
+names that are (N, D) matrices rather than scores, `same_every_round=True` for scores the
+adapter cannot change (loop rounds keep the first pass's), `work="..."` for what `--dry-run` says
+the probe costs.
 
 Probes stay out of strategies: strategies remain pure functions of the feature arrays, and the
 model work is batched and cached here once per pool.
@@ -25,7 +28,7 @@ import numpy as np
 from scipy import sparse
 
 from llm_al.errors import FeatureUnavailableError
-from llm_al.config import EvalConfig, ModelConfig, OverlapConfig, ProbeConfig, TrainConfig
+from llm_al.config import DataConfig, EvalConfig, ModelConfig, OverlapConfig, ProbeConfig, TrainConfig
 from llm_al.registries import PROBES, hint, matrix_names, needs_model, provided_names, provider  # noqa: F401
 
 
@@ -45,6 +48,8 @@ class ProbeContext:
     cache_dir: Path | None = None           # per-example caches; None in loop rounds (the adapter changes)
     model_key: str = ""                     # fingerprint of the model, part of every cache key
     progress: bool = False
+    pool_path: str | None = None            # where the pool came from (Pool.path: a file, or embedded:NAME)
+    data_cfg: DataConfig | None = None      # how the pool was read (fields, languages), for files read alike
 
 
 

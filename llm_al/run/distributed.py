@@ -18,7 +18,7 @@ What each part does:
   `pipeline.compute_features` (the loss pass with and without the prompt, the scorer model's pair
   for scorer_ifd, the sentence embeddings), with the model work sharded over `num_workers` Ray
   actors. Each actor loads each model once and keeps it for every later shard, and scores its
-  shard with the single-process functions themselves (features.compute_loss_features,
+  shard with the single-process functions themselves (features.compute_model_features,
   compute_embeddings) into a throwaway cache. The driver keeps the real on-disk caches
   (llm_al.features.cache.ShardedCache, the same folders and keys as compute_features), sends the actors only
   the rows still missing, dealt so that each gets a like mix of long and short ones, and builds the
@@ -59,8 +59,9 @@ from llm_al.config import ExperimentConfig, ModelConfig, parse_strategy
 from llm_al.errors import ConfigError, FeatureUnavailableError, UserError
 from llm_al.features import probes
 from llm_al.features.cache import ShardedCache, text_key  # text_key: the embedding cache's row key, as compute_embeddings makes it
-from llm_al.features.engine import (build_features, compute_embeddings, compute_loss_features, ifd_from_stats,
-                                    loss_cache_plan)
+from llm_al.features.engine import (STAT_COLUMNS, build_features, compute_embeddings, compute_model_features,
+                                    ifd_from_stats, loss_cache_plan)
+from llm_al.features.pooling import embedding_cache
 from llm_al.run.experiment import run_experiment
 from llm_al.run.pipeline import load_data
 from llm_al.strategies.needs import needed_features
@@ -115,7 +116,7 @@ def _check_workers(num_workers: int) -> None:
 
 class Scorer:
     """A Ray actor's body: loads each model (by name) once and scores the shards it is sent, through
-    the same functions as the single-process path (features.compute_loss_features and
+    the same functions as the single-process path (features.compute_model_features and
     compute_embeddings, with a throwaway cache: the driver keeps the real one)."""
 
     def __init__(self, model_cfg: ModelConfig, env: dict | None = None):
@@ -137,14 +138,16 @@ class Scorer:
         model, tokenizer = self._lm(name)
         return tokenizer, str(next(model.parameters()).dtype)
 
-    def loss_stats(self, name: str, examples: Sequence, direct: bool) -> np.ndarray:
-        """(len(examples), len(STAT_COLUMNS)) of one scoring pass, as compute_loss_features gives them."""
+    def loss_stats(self, name: str, examples: Sequence, direct: bool, embed: bool = False) -> np.ndarray:
+        """(len(examples), len(STAT_COLUMNS)) of one scoring pass, as compute_model_features gives them;
+        with `embed` (model.embedder=model) the pooled vectors follow as further columns."""
         model, tokenizer = self._lm(name)
         self.shards += 1
         with tempfile.TemporaryDirectory(prefix="llm-al-shard-") as tmp:
-            stats, _ = compute_loss_features(model, tokenizer, examples, Path(tmp), "shard", self.model_cfg.max_length,
-                                             self.model_cfg.score_max_tokens, progress_bar=False, direct=direct)
-        return stats
+            stats, vectors, _ = compute_model_features(model, tokenizer, examples, Path(tmp), "shard",
+                                                       self.model_cfg.max_length, self.model_cfg.score_max_tokens,
+                                                       progress_bar=False, direct=direct, embed=embed)
+        return stats if vectors is None else np.hstack([stats, vectors])
 
     def embed(self, name: str, texts: Sequence[str], batch_size: int) -> np.ndarray:
         """(len(texts), D) float32 unit vectors, as compute_embeddings gives them."""
@@ -212,36 +215,46 @@ def score_pool_ray(pool, needs: set[str], model_cfg: ModelConfig, num_workers: i
     stats: dict[str, np.ndarray] = {}
     cost: dict = {"workers": len(actors)}
 
-    def passes(name: str, which: set[bool], prefix: str = "") -> None:
+    def passes(name: str, which: set[bool], prefix: str = "", embed: bool = False) -> None:
         tokenizer, dtype = ray.get(actors[0].describe.remote(name))
         key = models.fingerprint(name)
         for direct in sorted(which):
             kind = "direct" if direct else "loss"
             cache, items, keys = loss_cache_plan(tokenizer, pool.examples, cache_dir, key, dtype,
                                                  model_cfg.max_length, direct)
-            todo = cache.missing(keys)
+            pooled = embedding_cache(cache_dir, key, dtype, model_cfg.max_length) if embed and not direct else None
+            todo = sorted(set(cache.missing(keys)) | set(pooled.missing(keys) if pooled else []))
             lengths = items.lengths
             t0 = time.perf_counter()
             if todo:
                 rows = [pool.examples[i] for i in todo]
-                cache.add([keys[i] for i in todo], _scatter(ray, actors, "loss_stats", rows,
-                                                            [int(lengths[i]) for i in todo], name, direct))
+                out = _scatter(ray, actors, "loss_stats", rows, [int(lengths[i]) for i in todo], name, direct,
+                               pooled is not None)
+                cache.add([keys[i] for i in todo], out[:, :len(STAT_COLUMNS)])
+                if pooled is not None:
+                    pooled.add([keys[i] for i in todo], out[:, len(STAT_COLUMNS):].astype(np.float32))
             stats[prefix + kind] = cache.get(keys)
+            if pooled is not None:
+                stats["pooled"] = pooled.get(keys)
             cost.update({prefix + k: v for k, v in {
                 f"{kind}_seconds": time.perf_counter() - t0, f"{kind}_examples_scored": len(todo),
                 f"{kind}_tokens_scored": int(lengths[todo].sum()),
                 f"{kind}_tokens_needed": int(lengths.sum()),
                 "truncated": int(items.truncated.sum())}.items()})
+            if pooled is not None:            # the same pass (as compute_model_features reports it)
+                cost.update({"embed_seconds": cost[f"{prefix}{kind}_seconds"], "embed_examples": len(todo),
+                             "embed_examples_needed": len(keys)})
 
+    embed_model = "embeddings" in needs and model_cfg.embedder == models.MODEL_EMBEDDER   # from the loss pass
     which = {d for d, group in ((False, LOSS_FEATURES), (True, DIRECT_FEATURES)) if needs & group}
-    if which:
-        passes(model_cfg.name, which)
+    if which or embed_model:
+        passes(model_cfg.name, which | ({False} if embed_model else set()), embed=embed_model)
     scorer_ifd = None
     if "scorer_ifd" in needs:
         passes(model_cfg.scorer, {False, True}, prefix="scorer_")
         scorer_ifd = ifd_from_stats(stats["scorer_loss"], stats["scorer_direct"])
-    embeddings = None
-    if "embeddings" in needs:
+    embeddings = stats.get("pooled")
+    if "embeddings" in needs and not embed_model:
         texts = [ex.text for ex in pool.examples]
         cache = ShardedCache(cache_dir / f"emb-{text_key(models.fingerprint(model_cfg.embedder))}")
         keys = [text_key(t) for t in texts]

@@ -33,10 +33,11 @@ from llm_al import models
 
 from llm_al.config import EvalConfig, ExperimentConfig, ModelConfig, parse_strategy
 from llm_al.data.reference import is_hub_id, reference_units
-from llm_al.errors import FeatureUnavailableError, UserError
+from llm_al.errors import ConfigError, FeatureUnavailableError, UserError
 from llm_al.features import probes
 from llm_al.features.cache import ShardedCache, text_key
 from llm_al.features.engine import loss_cache_plan
+from llm_al.features.pooling import embedding_cache
 from llm_al.features.formatting import prompt_text
 from llm_al.features.reference_index import reference_index_dir
 from llm_al.run.grid import cells
@@ -134,6 +135,9 @@ def causal_lm(name: str) -> Model:
 def _embedder(name: str) -> Model:
     from transformers import AutoTokenizer
 
+    if name == models.MODEL_EMBEDDER:              # add_scoring counts its vectors in the loss pass
+        raise ConfigError("model.embedder=model has no sentence-transformers encoder to embed plain text with "
+                          f"(ref_similarity's passages): set --embedder to one, e.g. {models.EMBEDDED_EMBEDDER}")
     loc = models.resolve(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(loc)
@@ -182,12 +186,14 @@ def add_scoring(est: Estimate, examples: Sequence, needs: set[str], model_cfg: M
     consulted) and the model-based probes (their caches not consulted: an upper bound)."""
     cache_dir = models.cache_root() / "features"
     dtype = str(models.torch_dtype(model_cfg.dtype, est.device))
-    which = [direct for direct, group in ((False, LOSS_FEATURES), (True, DIRECT_FEATURES)) if needs & group]
+    embed_model = "embeddings" in needs and model_cfg.embedder == models.MODEL_EMBEDDER   # from the loss pass
+    which = [direct for direct, group in ((False, LOSS_FEATURES), (True, DIRECT_FEATURES))
+             if needs & group or (embed_model and not direct)]
     probe_needs = needs & set(probes.provided_names())
     if (which or probes.needs_model(probe_needs)) and lm is None:
         lm = causal_lm(model_cfg.name)
     for direct in which:
-        _loss_pass(est, examples, lm, model_cfg.max_length, dtype, direct, cache_dir)
+        _loss_pass(est, examples, lm, model_cfg.max_length, dtype, direct, cache_dir, embed=embed_model and not direct)
     if "scorer_ifd" in needs:
         if not model_cfg.scorer:
             raise FeatureUnavailableError("scorer_ifd (Superfiltering) needs a second, small scorer model: "
@@ -195,15 +201,18 @@ def add_scoring(est: Estimate, examples: Sequence, needs: set[str], model_cfg: M
         scorer = causal_lm(model_cfg.scorer)
         for direct in (False, True):
             _loss_pass(est, examples, scorer, model_cfg.max_length, dtype, direct, cache_dir, "scorer ")
-    if "embeddings" in needs:
+    if "embeddings" in needs and not embed_model:
         _embedding_pass(est, examples, _embedder(model_cfg.embedder), cache_dir)
     if probe_needs:
         _probe_passes(est, examples, probe_needs, lm, model_cfg.max_length)
 
 
 def _loss_pass(est, examples, lm: Model, max_length: int, dtype: str, direct: bool, cache_dir: Path,
-               who: str = "") -> None:
-    label = f"{who}score %d of {len(examples)} pool examples{' without prompts' if direct else ''} (%d cached)"
+               who: str = "", embed: bool = False) -> None:
+    """A scoring pass over what its cache lacks; `embed`: and what the pooled-vector cache lacks
+    (model.embedder=model: the same pass, engine.compute_model_features)."""
+    label = (f"{who}score %d of {len(examples)} pool examples{' without prompts' if direct else ''} (%d cached)"
+             + (", pooling the model's hidden states as embeddings" if embed else ""))
     if lm.tokenizer is None:
         tokens = sum(min(max_length, lm.tokens(ex.response) if direct else lm.tokens(ex.text) + TEMPLATE_TOKENS)
                      for ex in examples)
@@ -211,6 +220,8 @@ def _loss_pass(est, examples, lm: Model, max_length: int, dtype: str, direct: bo
         return
     cache, items, keys = loss_cache_plan(lm.tokenizer, examples, cache_dir, lm.key, dtype, max_length, direct)
     todo = cache.missing(keys)
+    if embed:
+        todo = sorted(set(todo) | set(embedding_cache(cache_dir, lm.key, dtype, max_length).missing(keys)))
     est.add(label % (len(todo), len(items) - len(todo)), int(items.lengths[todo].sum()), lm.params, 2, "score")
 
 
@@ -240,9 +251,9 @@ def _probe_passes(est, examples, features: set[str], lm: Model | None, max_lengt
     probe_cfg, max_new = probes.ProbeConfig(), EvalConfig().max_new_tokens
     for name in names:
         if name not in PROBE_WORK:
-            est.notes.append(f"probe {name!r}: "
-                             + ("no language model work" if not probes.PROBES.get(name).meta.get("needs_model", True)
-                                else "not estimated"))
+            meta = probes.PROBES.get(name).meta
+            est.notes.append(f"probe {name!r}: " + (meta.get("work") or ("no language model work" if not
+                                                    meta.get("needs_model", True) else "not estimated")))
             continue
         passes, reads, flops, kind = PROBE_WORK[name]
         passes = getattr(probe_cfg, passes) if isinstance(passes, str) else passes
@@ -344,7 +355,7 @@ def plan_select(pool, spec: str, needs: set[str], model_cfg: ModelConfig, budget
     """`llm-al select --dry-run`: what scoring the pool for `spec` would cost. The caller has
     checked the strategy, its parameters and the budget."""
     est = Estimate(models.pick_device(model_cfg.device))
-    lm = causal_lm(model_cfg.name) if _needs_lm(needs) else None
+    lm = causal_lm(model_cfg.name) if _needs_lm(needs, model_cfg) else None
     add_scoring(est, pool.examples, needs, model_cfg, lm)
     lines = ["plan for llm-al select (dry run: no model is loaded, nothing is written)",
              f"  pool {pool.path}: {len(pool)} examples" + (f" ({len(pool.duplicates)} exact duplicates dropped)"
@@ -362,7 +373,7 @@ def plan_annotate_export(pool, candidates, spec: str, needs: set[str], model_cfg
     """`llm-al annotate export --dry-run`: choosing `budget` of the unlabelled `candidates`, and
     drafting their responses with the model when `drafts`."""
     est = Estimate(models.pick_device(model_cfg.device))
-    lm = causal_lm(model_cfg.name) if drafts or _needs_lm(needs) else None
+    lm = causal_lm(model_cfg.name) if drafts or _needs_lm(needs, model_cfg) else None
     add_scoring(est, candidates.examples, needs, model_cfg, lm)
     if drafts:
         lengths = [lm.prompt_tokens(ex) for ex in candidates.examples]
@@ -378,8 +389,10 @@ def plan_annotate_export(pool, candidates, spec: str, needs: set[str], model_cfg
     return "\n".join(lines)
 
 
-def _needs_lm(needs: set[str]) -> bool:
-    return bool(needs & (LOSS_FEATURES | DIRECT_FEATURES)) or probes.needs_model(needs & set(probes.provided_names()))
+def _needs_lm(needs: set[str], model_cfg: ModelConfig) -> bool:
+    embed_model = "embeddings" in needs and model_cfg.embedder == models.MODEL_EMBEDDER
+    return (bool(needs & (LOSS_FEATURES | DIRECT_FEATURES)) or embed_model
+            or probes.needs_model(needs & set(probes.provided_names())))
 
 
 # ---------------------------------------------------------------------------- overlap and synthesis

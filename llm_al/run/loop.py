@@ -43,7 +43,9 @@ def rescore(model, tokenizer, base: Features, examples, indices: np.ndarray, nee
             labelled: list[int]) -> Features:
     """Features of pool[indices] under `model` (an adapter), keeping the base embeddings and
     scorer IFD: the one-pass statistics when `needs` asks for them, and every probe score it asks
-    for (with the labelled examples so far, for probes such as a committee that train on them)."""
+    for (with the labelled examples so far, for probes such as a committee that train on them).
+    A probe registered `same_every_round=True` (rds_targets: similarity to a target set under the
+    base embedder) keeps the base scores where the base has them: the adapter does not change them."""
     sub = base.take(indices)
     chosen = [examples[i] for i in indices]
     if needs & MODEL_FEATURES:
@@ -56,7 +58,8 @@ def rescore(model, tokenizer, base: Features, examples, indices: np.ndarray, nee
         fresh = build_features(chosen, sub.ids, loss_stats=stats, direct_stats=direct_stats, embeddings=sub.embeddings)
         fresh.scorer_ifd, fresh.scores = sub.scorer_ifd, sub.scores
         sub = fresh
-    probe_needs = needs & set(probes.provided_names())
+    probe_needs = {f for f in needs & set(probes.provided_names())
+                   if f not in sub.scores or not probes.provider(f).meta.get("same_every_round", False)}
     if probe_needs:
         ctx = probe_context(chosen, model, tokenizer, cfg.model, cfg, progress=False,
                             labelled=[examples[i] for i in labelled])

@@ -11,11 +11,11 @@ import numpy as np
 from llm_al import models
 from llm_al.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig, OverlapConfig, TrainConfig
 
-from llm_al.data.demo import EMBEDDED_POOL, SYSTEM_PROMPT, TEMPLATE, demo_records
 from llm_al.data.pool import Pool, drop_overlap, load_pool, records_to_pool, split_pool
+from llm_al.data.tasks import is_task, load_task, task_name
 from llm_al.errors import FeatureUnavailableError
 from llm_al.features import probes
-from llm_al.features.engine import build_features, compute_embeddings, compute_loss_features, ifd_from_stats
+from llm_al.features.engine import build_features, compute_embeddings, compute_model_features, ifd_from_stats
 from llm_al.seeds import rng
 from llm_al.types import DIRECT_FEATURES, LOSS_FEATURES, Features
 
@@ -30,15 +30,15 @@ class Data:
 
 
 def load_data(cfg: DataConfig, seed: int = 0, need_test: bool = True) -> Data:
-    """Pool and test set per a DataConfig: the embedded demo, or files with an optional seeded split.
+    """Pool and test set per a DataConfig: an embedded task, or files with an optional seeded split.
     Test examples that also sit in the pool are removed from the pool (no train/test leak)."""
     notes: list[str] = []
-    if cfg.pool == EMBEDDED_POOL:
-        system = cfg.system_prompt if cfg.system_prompt is not None else SYSTEM_PROMPT
-        pool_rows, test_rows = demo_records()
-        pool = records_to_pool(pool_rows, path=EMBEDDED_POOL, system_prompt=system, translation_template=TEMPLATE)
-        test = None if cfg.test is not None else records_to_pool(
-            test_rows, path=EMBEDDED_POOL + ":test", system_prompt=system, translation_template=TEMPLATE)
+    if is_task(cfg.pool):
+        task = load_task(task_name(cfg.pool))
+        system = cfg.system_prompt if cfg.system_prompt is not None else task.system_prompt
+        shape = {"system_prompt": system, **({"translation_template": task.template} if task.template else {})}
+        pool = records_to_pool(task.pool, path=cfg.pool, **shape)
+        test = None if cfg.test is not None else records_to_pool(task.test, path=cfg.pool + ":test", **shape)
     else:
         system = cfg.system_prompt
         pool = load_pool(cfg.pool, fields=cfg.fields, system_prompt=system, split=cfg.split,
@@ -85,20 +85,26 @@ def compute_features(pool: Pool, needs: set[str], model_cfg: ModelConfig, model_
         model_and_tokenizer = models.load_model(model_cfg.name, model_cfg.device, dtype=model_cfg.dtype,
                                                 trust_remote_code=model_cfg.trust_remote_code)
 
-    def passes(name: str, model, tokenizer, which: set[bool], prefix: str = "") -> None:
-        """The with-prompt (False) and/or without-prompt (True) passes of one model."""
+    def passes(name: str, model, tokenizer, which: set[bool], prefix: str = "", embed: bool = False) -> None:
+        """The with-prompt (False) and/or without-prompt (True) passes of one model; `embed`: the
+        with-prompt pass also pools the model's hidden states (model.embedder=model)."""
         key = models.fingerprint(name)
         for direct in sorted(which):
-            s, c = compute_loss_features(model, tokenizer, pool.examples, cache_dir, key, model_cfg.max_length,
-                                         model_cfg.score_max_tokens, progress, direct=direct)
+            s, vec, c = compute_model_features(model, tokenizer, pool.examples, cache_dir, key, model_cfg.max_length,
+                                               model_cfg.score_max_tokens, progress, direct=direct,
+                                               embed=embed and not direct)
             stats[prefix + ("direct" if direct else "loss")] = s
+            if vec is not None:
+                stats["pooled"] = vec                                   # (N, H) unit rows
             cost.update({prefix + k: v for k, v in c.items()})
 
+    # model.embedder=model: the embeddings come out of the with-prompt pass (its loss stats come free)
+    embed_model = "embeddings" in needs and model_cfg.embedder == models.MODEL_EMBEDDER
     which = {d for d, group in ((False, LOSS_FEATURES), (True, DIRECT_FEATURES)) if needs & group}
-    if which:
-        model, tokenizer = model_and_tokenizer or models.load_model(
+    if which or embed_model:
+        model_and_tokenizer = model_and_tokenizer or models.load_model(
             model_cfg.name, model_cfg.device, dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code)
-        passes(model_cfg.name, model, tokenizer, which)
+        passes(model_cfg.name, *model_and_tokenizer, which | ({False} if embed_model else set()), embed=embed_model)
     scorer_ifd = None
     if "scorer_ifd" in needs:
         if not model_cfg.scorer:
@@ -109,8 +115,8 @@ def compute_features(pool: Pool, needs: set[str], model_cfg: ModelConfig, model_
         passes(model_cfg.scorer, scorer, scorer_tok, {False, True}, prefix="scorer_")
         scorer_ifd = ifd_from_stats(stats["scorer_loss"], stats["scorer_direct"])
         del scorer
-    embeddings = None
-    if "embeddings" in needs:
+    embeddings = stats.get("pooled")
+    if "embeddings" in needs and not embed_model:
         embedder = models.load_embedder(model_cfg.embedder, model_cfg.device)
         embeddings, c = compute_embeddings(embedder, [ex.text for ex in pool.examples], cache_dir,
                                            models.fingerprint(model_cfg.embedder), progress_bar=progress)
@@ -119,7 +125,7 @@ def compute_features(pool: Pool, needs: set[str], model_cfg: ModelConfig, model_
                               scorer_ifd=scorer_ifd, embeddings=embeddings, cost=cost)
     if probe_needs:
         model, tokenizer = model_and_tokenizer or (None, None)
-        ctx = probe_context(pool.examples, model, tokenizer, model_cfg, cfg, progress,
+        ctx = probe_context(pool.examples, model, tokenizer, model_cfg, cfg, progress, pool_path=pool.path,
                             cache_dir=cache_dir,   # model-free probes: no fingerprint (it may convert a model)
                             model_key=models.fingerprint(model_cfg.name) if probes.needs_model(probe_needs) else "")
         scores, probe_cost = probes.run_probes(probe_needs, ctx)
@@ -129,12 +135,15 @@ def compute_features(pool: Pool, needs: set[str], model_cfg: ModelConfig, model_
 
 
 def probe_context(examples, model, tokenizer, model_cfg: ModelConfig | None, cfg: ExperimentConfig | None, progress: bool, *, labelled=None,
-                  cache_dir=None, model_key: str = "") -> probes.ProbeContext:
-    """The ProbeContext for `examples`, with the probe/train/eval settings of `cfg` (or defaults)."""
+                  cache_dir=None, model_key: str = "", pool_path: str | None = None) -> probes.ProbeContext:
+    """The ProbeContext for `examples`, with the probe/train/eval settings of `cfg` (or defaults);
+    `pool_path` (default cfg.data.pool): where the pool came from (a target-set probe's default)."""
     return probes.ProbeContext(
         examples=examples, model=model, tokenizer=tokenizer, model_cfg=model_cfg,
         probe_cfg=cfg.probe if cfg is not None else probes.ProbeConfig(),
         train_cfg=cfg.train if cfg is not None else TrainConfig(),
         eval_cfg=cfg.eval if cfg is not None else EvalConfig(),
         overlap_cfg=cfg.overlap if cfg is not None else OverlapConfig(),
-        labelled=labelled, cache_dir=cache_dir, model_key=model_key, progress=progress)
+        labelled=labelled, cache_dir=cache_dir, model_key=model_key, progress=progress,
+        pool_path=pool_path or (cfg.data.pool if cfg is not None else None),
+        data_cfg=cfg.data if cfg is not None else None)

@@ -8,6 +8,7 @@ import os
 import socket
 
 import numpy as np
+from scipy import sparse
 
 from llm_al.config import ExperimentConfig
 from llm_al.features.probes import matrix_names
@@ -63,10 +64,16 @@ def subset_means(features, indices) -> dict:
         for j, k in enumerate(MIN_K_FRACTIONS):
             out[f"min_k_plus_{k}"] = float(np.mean(features.min_k_plus[indices, j]))
     for name, value in sorted(features.scores.items()):
-        if name in matrix_names():      # n-gram counts: the subset's vocabulary size, not a mean
+        if name in matrix_names() and sparse.issparse(value):   # n-gram counts: the subset's vocabulary size
             from llm_al.strategies.lexical import vocabulary_size
 
             out[f"{name}_vocabulary"] = float(vocabulary_size(value, indices))
+            continue
+        if name in matrix_names():      # (N, K) per-target-task similarities: the mean of each row's largest
+            rows = np.asarray(value[indices], dtype=np.float64)
+            rows = rows[~np.isnan(rows).any(1)]                          # NaN rows: the targets' own prompts
+            if len(rows):
+                out[f"{name}_row_max"] = float(rows.max(1).mean())
             continue
         out[name] = float(np.mean(value[indices]))
     if features.embeddings is not None:

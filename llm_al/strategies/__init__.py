@@ -7,5 +7,5 @@ any `llm_al.strategies.*` module is imported. A new family is one new module her
 """
 
 from llm_al.strategies import base  # noqa: F401  (first: the families import its registry)
-from llm_al.strategies import (diversity, generation, lexical, mc, reference_overlap, stream,  # noqa: F401
+from llm_al.strategies import (diversity, generation, lexical, mc, rds, reference_overlap, stream,  # noqa: F401
                                uncertainty, windows)

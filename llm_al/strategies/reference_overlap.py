@@ -40,7 +40,7 @@ import numpy as np
 from llm_al import models  # `diversity` as a module: it may still be importing (strategies.py)
 from llm_al.config import ModelConfig, OverlapConfig
 
-from llm_al.errors import FeatureUnavailableError, UserError
+from llm_al.errors import ConfigError, FeatureUnavailableError, UserError
 from llm_al.features.cache import text_key
 from llm_al.features.engine import compute_embeddings
 from llm_al.features.overlap import fingerprint_files, reference_texts
@@ -190,10 +190,22 @@ def knn_similarity(x: np.ndarray, ref: np.ndarray, k: int, rows: int = 1024) -> 
     return out
 
 
+def check_passage_embedder(embedder_name: str) -> None:
+    """ref_similarity embeds plain passages: model.embedder=model (the LM's pooled hidden states of
+    chat-formatted examples, computed in its scoring pass) cannot, so it is a ConfigError."""
+    if embedder_name == models.MODEL_EMBEDDER:
+        raise ConfigError(
+            "ref_similarity embeds plain passages of the reference corpus and the examples' text with a "
+            "sentence-transformers model; model.embedder=model pools the causal LM's hidden states of each "
+            "chat-formatted example inside its scoring pass, which does not apply to passages: set "
+            f"model.embedder (--embedder) to a sentence-transformers model, e.g. {models.EMBEDDED_EMBEDDER}")
+
+
 def similarity_scores(texts: Sequence[str], cfg: OverlapConfig, embedder_name: str, device: str = "auto", progress: bool = False,
                       embedder=None) -> tuple[np.ndarray, dict]:
     """(N,) ref_similarity of `texts` and the cost. The example embeddings share the features cache
     with the `embeddings` feature (same embedder key and text key), so neither is computed twice."""
+    check_passage_embedder(embedder_name)
     t0 = time.perf_counter()
     require_reference(cfg, "ref_similarity")
     embedder = embedder or LazyEmbedder(embedder_name, device)
