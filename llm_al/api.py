@@ -19,7 +19,7 @@ pool's own format, which is what `llm-al select` does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -102,7 +102,7 @@ def candidate_indices(pool: Pool, labelled: Pool | None) -> np.ndarray:
 
 def select(pool: Pool, strategy: str, budget: int, *, seed: int = 0, model: ModelConfig | None = None,
            explain: bool = False, features: Features | None = None, progress: bool = True,
-           labelled: Pool | None = None, targets: str | None = None) -> list[Pick]:
+           labelled: Pool | None = None, targets: str | None = None, data: DataConfig | None = None) -> list[Pick]:
     """`budget` examples of `pool` chosen by `strategy` (a spec: `name` or `name:key=value,...`), in
     pick order. The features the strategy needs are computed (and cached) with `model` (default:
     the embedded models), unless `features` for this pool are given. Same seed, same picks as
@@ -110,11 +110,12 @@ def select(pool: Pool, strategy: str, budget: int, *, seed: int = 0, model: Mode
     more"), e.g. an earlier selection: pool examples with one of their prompts are never picked,
     and a strategy registered labelled="used: ..." (`llm-al list`) picks away from them. `targets`:
     the target set of `rds` (config probe.targets), a file of examples of the data to do well on
-    (default: the embedded task's dev split, for an embedded:NAME pool)."""
+    (default: the embedded task's dev split, for an embedded:NAME pool), read with `data`'s field
+    mapping, split and languages (the pool's, as `llm-al select` passes them)."""
     name, params = check_selection(pool, strategy, budget, labelled)
     if features is None:
         needs = needed_features([(name, params)], []) | ({"embeddings"} if explain else set())
-        cfg = config_from(None, {"probe.targets": targets}) if targets else None
+        cfg = config_from(None, {"probe.targets": targets, **({"data": asdict(data)} if data else {})}) if targets else None
         features = compute_features(pool, needs, model or ModelConfig(), progress=progress, cfg=cfg)
     candidates, chosen_from = candidate_indices(pool, labelled), features
     if labelled is not None:

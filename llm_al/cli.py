@@ -326,13 +326,13 @@ def cmd_overlap(args: argparse.Namespace) -> None:
     from llm_al.data.pool import load_pool
     from llm_al.data.export import write_subset
     from llm_al.config import DataConfig
-    from llm_al.data.demo import EMBEDDED_POOL
+    from llm_al.data.tasks import is_task
     from llm_al.features.overlap_stats import example_overlap
     from llm_al.run.pipeline import load_data
     from llm_al.features.reference_index import reference_index, reference_index_dir, selection_overlap
 
     languages = (args.source_lang, args.target_lang)
-    if args.pool == EMBEDDED_POOL:          # the demo pool, with its fixed test set unless one is given
+    if is_task(args.pool):                  # an embedded task, with its fixed test set unless one is given
         data = load_data(DataConfig(pool=args.pool), need_test=True)
         pool, test = data.pool, data.test
     else:
@@ -506,6 +506,7 @@ def cmd_annotate(args: argparse.Namespace) -> None:
 
 def cmd_select(args: argparse.Namespace) -> None:
     from llm_al import api
+    from llm_al.config import DataConfig
     from llm_al.config import parse_strategy
     from llm_al.data.export import write_subset
     from llm_al.strategies.needs import needed_features
@@ -517,6 +518,8 @@ def cmd_select(args: argparse.Namespace) -> None:
         from llm_al.orderings import ORDERINGS
 
         ORDERINGS.check(args.order)
+    if args.targets and name != "rds":
+        print(f"note: --targets is read by the rds strategy only; {name} ignores it", file=sys.stderr)
     orderings = [args.order] if args.order else []
     needs = needed_features([(name, params)], orderings) | ({"embeddings"} if args.explain else set())
     model_cfg = api.model_config(args.model, embedder=args.embedder, scorer=args.scorer, device=args.device,
@@ -534,7 +537,10 @@ def cmd_select(args: argparse.Namespace) -> None:
         print(plan_select(pool, args.strategy, needs, model_cfg, args.budget, args.out, output_format))
         return
     picks = api.select(pool, args.strategy, args.budget, seed=args.seed, model=model_cfg, explain=args.explain,
-                       labelled=labelled, targets=args.targets)
+                       labelled=labelled, targets=args.targets,
+                       data=DataConfig(pool=args.pool, fields=_fields(args.field), split=args.split,
+                                       system_prompt=args.system_prompt, source_lang=args.source_lang,
+                                       target_lang=args.target_lang))
     columns = {
         "llm_al_id": [p.id for p in picks],
         "llm_al_rank": [p.rank for p in picks],

@@ -39,14 +39,21 @@ from dataclasses import fields
 from pathlib import Path
 
 
-def read_subset(path: str):
-    """The subset as a `datasets.Dataset` of TRL prompt-completion chat records, in file order."""
+def read_subset(path: str, system_prompt: str | None = None):
+    """The subset as a `datasets.Dataset` of TRL prompt-completion chat records, in file order.
+    Records without a system turn get `system_prompt` (as `llm-al select --system-prompt` gave them);
+    a subset with no system turn at all gets a warning: the instruction an embedded task adds at load
+    time ("Translate English to French.") is only in the file when it was exported as messages."""
     from datasets import Dataset
 
     from llm_al.data.pool import load_pool
     from llm_al.errors import UserError
 
-    pool = load_pool(path)
+    pool = load_pool(path, system_prompt=system_prompt)
+    if not any(ex.messages[0]["role"] == "system" for ex in pool.examples):
+        print(f"trl_sft.py: warning: {path} holds no system prompt; if llm-al added one when it read the pool "
+              "(an embedded task, select --system-prompt), export with --export-shape messages or pass "
+              "--system-prompt, else this trains on other prompts than llm-al's runs did", file=sys.stderr)
     if pool.duplicates:   # llm-al reads each example once: the trainer would not follow the file row by row
         raise UserError(f"{path}: {pool.duplicates_note()}; remove the repeats (or repeat with --epochs)")
     return Dataset.from_list([{"prompt": [dict(m) for m in ex.prompt_messages], "completion": [dict(ex.messages[-1])]}
@@ -73,7 +80,8 @@ def sequential_trainer_class(shuffle: bool = False):
 def build_trainer(subset: str, model: str, out: str, *, epochs: int | None = None, lr: float | None = None,
                   batch_size: int | None = None, lora_r: int | None = None, lora_alpha: int | None = None,
                   max_length: int = 1024, max_steps: int = -1, seed: int = 0, shuffle: bool = False,
-                  gradient_checkpointing: bool = False, device: str = "auto"):
+                  gradient_checkpointing: bool = False, device: str = "auto",
+                  system_prompt: str | None = None):
     """An SFTTrainer with a LoRA adapter on `model`, ready to `.train()` on `subset` in file order.
     Unset values are llm-al's TrainConfig defaults."""
     import torch
@@ -85,7 +93,7 @@ def build_trainer(subset: str, model: str, out: str, *, epochs: int | None = Non
     from llm_al.models import load_model
 
     d = TrainConfig()
-    dataset = read_subset(subset)
+    dataset = read_subset(subset, system_prompt)
     base, tokenizer = load_model(model, device=device)       # fp32 on CPU, bf16 on a GPU
     trainer_class, order = sequential_trainer_class(shuffle)
     names = {f.name for f in fields(SFTConfig)}     # transformers 5.x renamed gradient_ to activation_checkpointing
@@ -123,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=int, default=d.lora_alpha, help="LoRA alpha")
     p.add_argument("--max-length", type=int, default=1024, help="tokens per example (prompt + response)")
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: all epochs)")
+    p.add_argument("--system-prompt", default=None, help="for records without a system turn (as select's)")
     p.add_argument("--seed", type=int, default=0, help="LoRA initialisation seed")
     p.add_argument("--shuffle", action="store_true", help="random order instead (a baseline to compare with)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~20%% slower")
@@ -135,7 +144,8 @@ def main(argv: list[str] | None = None) -> Path:
     trainer = build_trainer(a.subset, a.model, a.out, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
                             lora_r=a.lora_r, lora_alpha=a.lora_alpha, max_length=a.max_length,
                             max_steps=a.max_steps, seed=a.seed, shuffle=a.shuffle,
-                            gradient_checkpointing=a.gradient_checkpointing, device=a.device)
+                            gradient_checkpointing=a.gradient_checkpointing, device=a.device,
+                            system_prompt=a.system_prompt)
     result = trainer.train()
     trainer.save_model(a.out)              # a PeftModel saves the adapter only
     order = "random" if a.shuffle else "file"

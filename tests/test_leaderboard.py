@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from llm_al.analysis.leaderboard import format_leaderboard, leaderboard
+from llm_al.analysis.leaderboard import format_leaderboard, leaderboard, smallest_holm_p
 from llm_al.cli import main
 from llm_al.errors import UserError
 
@@ -59,3 +59,14 @@ def test_leaderboard_command_writes_the_table_and_refuses_mixed_metrics(tmp_path
         leaderboard([a, b])
     with pytest.raises(UserError, match="no strategy could be compared"):
         leaderboard([_folder(tmp_path / "c", "chatterbot", {})])
+
+
+def test_the_table_says_when_the_design_cannot_reach_significance(tmp_path):
+    """8 seeds: the exact paired test's smallest p is 2/256; times 9 comparisons it is 0.07, so no
+    row could ever pass Holm at 0.05: the table must say so rather than print 'inside the noise'."""
+    assert smallest_holm_p(8, 9) == pytest.approx(9 * 2 / 256) and smallest_holm_p(12, 24) < 0.05
+    gains = {f"s{k}": 5.0 for k in range(9)}
+    board = leaderboard([_folder(tmp_path / "a", "django-en-de", gains)])
+    assert board["smallest_holm_p"] == pytest.approx(9 * 2 / 256)
+    assert all(r["verdict"].startswith("leans better") for r in board["rows"])   # huge gains, yet cannot pass
+    assert "no row can pass at 0.05 whatever the data" in format_leaderboard(board)

@@ -113,6 +113,16 @@ def test_probe_cost_is_charged_to_the_strategies_that_need_it():
     assert _cost(bald) == "8k probe tok"
 
 
+def test_model_embeddings_from_the_loss_pass_are_not_charged_twice():
+    from llm_al.analysis.table import strategy_cost
+
+    sentence = {"loss_tokens_needed": 1000, "loss_seconds": 2.0, "embed_examples_needed": 50, "embed_seconds": 3.0}
+    assert strategy_cost("deita", sentence)["feature_seconds"] == 5.0          # two models, two passes
+    model = {**sentence, "embed_seconds": 2.0, "embed_in_loss_pass": True}     # model.embedder=model: one pass
+    assert strategy_cost("deita", model)["feature_seconds"] == 2.0
+    assert strategy_cost("kcenter", model)["feature_seconds"] == 2.0           # the pass is its whole cost
+
+
 def test_table_prints_n_beside_every_interval_and_the_share_beside_its_null():
     """Issue 16: t intervals (not a bootstrap's min..max) with their n, and the within-subset share
     beside what it would be with no subset effect, (n - G)/(n - 1)."""

@@ -131,6 +131,18 @@ def test_every_export_shape_reads_as_prompt_completion_in_file_order(tmp_path, s
                for r, k in zip(data, order))
 
 
+def test_a_subset_without_its_system_prompt_is_warned_about_or_given_one(tmp_path, capsys):
+    """An embedded task's instruction is added when llm-al reads the pool: a raw export lacks it."""
+    subset = tmp_path / "raw.jsonl"
+    subset.write_text('{"source": "Cancel", "target": "Annuler"}\n', encoding="utf-8")
+    recipe = load_recipe()
+    recipe.read_subset(str(subset))
+    assert "holds no system prompt" in capsys.readouterr().err
+    data = recipe.read_subset(str(subset), system_prompt="Translate English to French.")
+    assert data[0]["prompt"][0] == {"role": "system", "content": "Translate English to French."}
+    assert "holds no system prompt" not in capsys.readouterr().err
+
+
 def test_truncated_away_examples_are_an_error_not_a_silent_gap(tmp_path, tiny_model_dir):
     from llm_al.errors import UserError
 

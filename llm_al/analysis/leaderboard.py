@@ -15,6 +15,7 @@ import json
 import math
 from pathlib import Path
 
+from llm_al.analysis.document import budget_key
 from llm_al.analysis.protocol import holm
 from llm_al.analysis.writeup import comparisons, load_results
 from llm_al.errors import UserError
@@ -61,17 +62,29 @@ def leaderboard(folders: list[str | Path]) -> dict:
     for i, r in enumerate(rows):
         r["p_holm"] = adjusted[str(i)]["p_adjusted"]
         r["verdict"] = _verdict(r, higher)
-    return {"primary": primaries.pop(), "higher_is_better": higher, "tasks": sorted({r["task"] for r in rows}), "rows": rows,
-            "comparisons": len(rows), "skipped": skipped}
+    n_min = min(r["n_strategy"] for r in rows)
+    return {"primary": primaries.pop(), "higher_is_better": higher, "tasks": sorted({r["task"] for r in rows}),
+            "rows": rows, "comparisons": len(rows), "skipped": skipped, "n_min": n_min,
+            "smallest_holm_p": smallest_holm_p(n_min, len(rows))}
 
 
 def _verdict(r: dict, higher: bool) -> str:
+    """better/worse only when the Holm-adjusted p passes AND the t interval excludes 0 (the report's
+    interval rule, llm_al.analysis.protocol.verdict); leans when only the interval does."""
     better = (r["mean_diff"] > 0) == higher
-    if r["p_holm"] < VERDICT_ALPHA:
+    excludes_zero = r["ci_low"] > 0 or r["ci_high"] < 0          # NaN compares False: no claim
+    if r["p_holm"] < VERDICT_ALPHA and excludes_zero:
         return "better than random" if better else "worse than random"
-    if r["ci_low"] > 0 or r["ci_high"] < 0:                     # NaN compares False: no claim
+    if excludes_zero:
         return "leans " + ("better" if better else "worse") + " (not after Holm)"
     return "inside the noise of random"
+
+
+def smallest_holm_p(n_pairs: int, comparisons: int) -> float:
+    """The smallest Holm-adjusted p the design can reach: the exact two-sided paired test's smallest
+    p over n seeds (every difference of one sign: 2 / 2^n, Wilcoxon and sign-flip alike) times the
+    number of comparisons. Above alpha, no comparison can pass, whatever the data."""
+    return min(1.0, comparisons * 2.0 / 2 ** n_pairs)
 
 
 def _fmt(x, spec: str = ".2f") -> str:
@@ -83,21 +96,27 @@ def format_leaderboard(board: dict) -> str:
     head = ["task", "budget", "strategy", "n", "diff vs random", "95% t-CI", "win rate", "p", "p Holm", "verdict",
             "tokens scored", "embedded", "probe tokens", "feature s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in sorted(board["rows"], key=lambda r: (r["task"], str(r["budget"]), -r["mean_diff"])):
+    for r in sorted(board["rows"], key=lambda r: (r["task"], budget_key(r["budget"]), -r["mean_diff"])):
         label = r["strategy"] + (f" [{r['ordering']}]" if r["ordering"] != "shuffled" else "")
         ci = f"[{_fmt(r['ci_low'], '+.2f')}, {_fmt(r['ci_high'], '+.2f')}]"
         cost = r["cost"]
+        known = bool(cost)              # a folder without summary.json: cost unknown, not free
         lines.append("| " + " | ".join([
             r["task"], str(r["budget"]), label, str(r["n_strategy"]), _fmt(r["mean_diff"], "+.2f"), ci,
             _fmt(r["win_rate"]), _fmt(r["p"], ".3g"),
-            _fmt(r["p_holm"], ".3g"), r["verdict"], f"{cost.get('scored_tokens', 0):,}",
-            f"{cost.get('embedded_examples', 0):,}", f"{cost.get('probe_tokens', 0):,}",
+            _fmt(r["p_holm"], ".3g"), r["verdict"],
+            *[f"{cost.get(k, 0):,}" if known else "-" for k in ("scored_tokens", "embedded_examples", "probe_tokens")],
             _fmt(cost.get("feature_seconds"), ".0f")]) + " |")
     notes = [f"{board['primary']}, strategy minus random, paired by seed within each task's folder; "
              f"{board['comparisons']} comparisons; p from the paired Wilcoxon signed-rank test (Mann-Whitney where "
              f"the seeds do not pair), as `llm-al report`, Holm-adjusted as one family (alpha {VERDICT_ALPHA}). "
              "95% t-CI: Student t interval over the n paired differences (n printed beside it). "
-             "'leans': the interval excludes 0 but the Holm-adjusted p does not pass.",
+             "better/worse: Holm-adjusted p < 0.05 and the interval excludes 0; 'leans': the interval excludes 0 "
+             "but the Holm-adjusted p does not pass.",
+             f"With {board['n_min']} seeds (the fewest of any row) and {board['comparisons']} comparisons, the "
+             f"smallest Holm-adjusted p any row can reach is {board['smallest_holm_p']:.3g} (2 / 2^n x comparisons)"
+             + (": no row can pass at 0.05 whatever the data; more seeds are needed."
+                if board["smallest_holm_p"] >= VERDICT_ALPHA else "."),
              "Cost: the model tokens scored and examples embedded to compute the strategy's features "
              "(random needs none), probe tokens (extra model passes), and the seconds they took where they "
              "were computed in that run (0 where they came from the cache)."]

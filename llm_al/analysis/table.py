@@ -40,7 +40,8 @@ def strategy_cost(spec: str, feature_cost: dict) -> dict:
         tokens += feature_cost.get("scorer_loss_tokens_needed", 0) + feature_cost.get("scorer_direct_tokens_needed", 0)
         seconds += feature_cost.get("scorer_loss_seconds", 0.0) + feature_cost.get("scorer_direct_seconds", 0.0)
     embedded = feature_cost.get("embed_examples_needed", 0) if "embeddings" in needs else 0
-    if embedded:
+    shared = feature_cost.get("embed_in_loss_pass") and needs & LOSS_FEATURES   # model.embedder=model: one pass
+    if embedded and not shared:
         seconds += feature_cost.get("embed_seconds", 0.0)
     probe_tokens = 0
     for name in sorted({p.name for p in map(provider, needs) if p is not None}):

@@ -342,7 +342,9 @@ def load_results(results_dir: str | Path) -> tuple[Context, list[dict], dict | N
     cfg = cfg or {}
     summary = _read_json(results / "summary.json") if (results / "summary.json").exists() else {}
     primary = (cfg.get("eval") or {}).get("primary") or summary.get("primary") or "chrf"
-    higher = METRICS.get(primary).meta.get("higher_is_better", True)
+    higher = summary.get("higher_is_better")        # recorded: no need to load an evaluate metric again
+    if higher is None or summary.get("primary") != primary:
+        higher = METRICS.get(primary).meta.get("higher_is_better", True)
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for p, rec in ok:
         r = to_run(rec, primary, p)

@@ -98,10 +98,12 @@ def _prose(paragraph: str) -> bool:
 @lru_cache(maxsize=1)
 def reference_paragraphs() -> tuple[dict, ...]:
     """(topic, title, opening sentence, rest) for prose paragraphs of 30-200 words whose opening
-    sentence has 6-40 words and whose rest has at least 15."""
+    sentence has 6-40 words and whose rest has at least 15. Some topics repeat others' paragraphs
+    ("compound" holds "for", "while", "try", ...): a paragraph whose opening or rest was seen in an
+    earlier topic (sorted by name) is dropped, so a split by topic cannot put one on both sides."""
     from pydoc_data.topics import topics
 
-    rows = []
+    rows, seen = [], set()
     for topic in sorted(topics):
         text = topics[topic]
         title = text.strip().splitlines()[0].strip()
@@ -113,8 +115,9 @@ def reference_paragraphs() -> tuple[dict, ...]:
                 continue
             opening = first_sentence(flat)
             rest = flat[len(opening):].strip()
-            if 6 <= len(opening.split()) <= 40 and len(rest.split()) >= 15:
-                rows.append({"unit": topic, "title": title, "opening": opening, "rest": rest})
+            if 6 <= len(opening.split()) <= 40 and len(rest.split()) >= 15 and not {opening, rest} & seen:
+                seen.update((opening, rest))       # topics repeat each other ("compound" holds "for", "try",
+                rows.append({"unit": topic, "title": title, "opening": opening, "rest": rest})   # ...): first kept
     return tuple(rows)
 
 

@@ -405,7 +405,8 @@ def compute_model_features(model, tokenizer, examples: Sequence[Example], cache_
             f"{kind}_oom_backoffs": state["oom_backoffs"], f"{kind}_max_tokens": state["max_tokens"],
             "truncated": int(items.truncated.sum())}
     if embed:                 # the pass that made them: shared with loss_seconds (one pass, both caches)
-        cost.update({"embed_seconds": seconds, "embed_examples": len(scored), "embed_examples_needed": len(keys)})
+        cost.update({"embed_seconds": seconds, "embed_examples": len(scored), "embed_examples_needed": len(keys),
+                     "embed_in_loss_pass": True})
     return cache.get(keys), caches[1].get(keys) if embed else None, cost
 
 

@@ -243,7 +243,7 @@ def score_pool_ray(pool, needs: set[str], model_cfg: ModelConfig, num_workers: i
                 "truncated": int(items.truncated.sum())}.items()})
             if pooled is not None:            # the same pass (as compute_model_features reports it)
                 cost.update({"embed_seconds": cost[f"{prefix}{kind}_seconds"], "embed_examples": len(todo),
-                             "embed_examples_needed": len(keys)})
+                             "embed_examples_needed": len(keys), "embed_in_loss_pass": True})
 
     embed_model = "embeddings" in needs and model_cfg.embedder == models.MODEL_EMBEDDER   # from the loss pass
     which = {d for d, group in ((False, LOSS_FEATURES), (True, DIRECT_FEATURES)) if needs & group}
